@@ -1,0 +1,204 @@
+"""Checkpoint registry and I/O: safetensors weights + a JSON config.
+
+A checkpoint is a directory holding ``model.safetensors`` and ``config.json``.
+The checkpoints shipped with the package are listed, with the sha256 of their
+weights, in ``checkpoints/registry.json`` and are loaded by name::
+
+    model, info = longseq.hub.load("power-arith-gpt")
+
+``load`` also takes a path to any directory written by :func:`save_pretrained`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+REGISTRY_FILE = CHECKPOINT_DIR / "registry.json"
+WEIGHTS, CONFIG = "model.safetensors", "config.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupted or does not match its config."""
+
+
+@dataclass
+class CheckpointInfo:
+    name: str
+    path: Path
+    config: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _architectures() -> dict[str, Any]:
+    from longseq.models.gpt import GPT, GPTConfig
+
+    return {"gpt": (GPT, GPTConfig)}
+
+
+def registry() -> dict[str, dict[str, Any]]:
+    """Name -> entry (``path`` relative to the checkpoint folder, ``sha256``, ``description``)."""
+    if not REGISTRY_FILE.exists():
+        return {}
+    return json.loads(REGISTRY_FILE.read_text())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_pretrained(
+    model: torch.nn.Module, path: str | Path, arch: str, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write ``model`` to ``path`` (created). ``extra`` is stored in the JSON beside the
+    model config: tokenizer, training script and arguments, data seed, metrics."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    # tied weights are stored once
+    lm_head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
+    if lm_head is not None and wte is not None and lm_head.weight is wte.weight:
+        state.pop("lm_head.weight")
+    save_file(state, str(path / WEIGHTS))
+    cfg = {"architecture": arch, "model": model.config.to_dict(), **(extra or {})}
+    (path / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+def resolve(name_or_path: str | Path) -> tuple[str, Path, str | None]:
+    """(name, directory, expected sha256 or None) for a registry name or a directory."""
+    reg = registry()
+    if isinstance(name_or_path, str) and name_or_path in reg:
+        entry = reg[name_or_path]
+        return name_or_path, CHECKPOINT_DIR / entry["path"], entry["sha256"]
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path.name, path, None
+    known = ", ".join(sorted(reg)) or "none"
+    raise CheckpointError(
+        f"{str(name_or_path)!r} is neither a shipped checkpoint (known: {known}) "
+        "nor a directory with model.safetensors and config.json"
+    )
+
+
+def load(
+    name_or_path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, CheckpointInfo]:
+    """Load a shipped checkpoint by name, or a checkpoint directory, in eval mode."""
+    name, path, sha = resolve(name_or_path)
+    wfile, cfile = path / WEIGHTS, path / CONFIG
+    for f in (wfile, cfile):
+        if not f.exists():
+            raise CheckpointError(f"checkpoint {name!r}: file {f} is missing")
+    if sha is not None and sha256_file(wfile) != sha:
+        raise CheckpointError(
+            f"checkpoint {name!r}: {wfile} is corrupted (sha256 does not match the registry)"
+        )
+    try:
+        cfg = json.loads(cfile.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {name!r}: {cfile} is not valid JSON ({e})") from e
+    archs = _architectures()
+    arch = cfg.get("architecture")
+    if arch not in archs:
+        raise CheckpointError(
+            f"checkpoint {name!r}: unknown architecture {arch!r} (known: {sorted(archs)})"
+        )
+    model_cls, cfg_cls = archs[arch]
+    model = model_cls(cfg_cls.from_dict(cfg["model"]))
+    try:
+        state = load_file(str(wfile))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {name!r}: cannot read {wfile} ({e})") from e
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]  # tied to wte.weight
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {name!r}: weights do not match the config "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    extra = {k: v for k, v in cfg.items() if k not in ("architecture", "model")}
+    return model.to(device).eval(), CheckpointInfo(name, path, cfg, extra)
+
+
+def register(name: str, path: Path, description: str) -> None:
+    """Add or update a shipped checkpoint in the registry (used by training scripts)."""
+    path = Path(path).resolve()
+    try:
+        rel = path.relative_to(CHECKPOINT_DIR.resolve())
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not inside {CHECKPOINT_DIR}") from e
+    reg = registry()
+    reg[name] = {
+        "path": str(rel),
+        "sha256": sha256_file(path / WEIGHTS),
+        "description": description,
+    }
+    REGISTRY_FILE.write_text(json.dumps(reg, indent=2, sort_keys=True) + "\n")
+
+
+class TextCodec:
+    """Text <-> token ids for a loaded model: ours (character vocabulary stored in the
+    checkpoint) or a `transformers` tokenizer."""
+
+    def __init__(self, tokenizer, add_bos: bool) -> None:
+        self.tokenizer, self.add_bos = tokenizer, add_bos
+        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
+
+    def encode(self, text: str) -> list[int]:
+        if hasattr(self.tokenizer, "stoi"):  # CharTokenizer
+            return self.tokenizer.encode(text, bos=self.add_bos)
+        return list(self.tokenizer.encode(text))
+
+    def decode(self, ids) -> str:
+        if hasattr(self.tokenizer, "stoi"):
+            return self.tokenizer.decode(ids)
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_causal_lm(
+    name_or_path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, TextCodec, dict[str, Any]]:
+    """(model, codec, extra) for a shipped checkpoint, one of our checkpoint directories,
+    or a `transformers` causal-LM directory (config.json + weights + tokenizer files)."""
+    path = Path(name_or_path)
+    ours = str(name_or_path) in registry()
+    if not ours and path.is_dir() and (path / CONFIG).exists():
+        try:
+            ours = "architecture" in json.loads((path / CONFIG).read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path / CONFIG} is not valid JSON ({e})") from e
+    if ours:
+        from longseq.data.arith import CharTokenizer
+
+        model, info = load(name_or_path, device)
+        tok_cfg = info.extra.get("tokenizer", {})
+        if tok_cfg.get("type") != "char":
+            raise CheckpointError(f"checkpoint {info.name!r} records no tokenizer")
+        return model, TextCodec(CharTokenizer(tok_cfg["chars"]), add_bos=True), info.extra
+    if not path.is_dir():
+        resolve(name_or_path)  # raises with the list of known names
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as e:
+        raise CheckpointError(
+            f"{path} looks like a transformers model; install transformers>=5 to load it"
+        ) from e
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot load a transformers causal LM from {path}: {e}") from e
+    return model.to(device).eval(), TextCodec(tokenizer, add_bos=False), {}

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from longseq.models.gpt import GPT, GPTConfig
+from longseq.power import exact
+
+EOS = 0
+PROMPT = torch.tensor([1, 3])
+
+
+def tiny_gpt(seed: int = 4, scale: float = 6.0, vocab: int = 4) -> GPT:
+    """A random 2-layer GPT over a 4-token vocabulary, sharpened so that token-level
+    temperature and the sequence-level power distribution differ a lot."""
+    torch.manual_seed(seed)
+    m = GPT(GPTConfig(vocab_size=vocab, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():
+        m.wte.weight.mul_(scale)
+    return m
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return tiny_gpt()
+
+
+@pytest.fixture(scope="session")
+def tiny_enum(tiny):
+    return exact.enumerate_sequences(tiny, PROMPT, 4, eos_token_id=EOS)
+
+
+def hf_models():
+    """Randomly initialised transformers models (no download)."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=40,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    mamba = transformers.Mamba2ForCausalLM(
+        transformers.Mamba2Config(
+            vocab_size=40,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_heads=4,
+            head_dim=16,
+            state_size=8,
+            n_groups=1,
+            expand=2,
+        )
+    ).eval()
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(vocab_size=40, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    ).eval()
+    return {"llama": llama, "mamba2": mamba, "gpt2": gpt2}
