@@ -4,7 +4,11 @@ Part 1 (any device): accuracy and latency of every sampler on held-out problems 
 the arithmetic task with the shipped ``power-arith-gpt``, over several seeds.
 Targets: SMC accuracy >= MH accuracy; SMC latency <= 1/5 of MH latency.
 
-Part 2 (overhead): a randomly initialised `transformers` Llama. SMC wall time over
+Part 2 (exactness): total-variation distance between the weighted particles and the
+exact p^alpha of a toy model (every sequence enumerated), versus N; a plot goes to
+benchmarks/results/power_tv.png.
+
+Part 3 (overhead): a randomly initialised `transformers` Llama. SMC wall time over
 plain batched sampling of the same N sequences through the same decoding loop
 (temperature 1/alpha, no weights used) and over `transformers`' own
 ``generate(do_sample=True)``; target <= 1.15 at N=16 and N=64. Cache rows
@@ -89,6 +93,87 @@ def accuracy_part(args, device) -> dict:
     }
 
 
+def exactness_part(args) -> dict:
+    """TV distance to the exact p^alpha (enumerated) on the toy model, versus N."""
+    from longseq.power import exact, mh_power_sample
+
+    model, prompt, eos, length = exact.toy_model(), torch.tensor([1, 3]), 0, 4
+    enum = exact.enumerate_sequences(model, prompt, length, eos_token_id=eos)
+    target, log_z = enum.power(args.alpha)
+    tv_temp = exact.tv_distance(enum.temperature(1 / args.alpha), target)
+    rows = []
+    for n in (16, 64, 256, 1024, 4096):
+        for ramp in (0, 3):
+            tvs, lzs = [], []
+            for seed in range(args.exact_seeds):
+                out = power_smc(
+                    model,
+                    prompt,
+                    alpha=args.alpha,
+                    n_particles=n,
+                    max_new_tokens=length,
+                    eos_token_id=eos,
+                    block_size=1,
+                    ramp_tokens=ramp,
+                    seed=seed,
+                )
+                emp = exact.empirical(enum, out.sequences[:, len(prompt) :], out.weights, eos=eos)
+                tvs.append(exact.tv_distance(emp, target))
+                lzs.append(out.log_z)
+            rows.append(
+                {
+                    "n_particles": n,
+                    "ramp_tokens": ramp,
+                    "tv_mean": statistics.mean(tvs),
+                    "log_z_mean": statistics.mean(lzs),
+                }
+            )
+    # MH: independent chains, one sample each
+    chains = []
+    for seed in range(200):
+        o = mh_power_sample(
+            model,
+            prompt,
+            alpha=args.alpha,
+            max_new_tokens=length,
+            eos_token_id=eos,
+            n_blocks=1,
+            mh_steps=10,
+            seed=seed,
+        )
+        chains.append((o.sequence[len(prompt) :].tolist() + [eos] * length)[:length])
+    tv_mh = exact.tv_distance(exact.empirical(enum, torch.tensor(chains), eos=eos), target)
+    return {
+        "model": "toy GPT (vocab 4, 2 layers), prompt [1, 3], up to 4 new tokens",
+        "n_sequences": len(enum.sequences),
+        "exact_log_z": log_z,
+        "tv_temperature_1_over_alpha": tv_temp,
+        "tv_mh_200_chains_K10": tv_mh,
+        "rows": rows,
+    }
+
+
+def plot_exactness(ex: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for ramp, style in ((0, "o-"), (3, "s--")):
+        pts = [(r["n_particles"], r["tv_mean"]) for r in ex["rows"] if r["ramp_tokens"] == ramp]
+        ax.loglog(*zip(*pts, strict=True), style, label=f"Power-SMC (ramp {ramp})")
+    ax.axhline(ex["tv_temperature_1_over_alpha"], color="C3", label="temperature 1/alpha (exact)")
+    ax.axhline(ex["tv_mh_200_chains_K10"], color="C2", ls=":", label="MH, K=10 (200 chains)")
+    ax.set_xlabel("particles N")
+    ax.set_ylabel("TV distance to exact p^alpha")
+    ax.set_title("Sampler vs enumerated power distribution", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _timed(fn, device, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -120,20 +205,10 @@ def llama_part(args, device) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     new_tokens = args.new_tokens or (512 if big else 128)
     prompt = torch.randint(0, cfg.vocab_size, (32,), device=device)
+    block = 64 if big else 16
     rows = []
     for n in (16, 64):
         kw = dict(max_new_tokens=new_tokens, seed=0)
-
-        def smc(mode="inplace", n=n, kw=kw):
-            return power_smc(
-                model,
-                prompt,
-                alpha=args.alpha,
-                n_particles=n,
-                block_size=64,
-                cache_reorder=mode,
-                **kw,
-            )
 
         def plain(n=n, kw=kw):
             return sample(model, prompt, n=n, temperature=1 / args.alpha, **kw)
@@ -151,36 +226,51 @@ def llama_part(args, device) -> dict:
                 pad_token_id=0,
             )
 
-        smc()  # warm-up
-        plain()
-        out = smc()
-        t_smc = _timed(smc, device, args.repeats)
+        plain()  # warm-up
         t_plain = _timed(plain, device, args.repeats)
         t_hf = _timed(hf_generate, device, args.repeats)
-        row = {
-            "n_particles": n,
-            "new_tokens": new_tokens,
-            "smc_s": t_smc,
-            "plain_s": t_plain,
-            "hf_generate_s": t_hf,
-            "smc_over_plain": t_smc / t_plain,
-            "smc_over_hf_generate": t_smc / t_hf,
-            "resampling_events": out.n_resamples,
-            "rows_copied_inplace": out.rows_copied,
-            "rows_copied_naive": smc("copy").rows_copied,
-        }
-        if device.type == "cuda":
-            for mode in ("inplace", "copy"):
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-                smc(mode)
-                row[f"peak_mem_{mode}_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
-        rows.append(row)
-        print(row, flush=True)
+        # kappa 0.5 is the method's setting; kappa 1 resamples at every check (worst case)
+        for kappa in (0.5, 1.0):
+
+            def smc(mode="inplace", n=n, kw=kw, kappa=kappa):
+                return power_smc(
+                    model,
+                    prompt,
+                    alpha=args.alpha,
+                    n_particles=n,
+                    block_size=block,
+                    kappa=kappa,
+                    cache_reorder=mode,
+                    **kw,
+                )
+
+            out = smc()
+            t_smc = _timed(smc, device, args.repeats)
+            row = {
+                "n_particles": n,
+                "kappa": kappa,
+                "new_tokens": new_tokens,
+                "smc_s": t_smc,
+                "plain_s": t_plain,
+                "hf_generate_s": t_hf,
+                "smc_over_plain": t_smc / t_plain,
+                "smc_over_hf_generate": t_smc / t_hf,
+                "resampling_events": out.n_resamples,
+                "rows_copied_inplace": out.rows_copied,
+                "rows_copied_naive": smc("copy").rows_copied,
+            }
+            if device.type == "cuda":
+                for mode in ("inplace", "copy"):
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                    smc(mode)
+                    row[f"peak_mem_{mode}_MiB"] = torch.cuda.max_memory_allocated(device) / 2**20
+            rows.append(row)
+            print(row, flush=True)
     return {
         "model": f"random LlamaForCausalLM, {n_params / 1e6:.1f}M parameters, {dtype}",
         "alpha": args.alpha,
-        "block_size": 64,
+        "block_size": block,
         "prompt_len": 32,
         "rows": rows,
     }
@@ -209,19 +299,35 @@ def to_markdown(res: dict) -> str:
             f"\nSMC accuracy >= MH: **{t['smc_accuracy_ge_mh']}**; SMC latency / MH "
             f"latency = **{t['smc_latency_over_mh']:.3f}** (target <= 0.2).\n"
         )
+    ex = res.get("exactness")
+    if ex:
+        lines += [
+            f"## Exactness on the {ex['model']} ({ex['n_sequences']} sequences enumerated)\n",
+            f"TV to the exact p^alpha of temperature-1/alpha sampling: "
+            f"**{ex['tv_temperature_1_over_alpha']:.3f}**; of 200 MH chains (K=10): "
+            f"**{ex['tv_mh_200_chains_K10']:.3f}**. Exact log Z = {ex['exact_log_z']:.3f}.\n",
+            "| N | ramp | TV (mean over seeds) | log Z estimate |",
+            "|---|---|---|---|",
+        ]
+        for r in ex["rows"]:
+            lines.append(
+                f"| {r['n_particles']} | {r['ramp_tokens']} | {r['tv_mean']:.3f} | "
+                f"{r['log_z_mean']:.3f} |"
+            )
+        lines.append("\n![TV vs N](power_tv.png)\n")
     ll = res.get("llama")
     if ll:
         lines += [
             f"## Overhead on {ll['model']} (alpha={ll['alpha']}, block {ll['block_size']})\n",
-            "| N | new tokens | SMC s | plain s | HF generate s | SMC / plain | SMC / HF generate "
-            "| resamplings | cache rows copied (CoW / naive) |"
+            "| N | kappa | new tokens | SMC s | plain s | HF generate s | SMC / plain "
+            "| SMC / HF generate | resamplings | cache rows copied (CoW / naive) |"
             + (" peak MiB (CoW / naive) |" if "peak_mem_inplace_MiB" in ll["rows"][0] else ""),
-            "|---|---|---|---|---|---|---|---|---|"
+            "|---|---|---|---|---|---|---|---|---|---|"
             + ("---|" if "peak_mem_inplace_MiB" in ll["rows"][0] else ""),
         ]
         for r in ll["rows"]:
             line = (
-                f"| {r['n_particles']} | {r['new_tokens']} | {r['smc_s']:.2f} | "
+                f"| {r['n_particles']} | {r['kappa']} | {r['new_tokens']} | {r['smc_s']:.2f} | "
                 f"{r['plain_s']:.2f} | {r['hf_generate_s']:.2f} | {r['smc_over_plain']:.3f} | "
                 f"{r['smc_over_hf_generate']:.3f} | {r['resampling_events']} | "
                 f"{r['rows_copied_inplace']} / {r['rows_copied_naive']} |"
@@ -246,6 +352,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-llama", action="store_true")
+    ap.add_argument("--skip-exactness", action="store_true")
+    ap.add_argument("--exact-seeds", type=int, default=8)
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=str(RESULTS / "power"))
     args = ap.parse_args()
@@ -259,6 +367,9 @@ def main() -> None:
     res = {"device": desc, "torch": torch.__version__}
     if not args.skip_accuracy:
         res["accuracy"] = accuracy_part(args, device)
+    if not args.skip_exactness:
+        res["exactness"] = exactness_part(args)
+        plot_exactness(res["exactness"], Path(args.out).parent / "power_tv.png")
     if not args.skip_llama:
         res["llama"] = llama_part(args, device)
     out = Path(args.out)

@@ -1,21 +1,14 @@
 import pytest
 import torch
 
-from longseq.models.gpt import GPT, GPTConfig
 from longseq.power import exact
 
 EOS = 0
 PROMPT = torch.tensor([1, 3])
 
 
-def tiny_gpt(seed: int = 4, scale: float = 6.0, vocab: int = 4) -> GPT:
-    """A random 2-layer GPT over a 4-token vocabulary, sharpened so that token-level
-    temperature and the sequence-level power distribution differ a lot."""
-    torch.manual_seed(seed)
-    m = GPT(GPTConfig(vocab_size=vocab, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
-    with torch.no_grad():
-        m.wte.weight.mul_(scale)
-    return m
+def tiny_gpt(seed: int = 4, scale: float = 6.0, vocab: int = 4):
+    return exact.toy_model(seed, scale, vocab)
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,19 @@ def empirical(
     return probs
 
 
+def toy_model(seed: int = 4, scale: float = 6.0, vocab: int = 4):
+    """A random 2-layer GPT over a ``vocab``-token vocabulary whose embeddings are scaled
+    by ``scale``, so that token-level temperature and the sequence-level power
+    distribution differ a lot: the test bed for exactness checks."""
+    from longseq.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    m = GPT(GPTConfig(vocab_size=vocab, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():
+        m.wte.weight.mul_(scale)
+    return m
+
+
 def tv_distance(p: torch.Tensor, q: torch.Tensor) -> float:
     """Total-variation distance of two distributions on the same support."""
     return 0.5 * float((p.double() - q.double()).abs().sum())
