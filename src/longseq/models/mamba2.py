@@ -1,0 +1,531 @@
+"""Mamba-2 (SSD) in plain PyTorch: chunked scan for training and prefill, a recurrent
+step with a fixed-size cache for decoding, and the `transformers` checkpoint layout.
+
+Per head, with a scalar decay (Dao & Gu 2024, "Transformers are SSMs"):
+
+    dt_t = softplus(dt_raw_t + dt_bias)             clamped to dt_limit
+    a_t  = exp(dt_t * A),  A = -exp(A_log)           decay in (0, 1)
+    h_t  = a_t * h_{t-1} + dt_t * x_t B_t^T          state (headdim, d_state)
+    y_t  = h_t C_t + D * x_t
+
+A block is in_proj -> (z, xBC, dt); causal depthwise conv1d (width d_conv) + SiLU
+over xBC; split into x, B, C; the SSD above; gated RMSNorm (y * silu(z), normalized
+per group); out_proj. Module and parameter names follow `transformers`'
+``Mamba2ForCausalLM``, so its checkpoints load as they are
+(:meth:`Mamba2ForCausalLM.from_pretrained`).
+
+The calling convention is the `transformers` 5 one::
+
+    out = model(input_ids, cache=cache, use_cache=True)    # out.logits, out.cache
+
+``cache.layers[i].conv_states`` (b, conv_dim, d_conv - 1) and
+``cache.layers[i].recurrent_states`` (b, nheads, headdim, d_state) are the whole
+memory of the sequence so far: their size does not grow with its length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# --------------------------------------------------------------------------- config
+
+
+@dataclass
+class Mamba2Config:
+    """Sizes of a Mamba-2 LM. Defaults follow the reference implementation
+    (``mamba_ssm``'s Mamba2 and `transformers`' Mamba2Config)."""
+
+    vocab_size: int = 256
+    d_model: int = 256
+    n_layer: int = 4
+    d_state: int = 64  # N: state size per head
+    headdim: int = 32  # P
+    expand: int = 2  # d_inner = expand * d_model = nheads * headdim
+    ngroups: int = 1  # B and C are shared by nheads // ngroups heads
+    d_conv: int = 4
+    chunk_size: int = 64
+    conv_bias: bool = True
+    bias: bool = False
+    norm_eps: float = 1e-5
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_limit: tuple[float, float] = (0.0, float("inf"))
+    tie_embeddings: bool = True
+    residual_in_fp32: bool = True
+
+    def __post_init__(self) -> None:
+        if self.d_inner % self.headdim:
+            raise ValueError(
+                f"expand * d_model = {self.d_inner} must be a multiple of headdim={self.headdim}"
+            )
+        if self.nheads % self.ngroups:
+            raise ValueError(f"nheads={self.nheads} must be a multiple of ngroups={self.ngroups}")
+        self.dt_limit = tuple(self.dt_limit)
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def nheads(self) -> int:
+        return self.d_inner // self.headdim
+
+    @property
+    def conv_dim(self) -> int:
+        return self.d_inner + 2 * self.ngroups * self.d_state
+
+    @property
+    def state_elements(self) -> int:
+        """SSM state size of the whole model (the paper's S): layers x heads x P x N."""
+        return self.n_layer * self.nheads * self.headdim * self.d_state
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dt_limit"] = list(self.dt_limit)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Mamba2Config:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    # `transformers` Mamba2Config <-> ours
+    _HF = {
+        "hidden_size": "d_model",
+        "num_hidden_layers": "n_layer",
+        "vocab_size": "vocab_size",
+        "state_size": "d_state",
+        "head_dim": "headdim",
+        "expand": "expand",
+        "n_groups": "ngroups",
+        "conv_kernel": "d_conv",
+        "chunk_size": "chunk_size",
+        "use_conv_bias": "conv_bias",
+        "use_bias": "bias",
+        "layer_norm_epsilon": "norm_eps",
+        "time_step_min": "dt_min",
+        "time_step_max": "dt_max",
+        "time_step_floor": "dt_init_floor",
+        "time_step_limit": "dt_limit",
+        "tie_word_embeddings": "tie_embeddings",
+        "residual_in_fp32": "residual_in_fp32",
+    }
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> Mamba2Config:
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ValueError(f"only hidden_act='silu' is supported, the checkpoint has {act!r}")
+        kw = {ours: hf[theirs] for theirs, ours in cls._HF.items() if theirs in hf}
+        if "dt_limit" in kw:
+            kw["dt_limit"] = tuple(_json_float(v) for v in kw["dt_limit"])
+        cfg = cls(**kw)
+        if "num_heads" in hf and hf["num_heads"] != cfg.nheads:
+            raise ValueError(
+                f"num_heads={hf['num_heads']} does not match expand*hidden_size/head_dim="
+                f"{cfg.nheads}"
+            )
+        return cfg
+
+    def to_hf(self) -> dict:
+        d = {theirs: getattr(self, ours) for theirs, ours in self._HF.items()}
+        d["time_step_limit"] = [
+            v if math.isfinite(v) else {"__float__": "Infinity"} for v in self.dt_limit
+        ]
+        d.update(
+            model_type="mamba2",
+            architectures=["Mamba2ForCausalLM"],
+            num_heads=self.nheads,
+            hidden_act="silu",
+            rms_norm=True,
+        )
+        return d
+
+
+def _json_float(v) -> float:
+    """`transformers` writes non-finite floats as {"__float__": "Infinity"}."""
+    if isinstance(v, dict) and "__float__" in v:
+        return float(v["__float__"].replace("Infinity", "inf"))
+    return float(v)
+
+
+# --------------------------------------------------------------------------- SSD math
+
+
+def segsum(a: torch.Tensor) -> torch.Tensor:
+    """out[..., i, j] = a[..., j+1] + ... + a[..., i] for j <= i, -inf above the diagonal.
+
+    Summed from masked copies (not as a difference of cumsums) to stay exact."""
+    t = a.shape[-1]
+    x = a[..., None].expand(*a.shape, t)  # x[..., i, j] = a_i
+    below = torch.ones(t, t, dtype=torch.bool, device=a.device).tril(-1)
+    x = x.masked_fill(~below, 0.0).cumsum(dim=-2)
+    return x.masked_fill(~torch.ones_like(below).tril(0), -torch.inf)
+
+
+def ssd_chunked(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    chunk_size: int,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SSD scan in chunks: quadratic inside a chunk, recurrent across chunks.
+
+    x: (b, l, h, p)   dt: (b, l, h)   A: (h,)   B, C: (b, l, h, n) (already per head)
+    initial_state: (b, h, p, n) or None.  Returns y (b, l, h, p) and the final state.
+    """
+    b, l, h, p = x.shape
+    q = chunk_size
+    pad = (-l) % q
+    if pad:
+        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+        dt = F.pad(dt, (0, 0, 0, pad))  # dt = 0 on padding: no decay, no input
+    nc = x.shape[1] // q
+    # (b, c, q, ...) chunks
+    x, B, C = (t.reshape(b, nc, q, *t.shape[2:]) for t in (x, B, C))
+    dt = dt.reshape(b, nc, q, h)
+    a = (dt * A).permute(0, 3, 1, 2)  # (b, h, c, q) log-decays
+    a_cum = a.cumsum(-1)  # (b, h, c, q)
+    xdt = x * dt[..., None]  # (b, c, q, h, p)
+
+    # 1. inside each chunk: y_l = sum_{s<=l} exp(sum_{s<k<=l} a_k) (C_l . B_s) dt_s x_s
+    decay = torch.exp(segsum(a))  # (b, h, c, q, q)
+    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * decay
+    y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+
+    # 2. each chunk's contribution to the state at its end
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, h, c, q)
+    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, to_end, xdt)
+
+    # 3. states at chunk starts, by the recurrence across chunks
+    state = x.new_zeros(b, h, p, B.shape[-1]) if initial_state is None else initial_state
+    chunk_decay = torch.exp(a_cum[..., -1])  # (b, h, c)
+    starts = []
+    for c in range(nc):
+        starts.append(state)
+        state = chunk_decay[:, :, c, None, None] * state + chunk_states[:, c]
+    starts = torch.stack(starts, dim=1)  # (b, c, h, p, n)
+
+    # 4. the start state read out inside each chunk: exp(a_cum_l) C_l . H_c
+    from_start = torch.exp(a_cum)  # (b, h, c, q)
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, starts, from_start)
+    y = y.reshape(b, nc * q, h, p)[:, :l]
+    return y, state
+
+
+def ssd_step(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One recurrent step. state (b, h, p, n), x (b, h, p), dt (b, h), B/C (b, h, n)."""
+    decay = torch.exp(dt * A)[..., None, None]
+    state = decay * state + (dt[..., None] * x)[..., None] * B[:, :, None, :]
+    y = torch.einsum("bhpn,bhn->bhp", state, C)
+    return y, state
+
+
+def ssd_naive(x, dt, A, B, C, initial_state=None):
+    """Token-by-token reference of :func:`ssd_chunked` (for tests)."""
+    b, l, h, p = x.shape
+    state = x.new_zeros(b, h, p, B.shape[-1]) if initial_state is None else initial_state
+    ys = []
+    for t in range(l):
+        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+        ys.append(y)
+    return torch.stack(ys, 1), state
+
+
+# --------------------------------------------------------------------------- modules
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm(y * silu(z)) computed per group of channels (norm after gating)."""
+
+    def __init__(self, d: int, group_size: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.group_size, self.eps = group_size, eps
+
+    def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        dtype = y.dtype
+        y = y.float() * F.silu(z.float().contiguous())
+        g = y.view(*y.shape[:-1], -1, self.group_size)
+        g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * g.view_as(y).to(dtype)
+
+
+class Mamba2LayerState:
+    """Cache of one layer: conv inputs of the last d_conv - 1 steps and the SSM state."""
+
+    def __init__(self) -> None:
+        self.conv_states: torch.Tensor | None = None  # (b, conv_dim, d_conv - 1)
+        self.recurrent_states: torch.Tensor | None = None  # (b, nheads, headdim, d_state)
+
+
+class Mamba2Cache:
+    """Fixed-size decoding state of a Mamba-2 LM (one entry per layer)."""
+
+    def __init__(self, n_layer: int) -> None:
+        self.layers = [Mamba2LayerState() for _ in range(n_layer)]
+        self.seen_tokens = 0
+
+    def get_seq_length(self) -> int:
+        return self.seen_tokens
+
+    def reorder_cache(self, index: torch.Tensor) -> None:
+        for layer in self.layers:
+            for name in ("conv_states", "recurrent_states"):
+                t = getattr(layer, name)
+                if t is not None:
+                    setattr(layer, name, t.index_select(0, index))
+
+
+class Mamba2Mixer(nn.Module):
+    """The Mamba-2 token mixer: (b, l, d_model) -> (b, l, d_model)."""
+
+    def __init__(self, cfg: Mamba2Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.nheads
+        self.in_proj = nn.Linear(cfg.d_model, cfg.d_inner + cfg.conv_dim + h, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(
+            cfg.conv_dim,
+            cfg.conv_dim,
+            cfg.d_conv,
+            groups=cfg.conv_dim,
+            padding=cfg.d_conv - 1,
+            bias=cfg.conv_bias,
+        )
+        self.dt_bias = nn.Parameter(torch.empty(h))
+        self.A_log = nn.Parameter(torch.empty(h))
+        self.D = nn.Parameter(torch.empty(h))
+        self.norm = GatedRMSNorm(cfg.d_inner, cfg.d_inner // cfg.ngroups, cfg.norm_eps)
+        self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """A in [1, nheads] (log-spaced decay rates), D = 1, dt log-uniform in
+        [dt_min, dt_max] stored through the inverse softplus."""
+        cfg = self.cfg
+        self.A_log.copy_(torch.log(torch.arange(1, cfg.nheads + 1, dtype=torch.float32)))
+        self.D.fill_(1.0)
+        dt = torch.exp(
+            torch.rand(cfg.nheads) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+            + math.log(cfg.dt_min)
+        ).clamp(min=cfg.dt_init_floor)
+        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    def ssm_inputs(self, xbc: torch.Tensor, dt_raw: torch.Tensor):
+        """Split activated conv output into per-head x, B, C and the discretized dt.
+
+        Returns x (.., h, p), B and C (.., h, n) repeated over the heads of a group,
+        dt (.., h) and A (h,), all float32 (the scan runs in float32)."""
+        cfg = self.cfg
+        gn = cfg.ngroups * cfg.d_state
+        x, B, C = torch.split(xbc, [cfg.d_inner, gn, gn], dim=-1)
+        x = x.reshape(*x.shape[:-1], cfg.nheads, cfg.headdim).float()
+        rep = cfg.nheads // cfg.ngroups
+        B = B.reshape(*B.shape[:-1], cfg.ngroups, cfg.d_state).float()
+        C = C.reshape(*C.shape[:-1], cfg.ngroups, cfg.d_state).float()
+        B = B.repeat_interleave(rep, dim=-2)
+        C = C.repeat_interleave(rep, dim=-2)
+        dt = F.softplus(dt_raw.float() + self.dt_bias.float())
+        dt = dt.clamp(cfg.dt_limit[0], cfg.dt_limit[1])
+        A = -torch.exp(self.A_log.float())
+        return x, B, C, dt, A
+
+    def forward(self, u: torch.Tensor, layer_state: Mamba2LayerState | None = None) -> torch.Tensor:
+        cfg = self.cfg
+        b, l, _ = u.shape
+        z, xbc, dt_raw = torch.split(self.in_proj(u), [cfg.d_inner, cfg.conv_dim, cfg.nheads], -1)
+        k = cfg.d_conv - 1
+        prev = layer_state.conv_states if layer_state is not None else None
+        if prev is None:
+            prev = xbc.new_zeros(b, cfg.conv_dim, k)
+        window = torch.cat([prev, xbc.transpose(1, 2)], dim=-1)  # (b, conv_dim, k + l)
+        xbc = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim)
+        xbc = F.silu(xbc.transpose(1, 2).contiguous())  # (b, l, conv_dim)
+        x, B, C, dt, A = self.ssm_inputs(xbc, dt_raw)
+        state = layer_state.recurrent_states if layer_state is not None else None
+        if l == 1 and state is not None:
+            y, state = ssd_step(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+            y = y[:, None]
+        else:
+            y, state = ssd_chunked(x, dt, A, B, C, cfg.chunk_size, initial_state=state)
+        if layer_state is not None:
+            layer_state.conv_states = window[..., window.shape[-1] - k :]
+            layer_state.recurrent_states = state
+        y = y + x * self.D.float()[:, None]
+        y = self.norm(y.reshape(b, l, cfg.d_inner).to(u.dtype), z)
+        return self.out_proj(y)
+
+
+class Mamba2Block(nn.Module):
+    """Pre-norm residual block around the mixer."""
+
+    def __init__(self, cfg: Mamba2Config) -> None:
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mixer = Mamba2Mixer(cfg)
+        self.residual_in_fp32 = cfg.residual_in_fp32
+
+    def forward(self, x: torch.Tensor, layer_state: Mamba2LayerState | None = None):
+        residual = x.float() if self.residual_in_fp32 else x
+        return residual + self.mixer(self.norm(x.to(self.norm.weight.dtype)), layer_state)
+
+
+class Mamba2Backbone(nn.Module):
+    def __init__(self, cfg: Mamba2Config) -> None:
+        super().__init__()
+        self.embeddings = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList([Mamba2Block(cfg) for _ in range(cfg.n_layer)])
+        self.norm_f = RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+@dataclass
+class Mamba2Output:
+    logits: torch.Tensor
+    cache: Mamba2Cache | None = None
+    loss: torch.Tensor | None = None
+
+
+class Mamba2ForCausalLM(nn.Module):
+    """Mamba-2 language model with the `transformers` module layout and calling convention."""
+
+    def __init__(self, cfg: Mamba2Config) -> None:
+        super().__init__()
+        self.config = cfg
+        self.backbone = Mamba2Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.backbone.embeddings.weight
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        nn.init.normal_(self.backbone.embeddings.weight, std=0.02)
+        for layer in self.backbone.layers:
+            m = layer.mixer
+            nn.init.normal_(m.in_proj.weight, std=0.02)
+            # residual projections scaled by depth (GPT-2 style)
+            nn.init.normal_(m.out_proj.weight, std=0.02 / math.sqrt(2 * self.config.n_layer))
+        if not self.config.tie_embeddings:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: Mamba2Cache | None = None,
+        use_cache: bool = False,
+        labels: torch.Tensor | None = None,
+    ) -> Mamba2Output:
+        if use_cache and cache is None:
+            cache = Mamba2Cache(self.config.n_layer)
+        x = self.backbone.embeddings(input_ids)
+        for i, layer in enumerate(self.backbone.layers):
+            x = layer(x, cache.layers[i] if cache is not None else None)
+        x = self.backbone.norm_f(x.to(self.backbone.norm_f.weight.dtype))
+        logits = self.lm_head(x.to(self.lm_head.weight.dtype))
+        if cache is not None:
+            cache.seen_tokens += input_ids.shape[1]
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                labels[:, 1:].reshape(-1),
+                ignore_index=-100,
+            )
+        return Mamba2Output(logits=logits, cache=cache if use_cache else None, loss=loss)
+
+    # ----------------------------------------------------------- checkpoint layout
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> Mamba2ForCausalLM:
+        """Load a directory written by `transformers`' ``Mamba2ForCausalLM.save_pretrained``
+        (config.json + model.safetensors, or a sharded safetensors index)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        cfile = path / "config.json"
+        if not cfile.exists():
+            raise FileNotFoundError(f"{cfile} not found: not a transformers checkpoint directory")
+        hf = json.loads(cfile.read_text())
+        if hf.get("model_type") != "mamba2":
+            raise ValueError(f"{cfile} has model_type={hf.get('model_type')!r}, not 'mamba2'")
+        cfg = Mamba2Config.from_hf(hf)
+        if (path / "model.safetensors").exists():
+            state = load_file(str(path / "model.safetensors"))
+        elif (path / "model.safetensors.index.json").exists():
+            index = json.loads((path / "model.safetensors.index.json").read_text())
+            state = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                state.update(load_file(str(path / shard)))
+        else:
+            raise FileNotFoundError(f"no model.safetensors (or index) in {path}")
+        state = {k.replace("embedding.", "embeddings."): v for k, v in state.items()}
+        model = cls(cfg)
+        expected = set(model.state_dict())
+        if cfg.tie_embeddings:
+            state.pop("lm_head.weight", None)
+            expected.discard("lm_head.weight")
+        missing = sorted(expected - set(state))
+        unexpected = sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(
+                f"checkpoint {path} does not match Mamba2ForCausalLM: missing keys {missing[:8]}"
+                f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
+                f"{' ...' if len(unexpected) > 8 else ''}"
+            )
+        model.load_state_dict(state, strict=False)
+        if dtype is not None:
+            model = model.to(dtype)
+        return model.to(device).eval()
+
+    def save_pretrained(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write config.json (the `transformers` Mamba2Config layout, plus ``extra`` under
+        ``"longseq"``) and model.safetensors; `transformers` loads it as it is."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        if self.config.tie_embeddings:
+            state.pop("lm_head.weight", None)
+        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        hf = self.config.to_hf()
+        if extra:
+            hf["longseq"] = extra
+        (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+        return path

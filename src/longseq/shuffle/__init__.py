@@ -1,0 +1,8 @@
+"""ShuffleMamba: stochastic layer-wise token shuffle for deep Vision Mamba training.
+
+from longseq.shuffle import shuffle_probabilities, LayerwiseShuffle
+"""
+
+from longseq.shuffle.layerwise import SCHEDULES, LayerwiseShuffle, shuffle_probabilities
+
+__all__ = ["SCHEDULES", "LayerwiseShuffle", "shuffle_probabilities"]

@@ -1,0 +1,177 @@
+"""Training and evaluation of image classifiers (Vim, ViT) on the shapes dataset.
+
+One loop for CPU, one GPU (bf16 autocast) and several GPUs: launched with
+``torchrun --nproc_per_node=K``, each process trains on its shard of every batch
+under DistributedDataParallel and rank 0 logs and saves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from longseq.data.shapes import ShapesDataset, normalize
+from longseq.utils import progress_bar
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 2
+    n_train: int = 4000
+    n_val: int = 1000
+    n_test: int = 2000
+    img_size: int = 32
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA
+    flips: bool = True  # random horizontal/vertical flips (every class is flip-invariant)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed() -> torch.device:
+    """Initialise torch.distributed when launched by torchrun; return this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Flip each image left-right and/or up-down with probability 1/2 each."""
+    h = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    v = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    x = torch.where(h[:, None, None, None], x.flip(-1), x)
+    return torch.where(v[:, None, None, None], x.flip(-2), x)
+
+
+@torch.no_grad()
+def predict(model, images: torch.Tensor, device, batch: int = 500) -> torch.Tensor:
+    """Predicted class of each image in [0, 1] (n, 3, H, W), in eval mode."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = normalize(images[i : i + batch].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(model(x).argmax(-1).cpu())
+    return torch.cat(out)
+
+
+def accuracy(model, images: torch.Tensor, labels: torch.Tensor, device) -> float:
+    return float((predict(model, images, device) == labels).float().mean())
+
+
+def train_classifier(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    device: torch.device,
+    log_path: Path | None = None,
+    state_path: Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``model`` on the shapes dataset; return final train/val/test accuracy.
+
+    ``state_path`` (optional) keeps model, optimizer and epoch after every epoch;
+    calling again with the same path resumes.
+    """
+    rank, world = _dist_info()
+    torch.manual_seed(cfg.seed)
+    data = {
+        split: ShapesDataset(split, n, cfg.img_size, seed=0).tensors()
+        for split, n in (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test))
+    }
+    xtr, ytr = data["train"]
+    model.to(device)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(xtr) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.warmup_epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    start_epoch = 0
+    if state_path is not None and Path(state_path).exists():
+        st = torch.load(state_path, map_location=device)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        start_epoch = st["epoch"]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for _ in range(start_epoch):  # keep the shuffling stream identical on resume
+        torch.randperm(len(xtr), generator=gen)
+    log = open(log_path, "a") if (log_path and rank == 0) else None  # noqa: SIM115
+    t0 = time.time()
+    with progress_bar("epochs", cfg.epochs, enabled=progress and rank == 0) as advance:
+        advance(start_epoch)
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            order = torch.randperm(len(xtr), generator=gen)
+            tot_loss, seen = 0.0, 0
+            for i in range(steps_per_epoch):
+                idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size][rank::world]
+                x, y = normalize(xtr[idx].to(device)), ytr[idx].to(device)
+                if cfg.flips:
+                    x = _random_flips(x, gen)
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(epoch * steps_per_epoch + i)
+                with torch.autocast(
+                    device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"
+                ):
+                    loss = F.cross_entropy(net(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tot_loss += loss.item() * len(idx)
+                seen += len(idx)
+            rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "seconds": time.time() - t0}
+            if rank == 0 and ((epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs):
+                rec["val_acc"] = accuracy(model, *data["val"], device)
+            if log:
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if state_path is not None and rank == 0:
+                torch.save(
+                    {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1},
+                    state_path,
+                )
+            advance()
+    if log:
+        log.close()
+    train_acc = accuracy(model, xtr, ytr, device)
+    test_acc = accuracy(model, *data["test"], device)
+    return {
+        "train_acc": train_acc,
+        "val_acc": accuracy(model, *data["val"], device),
+        "test_acc": test_acc,
+        "gap": train_acc - test_acc,
+        "train_seconds": time.time() - t0,
+    }
