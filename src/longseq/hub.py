@@ -112,6 +112,11 @@ def load(
         cfg = json.loads(cfile.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint {name!r}: {cfile} is not valid JSON ({e})") from e
+    if cfg.get("model_type") == "mamba2":  # transformers layout, loaded into our Mamba-2
+        from longseq.models.mamba2 import Mamba2ForCausalLM
+
+        model = Mamba2ForCausalLM.from_pretrained(path, device)
+        return model, CheckpointInfo(name, path, cfg, cfg.get("longseq", {}))
     archs = _architectures()
     arch = cfg.get("architecture")
     if arch not in archs:
@@ -170,6 +175,44 @@ class TextCodec:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+def _codec(info: CheckpointInfo) -> TextCodec:
+    from longseq.data.arith import CharTokenizer
+    from longseq.data.text import ByteTokenizer
+
+    tok_cfg = info.extra.get("tokenizer", {})
+    if tok_cfg.get("type") == "char":
+        return TextCodec(CharTokenizer(tok_cfg["chars"]), add_bos=True)
+    if tok_cfg.get("type") == "byte":
+        return TextCodec(ByteTokenizer(), add_bos=False)
+    raise CheckpointError(f"checkpoint {info.name!r} records no tokenizer")
+
+
+def load_mamba2(
+    name_or_path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, TextCodec | None, dict[str, Any]]:
+    """Our Mamba-2 (so the collapse toolkit can change it) from a shipped name or any
+    `transformers` Mamba2 directory; the codec is None when no tokenizer is known."""
+    _, path, _ = resolve(name_or_path)
+    cfile = path / CONFIG
+    if not cfile.exists():
+        raise CheckpointError(f"{path} has no config.json")
+    if json.loads(cfile.read_text()).get("model_type") != "mamba2":
+        raise CheckpointError(f"{path} is not a Mamba-2 checkpoint (model_type != 'mamba2')")
+    model, info = load(name_or_path, device)
+    if info.extra.get("tokenizer"):
+        return model, _codec(info), info.extra
+    try:
+        from transformers import AutoTokenizer
+
+        return (
+            model,
+            TextCodec(AutoTokenizer.from_pretrained(path, local_files_only=True), add_bos=False),
+            info.extra,
+        )
+    except Exception:  # no tokenizer files: token-level tools still work
+        return model, None, info.extra
+
+
 def load_causal_lm(
     name_or_path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, TextCodec, dict[str, Any]]:
@@ -179,17 +222,13 @@ def load_causal_lm(
     ours = str(name_or_path) in registry()
     if not ours and path.is_dir() and (path / CONFIG).exists():
         try:
-            ours = "architecture" in json.loads((path / CONFIG).read_text())
+            c = json.loads((path / CONFIG).read_text())
+            ours = "architecture" in c or "longseq" in c
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{path / CONFIG} is not valid JSON ({e})") from e
     if ours:
-        from longseq.data.arith import CharTokenizer
-
         model, info = load(name_or_path, device)
-        tok_cfg = info.extra.get("tokenizer", {})
-        if tok_cfg.get("type") != "char":
-            raise CheckpointError(f"checkpoint {info.name!r} records no tokenizer")
-        return model, TextCodec(CharTokenizer(tok_cfg["chars"]), add_bos=True), info.extra
+        return model, _codec(info), info.extra
     if not path.is_dir():
         resolve(name_or_path)  # raises with the list of known names
     try:

@@ -170,6 +170,14 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(~torch.ones_like(below).tril(0), -torch.inf)
 
 
+def _bound(state: torch.Tensor, bound: float | None) -> torch.Tensor:
+    """Rescale each head's state (.., p, n) whose Frobenius norm exceeds ``bound``."""
+    if bound is None:
+        return state
+    norm = state.flatten(-2).norm(dim=-1)[..., None, None]
+    return state * torch.clamp(bound / norm.clamp_min(1e-30), max=1.0)
+
+
 def ssd_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -178,23 +186,28 @@ def ssd_chunked(
     C: torch.Tensor,
     chunk_size: int,
     initial_state: torch.Tensor | None = None,
+    log_decay_offset: float = 0.0,
+    state_bound: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The SSD scan in chunks: quadratic inside a chunk, recurrent across chunks.
 
     x: (b, l, h, p)   dt: (b, l, h)   A: (h,)   B, C: (b, l, h, n) (already per head)
     initial_state: (b, h, p, n) or None.  Returns y (b, l, h, p) and the final state.
+    ``log_decay_offset`` is added to every log-decay dt*A (log of a decay scale);
+    ``state_bound`` renormalizes the state at chunk boundaries.
     """
     b, l, h, p = x.shape
     q = chunk_size
     pad = (-l) % q
-    if pad:
+    a = dt * A + log_decay_offset  # (b, l, h) log-decays
+    if pad:  # padding: no decay, no input
         x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
-        dt = F.pad(dt, (0, 0, 0, pad))  # dt = 0 on padding: no decay, no input
+        dt, a = (F.pad(t, (0, 0, 0, pad)) for t in (dt, a))
     nc = x.shape[1] // q
     # (b, c, q, ...) chunks
     x, B, C = (t.reshape(b, nc, q, *t.shape[2:]) for t in (x, B, C))
     dt = dt.reshape(b, nc, q, h)
-    a = (dt * A).permute(0, 3, 1, 2)  # (b, h, c, q) log-decays
+    a = a.reshape(b, nc, q, h).permute(0, 3, 1, 2)  # (b, h, c, q)
     a_cum = a.cumsum(-1)  # (b, h, c, q)
     xdt = x * dt[..., None]  # (b, c, q, h, p)
 
@@ -213,7 +226,7 @@ def ssd_chunked(
     starts = []
     for c in range(nc):
         starts.append(state)
-        state = chunk_decay[:, :, c, None, None] * state + chunk_states[:, c]
+        state = _bound(chunk_decay[:, :, c, None, None] * state + chunk_states[:, c], state_bound)
     starts = torch.stack(starts, dim=1)  # (b, c, h, p, n)
 
     # 4. the start state read out inside each chunk: exp(a_cum_l) C_l . H_c
@@ -223,6 +236,48 @@ def ssd_chunked(
     return y, state
 
 
+def ssd_windowed(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    window: int,
+    log_decay_offset: float = 0.0,
+) -> torch.Tensor:
+    """SSD output of the state of the last ``window`` tokens only:
+
+        h_t^(r) = h_t - (a_{t-r+1} ... a_t) h_{t-r}
+        y_t     = C_t . h_t^(r) = sum_{t-r < s <= t} exp(sum_{s<k<=t} a_k) (C_t . B_s) dt_s x_s
+
+    computed in chunks of ``window`` tokens: each chunk reads itself (causally) and
+    the part of the previous chunk that is still inside the window. Shapes as in
+    :func:`ssd_chunked`; returns y (b, l, h, p)."""
+    b, l, h, p = x.shape
+    r = window
+    pad = (-l) % r
+    a = dt * A + log_decay_offset
+    if pad:
+        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
+        dt, a = (F.pad(t, (0, 0, 0, pad)) for t in (dt, a))
+    nc = x.shape[1] // r
+    x, B, C = (t.reshape(b, nc, r, *t.shape[2:]) for t in (x, B, C))
+    xdt = x * dt.reshape(b, nc, r, h)[..., None]
+    a = a.reshape(b, nc, r, h).permute(0, 3, 1, 2)  # (b, h, c, r)
+    a_cum = a.cumsum(-1)
+    # own chunk, causal
+    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * torch.exp(segsum(a))
+    y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+    if nc > 1:  # previous chunk, sources j > i only (still within the window)
+        prev_to_end = a_cum[:, :, :-1, -1:] - a_cum[:, :, :-1]  # (b, h, c-1, r) for sources
+        log_w = a_cum[:, :, 1:, :, None] + prev_to_end[:, :, :, None, :]  # (b,h,c-1,i,j)
+        later = torch.ones(r, r, dtype=torch.bool, device=x.device).triu(1)
+        w = torch.exp(log_w.masked_fill(~later, -torch.inf))
+        scores = torch.einsum("bclhn,bcshn->bhcls", C[:, 1:], B[:, :-1]) * w
+        y[:, 1:] = y[:, 1:] + torch.einsum("bhcls,bcshp->bclhp", scores, xdt[:, :-1])
+    return y.reshape(b, nc * r, h, p)[:, :l]
+
+
 def ssd_step(
     state: torch.Tensor,
     x: torch.Tensor,
@@ -230,21 +285,30 @@ def ssd_step(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    log_decay_offset: float = 0.0,
+    state_bound: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One recurrent step. state (b, h, p, n), x (b, h, p), dt (b, h), B/C (b, h, n)."""
-    decay = torch.exp(dt * A)[..., None, None]
+    decay = torch.exp(dt * A + log_decay_offset)[..., None, None]
     state = decay * state + (dt[..., None] * x)[..., None] * B[:, :, None, :]
+    state = _bound(state, state_bound)
     y = torch.einsum("bhpn,bhn->bhp", state, C)
     return y, state
 
 
-def ssd_naive(x, dt, A, B, C, initial_state=None):
-    """Token-by-token reference of :func:`ssd_chunked` (for tests)."""
+def ssd_naive(x, dt, A, B, C, initial_state=None, log_decay_offset=0.0, window=None):
+    """Token-by-token reference of :func:`ssd_chunked` / :func:`ssd_windowed` (for tests)."""
     b, l, h, p = x.shape
     state = x.new_zeros(b, h, p, B.shape[-1]) if initial_state is None else initial_state
-    ys = []
+    ys, states, logd = [], [], []
     for t in range(l):
-        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t])
+        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], log_decay_offset)
+        states.append(state)
+        logd.append(dt[:, t] * A + log_decay_offset)
+        if window is not None and t >= window:
+            decay = torch.exp(torch.stack(logd[t - window + 1 : t + 1]).sum(0))
+            old = decay[..., None, None] * states[t - window]
+            y = y - torch.einsum("bhpn,bhn->bhp", old, C[:, t])
         ys.append(y)
     return torch.stack(ys, 1), state
 
@@ -306,8 +370,41 @@ class Mamba2Cache:
                     setattr(layer, name, t.index_select(0, index))
 
 
+@dataclass
+class SSMControl:
+    """Inference-time changes to one layer's SSM: the training-free state-collapse
+    mitigations of Stuffed Mamba. Defaults change nothing.
+
+    decay_scale: lambda_alpha, multiplies every decay a_t (< 1 forgets more);
+    b_scale: lambda_B, multiplies B (< 1 writes less into the state);
+    state_bound: renormalize each head's state to this Frobenius norm when above
+        (every token while decoding, every chunk boundary in the chunked scan);
+    window: only the state of the last ``window`` tokens is read
+        (h_t - a_{t-r+1}...a_t h_{t-r}); prefill only, as a difference of states.
+    """
+
+    decay_scale: float = 1.0
+    b_scale: float = 1.0
+    state_bound: float | None = None
+    window: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.decay_scale <= 1.0:
+            raise ValueError(f"decay_scale must be in (0, 1], got {self.decay_scale}")
+        if self.b_scale <= 0.0:
+            raise ValueError(f"b_scale must be > 0, got {self.b_scale}")
+        if self.state_bound is not None and self.state_bound <= 0:
+            raise ValueError(f"state_bound must be > 0, got {self.state_bound}")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+
+
 class Mamba2Mixer(nn.Module):
-    """The Mamba-2 token mixer: (b, l, d_model) -> (b, l, d_model)."""
+    """The Mamba-2 token mixer: (b, l, d_model) -> (b, l, d_model).
+
+    ``control`` (an :class:`SSMControl`) changes the SSM at inference; ``probe``, when
+    set, is called with the SSM inputs of every forward (for state diagnostics).
+    """
 
     def __init__(self, cfg: Mamba2Config) -> None:
         super().__init__()
@@ -327,6 +424,8 @@ class Mamba2Mixer(nn.Module):
         self.D = nn.Parameter(torch.empty(h))
         self.norm = GatedRMSNorm(cfg.d_inner, cfg.d_inner // cfg.ngroups, cfg.norm_eps)
         self.out_proj = nn.Linear(cfg.d_inner, cfg.d_model, bias=cfg.bias)
+        self.control: SSMControl | None = None
+        self.probe = None
         self.reset_ssm_parameters()
 
     @torch.no_grad()
@@ -373,12 +472,26 @@ class Mamba2Mixer(nn.Module):
         xbc = F.conv1d(window, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim)
         xbc = F.silu(xbc.transpose(1, 2).contiguous())  # (b, l, conv_dim)
         x, B, C, dt, A = self.ssm_inputs(xbc, dt_raw)
+        ctl = self.control or SSMControl()
+        B = B * ctl.b_scale if ctl.b_scale != 1.0 else B
+        offset = math.log(ctl.decay_scale)
         state = layer_state.recurrent_states if layer_state is not None else None
-        if l == 1 and state is not None:
-            y, state = ssd_step(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0])
+        if self.probe is not None:
+            self.probe(x=x, B=B, C=C, dt=dt, log_decay=dt * A + offset)
+        if ctl.window is not None:
+            if layer_state is not None:
+                raise ValueError(
+                    "the sliding-window mitigation reads past states directly; run the model "
+                    "without a cache (longseq.collapse streams windows for you)"
+                )
+            y = ssd_windowed(x, dt, A, B, C, ctl.window, offset)
+        elif l == 1 and state is not None:
+            y, state = ssd_step(
+                state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], offset, ctl.state_bound
+            )
             y = y[:, None]
         else:
-            y, state = ssd_chunked(x, dt, A, B, C, cfg.chunk_size, initial_state=state)
+            y, state = ssd_chunked(x, dt, A, B, C, cfg.chunk_size, state, offset, ctl.state_bound)
         if layer_state is not None:
             layer_state.conv_states = window[..., window.shape[-1] - k :]
             layer_state.recurrent_states = state

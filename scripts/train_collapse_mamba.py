@@ -1,0 +1,148 @@
+"""Train the small byte-level Mamba-2 LMs used to study state collapse.
+
+Each model is trained on windows of ``--seq-len`` bytes of the Python standard
+library's source, a share of them passkey documents, and saved in the `transformers`
+Mamba2 layout (config.json + model.safetensors; `transformers` loads it as it is).
+The first model of ``--d-state`` is registered as ``collapse-mamba2``.
+
+    python scripts/train_collapse_mamba.py                         # the shipped model
+    python scripts/train_collapse_mamba.py --d-state 16 32 64 --export-dir runs/collapse/export
+
+Runs resume from ``state.pt`` in their run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longseq import hub
+from longseq.data.text import lm_batch, stdlib_corpus
+from longseq.models.mamba2 import Mamba2Config, Mamba2ForCausalLM
+from longseq.utils import default_device, progress_bar, seed_everything
+
+NAME = "collapse-mamba2"
+
+
+@torch.no_grad()
+def val_loss(model, corpus, seq_len, device, n=16) -> float:
+    model.eval()
+    b = lm_batch(corpus, n, seq_len, np.random.default_rng(123)).to(device)
+    loss = model(b[:, :-1], labels=b[:, :-1]).loss.item()
+    model.train()
+    return loss
+
+
+def train_one(args, d_state: int, device, train, val) -> tuple[Mamba2ForCausalLM, dict]:
+    seed_everything(args.seed)
+    cfg = Mamba2Config(
+        vocab_size=256,
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        d_state=d_state,
+        headdim=args.headdim,
+        chunk_size=64,
+    )
+    model = Mamba2ForCausalLM(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    run = Path(args.run_dir) / f"dstate{d_state}"
+    run.mkdir(parents=True, exist_ok=True)
+    step = 0
+    if (run / "state.pt").exists():
+        st = torch.load(run / "state.pt", map_location=device)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        step = st["step"]
+    log = open(run / "metrics.jsonl", "a")  # noqa: SIM115
+    t0 = time.time()
+    with progress_bar(f"d_state={d_state}", args.steps) as advance:
+        advance(step)
+        while step < args.steps:
+            rng = np.random.default_rng([args.seed, step])
+            b = lm_batch(train, args.batch_size, args.seq_len, rng, args.passkey_frac).to(device)
+            lr = (
+                args.lr
+                * min(1.0, (step + 1) / 100)
+                * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+            )
+            for g in opt.param_groups:
+                g["lr"] = lr
+            loss = model(b[:, :-1], labels=b[:, :-1]).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            advance()
+            rec = {"step": step, "loss": round(loss.item(), 4)}
+            if step % 200 == 0 or step == args.steps:
+                rec["val_loss"] = val_loss(model, val, args.seq_len, device)
+                torch.save(
+                    {"model": model.state_dict(), "opt": opt.state_dict(), "step": step},
+                    run / "state.pt",
+                )
+                print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+    log.close()
+    metrics = {
+        "val_loss_at_train_length": val_loss(model, val, args.seq_len, device),
+        "train_seconds_this_call": round(time.time() - t0, 1),
+        "state_elements": cfg.state_elements,
+    }
+    return model, metrics
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--d-state", nargs="+", type=int, default=[64])
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--n-layer", type=int, default=2)
+    ap.add_argument("--headdim", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--passkey-frac", type=float, default=0.5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--run-dir", default="runs/collapse")
+    ap.add_argument("--export-dir", default=str(hub.CHECKPOINT_DIR))
+    args = ap.parse_args()
+    device = default_device(args.device)
+    train, val = stdlib_corpus("train"), stdlib_corpus("val")
+    for i, d_state in enumerate(args.d_state):
+        model, metrics = train_one(args, d_state, device, train, val)
+        name = NAME if i == 0 else f"{NAME}-dstate{d_state}"
+        extra = {
+            "name": name,
+            "tokenizer": {"type": "byte"},
+            "train_length": args.seq_len,
+            "training": {
+                "script": "scripts/train_collapse_mamba.py",
+                "argv": sys.argv[1:],
+                "args": {k: v for k, v in vars(args).items() if k != "export_dir"},
+                "corpus": "Python stdlib sources (train split)",
+                "data_seed": args.seed,
+            },
+            "metrics": metrics,
+        }
+        out = model.cpu().save_pretrained(Path(args.export_dir) / name, extra)
+        if out.resolve().is_relative_to(hub.CHECKPOINT_DIR.resolve()):
+            hub.register(
+                name,
+                out,
+                f"byte-level Mamba-2 ({model.num_parameters() / 1e6:.2f}M, "
+                f"d_state={d_state}) trained at {args.seq_len} bytes: collapses beyond",
+            )
+        print(json.dumps({"d_state": d_state, **metrics}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Passkey retrieval and per-position loss far beyond the training length."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from longseq.collapse.streaming import greedy_continue, per_position_nll
+from longseq.data.text import ByteTokenizer, passkey_prompt, stdlib_corpus
+from longseq.utils import progress_bar
+
+
+@dataclass
+class PasskeyResult:
+    lengths: list[int]
+    depths: list[float]
+    accuracy: list[list[float]]  # [length][depth]
+    trials: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def mean_by_length(self) -> list[float]:
+        return [float(np.mean(row)) for row in self.accuracy]
+
+
+def passkey_accuracy(
+    model,
+    lengths: list[int],
+    depths: list[float] = (0.0, 0.25, 0.5, 0.75, 1.0),
+    trials: int = 4,
+    seed: int = 0,
+    progress: bool = True,
+) -> PasskeyResult:
+    """Greedy-decode the 5-digit key after prompts of each length and needle depth."""
+    if not lengths or min(lengths) < 200:
+        raise ValueError(f"lengths must be >= 200 bytes (the prompt's fixed text), got {lengths}")
+    tok = ByteTokenizer()
+    rng = np.random.default_rng(seed)
+    acc = []
+    with progress_bar("passkey", len(lengths) * len(depths) * trials, progress) as advance:
+        for length in lengths:
+            row = []
+            for depth in depths:
+                ok = 0
+                for _ in range(trials):
+                    s = passkey_prompt(length, depth, rng)
+                    ok += s.key in tok.decode(greedy_continue(model, s.ids, 7))
+                    advance()
+                row.append(ok / trials)
+            acc.append(row)
+    return PasskeyResult(list(lengths), list(depths), acc, trials)
+
+
+def long_text(length: int, prompt: str = "text") -> torch.Tensor:
+    """``length`` bytes of held-out stdlib source, or of "\\n" repeated (``prompt="newline"``)."""
+    if prompt == "newline":
+        return torch.full((length,), ord("\n"), dtype=torch.long)
+    if prompt != "text":
+        raise ValueError(f"prompt must be 'text' or 'newline', got {prompt!r}")
+    corpus = stdlib_corpus("val")
+    reps = math.ceil(length / len(corpus))
+    return torch.from_numpy(np.tile(corpus, reps)[:length].astype(np.int64))
+
+
+@dataclass
+class LossCurve:
+    train_length: int
+    edges: list[int]  # log-spaced position bins
+    mean_nll: list[float]  # per bin
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def mean_between(self, lo: int, hi: int) -> float:
+        vals = [
+            v
+            for a, b, v in zip(self.edges[:-1], self.edges[1:], self.mean_nll, strict=True)
+            if a >= lo and b <= hi and not math.isnan(v)
+        ]
+        return float(np.mean(vals)) if vals else float("nan")
+
+
+def loss_curve(
+    model, ids: torch.Tensor, train_length: int, bins_per_octave: int = 4, segment: int = 1024
+) -> LossCurve:
+    """Per-position NLL of ``ids`` averaged in log-spaced bins (memory flat in length)."""
+    nll = per_position_nll(model, ids, segment)
+    n = len(nll)
+    edges = sorted(
+        {
+            int(round(2 ** (k / bins_per_octave)))
+            for k in range(int(bins_per_octave * math.log2(max(n, 2))) + 1)
+        }
+        | {n}
+    )
+    edges = [0] + [e for e in edges if e <= n]
+    means = [
+        float(nll[a:b].mean()) if b > a else float("nan")
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    return LossCurve(train_length, edges, means)
+
+
+def calibrated_controls(model, kind: str, train_length: int) -> list:
+    """Per-layer mitigations set from the model itself: ``window`` = the training
+    length; ``norm`` = each layer's largest head-state norm after ``train_length``
+    tokens of held-out text (the state never needs to be larger than in training)."""
+    from longseq.collapse.diagnostics import state_statistics
+    from longseq.collapse.mitigations import clear_mitigations, mixers
+    from longseq.models.mamba2 import SSMControl
+
+    n_layers = len(mixers(model))
+    if kind == "window":
+        return [SSMControl(window=train_length)] * n_layers
+    if kind != "norm":
+        raise ValueError(f"kind must be 'norm' or 'window', got {kind!r}")
+    clear_mitigations(model)
+    trace = state_statistics(model, long_text(train_length), segment=train_length)
+    bounds = trace.tensor("norm")[-1].max(-1).values  # (layers,)
+    return [SSMControl(state_bound=float(b)) for b in bounds]

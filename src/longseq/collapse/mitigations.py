@@ -1,0 +1,72 @@
+"""Apply the training-free state-collapse mitigations to a loaded Mamba-2 model.
+
+from longseq.collapse import apply_mitigation, parse_mitigation
+apply_mitigation(model, parse_mitigation("forget:0.9999,0.75"))   # every layer
+apply_mitigation(model, SSMControl(window=256), layers=[0, 1])
+clear_mitigations(model)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from longseq.models.mamba2 import Mamba2Mixer, SSMControl
+
+#: paper values for "forget more, remember less" (lambda_alpha on the decay, lambda_B on B)
+PAPER_DECAY_SCALE, PAPER_B_SCALE = 0.9999, 0.75
+
+
+def mixers(model: torch.nn.Module) -> list[Mamba2Mixer]:
+    found = [m for m in model.modules() if isinstance(m, Mamba2Mixer)]
+    if not found:
+        raise TypeError(f"{type(model).__name__} has no Mamba-2 mixers to change")
+    return found
+
+
+def apply_mitigation(
+    model: torch.nn.Module, control: SSMControl | None, layers: Iterable[int] | None = None
+) -> torch.nn.Module:
+    """Set ``control`` on the mixers of ``layers`` (all when None); None clears them."""
+    ms = mixers(model)
+    idx = range(len(ms)) if layers is None else list(layers)
+    for i in idx:
+        if not 0 <= i < len(ms):
+            raise ValueError(f"layer {i} out of range: the model has {len(ms)} Mamba-2 layers")
+        ms[i].control = control
+    return model
+
+
+def clear_mitigations(model: torch.nn.Module) -> torch.nn.Module:
+    return apply_mitigation(model, None)
+
+
+def window_of(model: torch.nn.Module) -> int | None:
+    """The sliding window in force (the largest over layers), or None."""
+    wins = [m.control.window for m in mixers(model) if m.control and m.control.window]
+    return max(wins) if wins else None
+
+
+def parse_mitigation(spec: str | None) -> SSMControl | None:
+    """``none`` | ``forget[:DECAY_SCALE[,B_SCALE]]`` | ``norm:BOUND`` | ``window:TOKENS``.
+
+    ``forget`` alone uses the paper's values (0.9999, 0.75)."""
+    if spec is None or spec in ("", "none"):
+        return None
+    kind, _, arg = spec.partition(":")
+    try:
+        if kind == "forget":
+            vals = [float(v) for v in arg.split(",")] if arg else []
+            decay = vals[0] if vals else PAPER_DECAY_SCALE
+            b = vals[1] if len(vals) > 1 else PAPER_B_SCALE
+            return SSMControl(decay_scale=decay, b_scale=b)
+        if kind == "norm":
+            return SSMControl(state_bound=float(arg))
+        if kind == "window":
+            return SSMControl(window=int(arg))
+    except ValueError as e:
+        raise ValueError(f"bad mitigation {spec!r}: {e}") from e
+    raise ValueError(
+        f"unknown mitigation {spec!r}: use none, forget[:DECAY,B], norm:BOUND or window:TOKENS"
+    )

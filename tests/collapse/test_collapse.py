@@ -1,0 +1,190 @@
+"""State-collapse toolkit: streaming exactness, mitigations, diagnostics, passkey, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from longseq.cli import app
+from longseq.collapse import (
+    SSMControl,
+    apply_mitigation,
+    clear_mitigations,
+    greedy_continue,
+    loss_curve,
+    parse_mitigation,
+    passkey_accuracy,
+    per_position_nll,
+    state_statistics,
+)
+from longseq.data.text import PASSKEY_FILLER, PASSKEY_PREFIX, PASSKEY_SUFFIX, passkey_prompt
+from longseq.models.mamba2 import Mamba2Config, Mamba2ForCausalLM, ssd_chunked, ssd_naive
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    return Mamba2ForCausalLM(
+        Mamba2Config(vocab_size=256, d_model=32, n_layer=2, d_state=8, headdim=16, chunk_size=16)
+    ).eval()
+
+
+def full_nll(model, ids):
+    with torch.no_grad():
+        lp = model(ids[None]).logits[0, :-1].float().log_softmax(-1)
+    return -lp.gather(-1, ids[1:, None])[:, 0]
+
+
+@pytest.mark.parametrize("segment", [7, 32, 1000])
+def test_streamed_nll_equals_one_forward(segment):
+    m = tiny()
+    ids = torch.randint(0, 256, (150,))
+    torch.testing.assert_close(
+        per_position_nll(m, ids, segment), full_nll(m, ids), atol=1e-4, rtol=1e-4
+    )
+
+
+def test_window_streaming_with_receptive_context_is_exact():
+    m = tiny()
+    apply_mitigation(m, SSMControl(window=20))
+    ids = torch.randint(0, 256, (200,))
+    torch.testing.assert_close(per_position_nll(m, ids, 33), full_nll(m, ids), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="without a cache"):
+        m(ids[None], use_cache=True)
+
+
+def test_window_changes_the_model_only_beyond_the_window():
+    m = tiny()
+    ids = torch.randint(0, 256, (120,))
+    plain = full_nll(m, ids)
+    apply_mitigation(m, SSMControl(window=40))
+    win = full_nll(m, ids)
+    torch.testing.assert_close(win[:39], plain[:39], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(win[60:], plain[60:])
+
+
+def test_greedy_continue_matches_full_recompute():
+    m = tiny()
+    ids = torch.randint(0, 256, (40,))
+    got = greedy_continue(m, ids, 5)
+    seq = ids.tolist()
+    with torch.no_grad():
+        for _ in range(5):
+            seq.append(int(m(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert got == seq[40:]
+    apply_mitigation(m, SSMControl(window=10))
+    got_w = greedy_continue(m, ids, 5)
+    seq = ids.tolist()
+    with torch.no_grad():
+        for _ in range(5):
+            seq.append(int(m(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert got_w == seq[40:]
+
+
+def test_forget_more_and_state_bound_on_the_scan():
+    torch.manual_seed(0)
+    b, l, h, p, n = 1, 64, 2, 4, 3
+    x, B, C = torch.ones(b, l, h, p), torch.ones(b, l, h, n), torch.randn(b, l, h, n)
+    dt, A = torch.full((b, l, h), 0.1), -torch.full((h,), 0.01)
+    _, s_plain = ssd_chunked(x, dt, A, B, C, 16)
+    _, s_forget = ssd_chunked(x, dt, A, B, C, 16, log_decay_offset=np.log(0.9))
+    y1, f1 = ssd_chunked(x, dt, A, B, C, 16, log_decay_offset=np.log(0.9))
+    y2, f2 = ssd_naive(x, dt, A, B, C, log_decay_offset=np.log(0.9))
+    torch.testing.assert_close(y1, y2, atol=1e-4, rtol=1e-4)
+    assert s_forget.norm() < 0.5 * s_plain.norm()
+    _, s_bound = ssd_chunked(x, dt, A, B, C, 16, state_bound=1.0)
+    assert torch.all(s_bound.flatten(2).norm(dim=-1) <= 1.0 + 1e-5)
+
+
+def test_state_statistics_reads_the_state():
+    m = tiny()
+    ids = torch.randint(0, 256, (100,))
+    trace = state_statistics(m, ids, segment=40)
+    assert trace.positions == [40, 80, 100]
+    assert trace.tensor("norm").shape == (3, 2, m.config.nheads)
+    with torch.no_grad():
+        st = m(ids[None], use_cache=True).cache.layers[1].recurrent_states[0]
+    torch.testing.assert_close(
+        trace.tensor("norm")[-1, 1], st.flatten(1).norm(dim=-1), atol=1e-4, rtol=1e-4
+    )
+    assert all(0 < d < 1 for d in trace.tensor("decay").flatten().tolist())
+    assert all(m.probe is None for m in m.modules() if hasattr(m, "probe"))
+
+
+def test_norm_mitigation_bounds_the_recorded_state():
+    m = tiny()
+    ids = torch.randint(0, 256, (200,))
+    apply_mitigation(m, SSMControl(state_bound=0.05))
+    trace = state_statistics(m, ids, segment=32)
+    assert trace.tensor("norm").max() <= 0.05 + 1e-5
+    clear_mitigations(m)
+    assert state_statistics(m, ids, segment=32).tensor("norm").max() > 0.05
+
+
+def test_parse_mitigation():
+    assert parse_mitigation("none") is None
+    c = parse_mitigation("forget")
+    assert (c.decay_scale, c.b_scale) == (0.9999, 0.75)
+    assert parse_mitigation("forget:0.99,0.5").b_scale == 0.5
+    assert parse_mitigation("norm:3").state_bound == 3.0
+    assert parse_mitigation("window:64").window == 64
+    for bad, msg in (
+        ("blur", "unknown"),
+        ("window:x", "bad mitigation"),
+        ("forget:1.5", "decay_scale"),
+    ):
+        with pytest.raises(ValueError, match=msg):
+            parse_mitigation(bad)
+    with pytest.raises(TypeError, match="no Mamba-2"):
+        apply_mitigation(torch.nn.Linear(2, 2), None)
+
+
+def test_passkey_prompt_format():
+    s = passkey_prompt(1000, 0.5, np.random.default_rng(0))
+    text = bytes(s.ids.tolist()).decode()
+    assert text.startswith(PASSKEY_PREFIX) and text.endswith(PASSKEY_SUFFIX)
+    assert f"The passkey is {s.key}. Remember it. {s.key} is the passkey." in text
+    assert 900 <= len(text) <= 1000 and len(s.key) == 5
+    before = text.index("The passkey is")
+    assert abs(text[:before].count(PASSKEY_FILLER) - text[before:].count(PASSKEY_FILLER)) <= 1
+
+
+def test_passkey_accuracy_grid_and_loss_curve():
+    m = tiny()
+    res = passkey_accuracy(m, [256, 300], depths=[0.0, 1.0], trials=1, progress=False)
+    assert len(res.accuracy) == 2 and all(0 <= a <= 1 for row in res.accuracy for a in row)
+    curve = loss_curve(m, torch.randint(0, 256, (300,)), train_length=64)
+    assert curve.edges[0] == 0 and curve.edges[-1] == 299
+    assert not np.isnan(curve.mean_between(64, 256))
+
+
+def test_cli_on_a_transformers_layout_checkpoint(tmp_path):
+    m = tiny()
+    m.save_pretrained(tmp_path / "ck", extra={"tokenizer": {"type": "byte"}, "train_length": 64})
+    runner = CliRunner()
+    for cmd in (
+        ["diagnose", "--length", "256", "--segment", "64"],
+        ["passkey", "--lengths", "256", "--trials", "1"],
+        [
+            "loss-curve",
+            "--length",
+            "512",
+            "--mitigation",
+            "none",
+            "--mitigation",
+            "window",
+            "--mitigation",
+            "norm",
+        ],
+    ):
+        out = tmp_path / cmd[0]
+        res = runner.invoke(
+            app, ["collapse", *cmd, "--model", str(tmp_path / "ck"), "--out", str(out)]
+        )
+        assert res.exit_code == 0, res.output
+        assert any(out.glob("*.png")) and any(out.glob("*.json"))
+    curves = json.loads((tmp_path / "loss-curve" / "loss_text.json").read_text())
+    assert set(curves) == {"none", "window", "norm"}
+    res = runner.invoke(app, ["collapse", "diagnose", "--model", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "nope" in res.output
