@@ -26,7 +26,13 @@ import torch
 from longseq import hub
 from longseq.data.text import lm_batch, stdlib_corpus
 from longseq.models.mamba2 import Mamba2Config, Mamba2ForCausalLM
-from longseq.utils import default_device, progress_bar, seed_everything
+from longseq.utils import (
+    default_device,
+    load_training_state,
+    progress_bar,
+    save_training_state,
+    seed_everything,
+)
 
 NAME = "collapse-mamba2"
 
@@ -54,12 +60,7 @@ def train_one(args, d_state: int, device, train, val) -> tuple[Mamba2ForCausalLM
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     run = Path(args.run_dir) / f"dstate{d_state}"
     run.mkdir(parents=True, exist_ok=True)
-    step = 0
-    if (run / "state.pt").exists():
-        st = torch.load(run / "state.pt", map_location=device)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        step = st["step"]
+    step = load_training_state(run / "state.pt", model, opt, device)
     log = open(run / "metrics.jsonl", "a")  # noqa: SIM115
     t0 = time.time()
     with progress_bar(f"d_state={d_state}", args.steps) as advance:
@@ -84,10 +85,7 @@ def train_one(args, d_state: int, device, train, val) -> tuple[Mamba2ForCausalLM
             rec = {"step": step, "loss": round(loss.item(), 4)}
             if step % 200 == 0 or step == args.steps:
                 rec["val_loss"] = val_loss(model, val, args.seq_len, device)
-                torch.save(
-                    {"model": model.state_dict(), "opt": opt.state_dict(), "step": step},
-                    run / "state.pt",
-                )
+                save_training_state(run / "state.pt", model, opt, step)
                 print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
     log.close()

@@ -25,7 +25,13 @@ import torch
 from longseq import hub
 from longseq.data.arith import ArithTask, CharTokenizer, Problem, make_batch
 from longseq.models.gpt import GPT, GPTConfig
-from longseq.utils import default_device, progress_bar, seed_everything
+from longseq.utils import (
+    default_device,
+    load_training_state,
+    progress_bar,
+    save_training_state,
+    seed_everything,
+)
 
 NAME = "power-arith-gpt"
 
@@ -91,12 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
     run = Path(args.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    step = 0
-    if (run / "state.pt").exists():
-        st = torch.load(run / "state.pt", map_location=device)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        step = st["step"]
+    step = load_training_state(run / "state.pt", model, opt, device)
+    if step:
         print(f"resumed from {run / 'state.pt'} at step {step}")
 
     def lr_at(s: int) -> float:
@@ -131,10 +133,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
             if step % args.save_every == 0 or step == args.steps:
-                torch.save(
-                    {"model": model.state_dict(), "opt": opt.state_dict(), "step": step},
-                    run / "state.pt",
-                )
+                save_training_state(run / "state.pt", model, opt, step)
     log.close()
     metrics = evaluate(model, task, tok, 2048, device)
     metrics["train_seconds_this_call"] = round(time.time() - t0, 1)

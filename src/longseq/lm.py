@@ -23,6 +23,15 @@ import torch
 _ROW_ATTRS = ("keys", "values", "conv_states", "recurrent_states", "ssm_states")
 
 
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy; ``labels`` are aligned with the inputs, -100 is ignored."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+    )
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device

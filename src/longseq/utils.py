@@ -56,3 +56,22 @@ def progress_bar(description: str, total: int, enabled: bool = True):
     ) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
+
+
+def save_training_state(
+    path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int
+) -> None:
+    """Everything needed to resume: model, optimizer and the step (or epoch) reached."""
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, path)
+
+
+def load_training_state(path, model: torch.nn.Module, opt: torch.optim.Optimizer, device) -> int:
+    """Restore a :func:`save_training_state` file if it exists; return the step reached (0)."""
+    from pathlib import Path
+
+    if not Path(path).exists():
+        return 0
+    st = torch.load(path, map_location=device)
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["opt"])
+    return int(st.get("step", st.get("epoch", 0)))

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longseq.lm import causal_lm_loss
+
 
 @dataclass
 class GPTConfig:
@@ -194,9 +196,5 @@ class GPT(nn.Module):
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if labels is not None:  # labels are aligned with input_ids; -100 is ignored
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                labels[:, 1:].reshape(-1),
-                ignore_index=-100,
-            )
+            loss = causal_lm_loss(logits, labels)
         return CausalLMOutput(logits=logits, cache=cache if use_cache else None, loss=loss)

@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longseq.lm import causal_lm_loss
+
 # --------------------------------------------------------------------------- config
 
 
@@ -573,11 +575,7 @@ class Mamba2ForCausalLM(nn.Module):
             cache.seen_tokens += input_ids.shape[1]
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-                labels[:, 1:].reshape(-1),
-                ignore_index=-100,
-            )
+            loss = causal_lm_loss(logits, labels)
         return Mamba2Output(logits=logits, cache=cache if use_cache else None, loss=loss)
 
     # ----------------------------------------------------------- checkpoint layout

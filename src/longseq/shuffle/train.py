@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from longseq.data.shapes import ShapesDataset, normalize
-from longseq.utils import progress_bar
+from longseq.utils import load_training_state, progress_bar, save_training_state
 
 
 @dataclass
@@ -119,12 +119,7 @@ def train_classifier(
             return cfg.lr * (step + 1) / warm
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-    start_epoch = 0
-    if state_path is not None and Path(state_path).exists():
-        st = torch.load(state_path, map_location=device)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        start_epoch = st["epoch"]
+    start_epoch = load_training_state(state_path, model, opt, device) if state_path else 0
     gen = torch.Generator().manual_seed(cfg.seed)
     for _ in range(start_epoch):  # keep the shuffling stream identical on resume
         torch.randperm(len(xtr), generator=gen)
@@ -159,10 +154,7 @@ def train_classifier(
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             if state_path is not None and rank == 0:
-                torch.save(
-                    {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1},
-                    state_path,
-                )
+                save_training_state(state_path, model, opt, epoch + 1)
             advance()
     if log:
         log.close()
