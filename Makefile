@@ -32,6 +32,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/power_bench.py
+	$(PY) benchmarks/shuffle_bench.py
+	$(PY) benchmarks/mamba2_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -19,12 +19,21 @@ def test_save_load_roundtrip(tmp_path):
     assert m2.lm_head.weight is m2.wte.weight  # tying survives
 
 
-def test_shipped_checkpoint_loads_and_matches_registry():
-    reg = hub.registry()
-    assert "power-arith-gpt" in reg
-    model, info = hub.load("power-arith-gpt")
-    assert hub.sha256_file(info.path / hub.WEIGHTS) == reg["power-arith-gpt"]["sha256"]
-    assert info.extra["training"]["script"] == "scripts/train_power_gpt.py"
+@pytest.mark.parametrize("name", sorted(hub.registry()))
+def test_every_shipped_checkpoint_loads_and_records_its_script(name):
+    from pathlib import Path
+
+    entry = hub.registry()[name]
+    model, info = hub.load(name)
+    assert hub.sha256_file(info.path / hub.WEIGHTS) == entry["sha256"]
+    script = info.extra["training"]["script"]
+    assert (Path(__file__).parent.parent / script).exists()
+    assert (info.path / hub.WEIGHTS).stat().st_size < 8 * 2**20  # a few MB at most
+    assert not model.training
+
+
+def test_power_checkpoint_is_small():
+    model, _ = hub.load("power-arith-gpt")
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
 
 
