@@ -8,7 +8,7 @@
   peak memory after 1/16, 1/4 and all of it (flat = memory does not grow).
 
 On CUDA the model is a ~130M-parameter Mamba-2 (d_model 768, 24 layers) in bf16;
-on CPU a ~12M one in float32 with shorter inputs, and the report says which.
+on CPU a ~5M one in float32 with shorter inputs, and the report says which.
 
     python benchmarks/mamba2_bench.py
 """
@@ -66,17 +66,24 @@ def main() -> None:
     args = ap.parse_args()
     device = default_device(args.device)
     big = device.type == "cuda"
-    cfg = Mamba2Config(vocab_size=32000 if big else 8000, d_model=768 if big else 256,
-                       n_layer=24 if big else 6, d_state=128 if big else 64, headdim=64,
-                       chunk_size=256 if big else 64)
+    cfg = Mamba2Config(
+        vocab_size=32000 if big else 8000,
+        d_model=768 if big else 256,
+        n_layer=24 if big else 6,
+        d_state=128 if big else 64,
+        headdim=64,
+        chunk_size=256 if big else 64,
+    )
     dtype = torch.bfloat16 if big else torch.float32
     torch.manual_seed(0)
     ours = Mamba2ForCausalLM(cfg)
     tmp = Path(tempfile.mkdtemp())
     ours.save_pretrained(tmp)
     ours = ours.to(device, dtype).eval()
-    rows: dict = {"model": f"Mamba-2, {ours.num_parameters() / 1e6:.1f}M parameters, "
-                  f"d_model {cfg.d_model}, {cfg.n_layer} layers, d_state {cfg.d_state}, {dtype}"}
+    rows: dict = {
+        "model": f"Mamba-2, {ours.num_parameters() / 1e6:.1f}M parameters, "
+        f"d_model {cfg.d_model}, {cfg.n_layer} layers, d_state {cfg.d_state}, {dtype}"
+    }
     impls = {"longseq (chunked SSD)": ours}
     try:
         import transformers
@@ -97,8 +104,9 @@ def main() -> None:
     prefill = []
     for name, m in impls.items():
         t = _time(lambda m=m: m(ids), device)
-        prefill.append({"impl": name, "batch": batch, "seqlen": seqlen,
-                        "tokens_per_s": batch * seqlen / t})
+        prefill.append(
+            {"impl": name, "batch": batch, "seqlen": seqlen, "tokens_per_s": batch * seqlen / t}
+        )
         print(prefill[-1], flush=True)
     rows["prefill"] = prefill
 
@@ -136,29 +144,44 @@ def main() -> None:
             if seen >= mark and mark not in {s["tokens"] for s in stream}:
                 stream.append({"tokens": mark, "peak_MiB": _peak_mib(device)})
                 print(stream[-1], flush=True)
-    rows["stream"] = {"segment": seg, "points": stream,
-                      "tokens_per_s": total / (time.perf_counter() - t0),
-                      "memory": "torch.cuda.max_memory_allocated" if big else "process peak RSS"}
-    desc = (torch.cuda.get_device_name(device) if big
-            else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)")
+    rows["stream"] = {
+        "segment": seg,
+        "points": stream,
+        "tokens_per_s": total / (time.perf_counter() - t0),
+        "memory": "torch.cuda.max_memory_allocated" if big else "process peak RSS",
+    }
+    desc = (
+        torch.cuda.get_device_name(device)
+        if big
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     res = {"device": desc, "torch": torch.__version__, **rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    lines = [f"# Mamba-2 benchmark\n\nDevice: {desc}. Model: {rows['model']}. mamba_ssm: "
-             f"{rows['mamba_ssm']}. Written by `benchmarks/mamba2_bench.py`.\n",
-             "| prefill | batch x length | tokens/s | vs transformers |", "|---|---|---|---|"]
+    lines = [
+        f"# Mamba-2 benchmark\n\nDevice: {desc}. Model: {rows['model']}. mamba_ssm: "
+        f"{rows['mamba_ssm']}. Written by `benchmarks/mamba2_bench.py`.\n",
+        "| prefill | batch x length | tokens/s | vs transformers |",
+        "|---|---|---|---|",
+    ]
     ref = next((p["tokens_per_s"] for p in prefill if p["impl"].startswith("transformers")), None)
     for p in prefill:
         ratio = f"{p['tokens_per_s'] / ref:.2f}x" if ref else "-"
-        lines.append(f"| {p['impl']} | {p['batch']} x {p['seqlen']} | "
-                     f"{p['tokens_per_s']:,.0f} | {ratio} |")
+        lines.append(
+            f"| {p['impl']} | {p['batch']} x {p['seqlen']} | {p['tokens_per_s']:,.0f} | {ratio} |"
+        )
     lines += ["", "| recurrent decode (longseq) | batch | tokens/s |", "|---|---|---|"]
     for d in decode:
         lines.append(f"| {d['new_tokens']} new tokens | {d['batch']} | {d['tokens_per_s']:,.0f} |")
-    lines += ["", f"Streaming {total:,} tokens in segments of {seg} through the recurrent state "
-              f"({rows['stream']['tokens_per_s']:,.0f} tokens/s), {rows['stream']['memory']}:", "",
-              "| tokens seen | peak MiB |", "|---|---|"]
+    lines += [
+        "",
+        f"Streaming {total:,} tokens in segments of {seg} through the recurrent state "
+        f"({rows['stream']['tokens_per_s']:,.0f} tokens/s), {rows['stream']['memory']}:",
+        "",
+        "| tokens seen | peak MiB |",
+        "|---|---|",
+    ]
     for s in stream:
         lines.append(f"| {s['tokens']:,} | {s['peak_MiB']:.0f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")

@@ -3,7 +3,7 @@
 Each model is trained on windows of ``--seq-len`` bytes of the Python standard
 library's source, a share of them passkey documents, and saved in the `transformers`
 Mamba2 layout (config.json + model.safetensors; `transformers` loads it as it is).
-The first model of ``--d-state`` is registered as ``collapse-mamba2``.
+The first model of ``--d-state`` is registered as ``mamba2-stdlib``.
 
     python scripts/train_collapse_mamba.py                         # the shipped model
     python scripts/train_collapse_mamba.py --d-state 16 32 64 --export-dir runs/collapse/export
@@ -34,7 +34,7 @@ from longseq.utils import (
     seed_everything,
 )
 
-NAME = "collapse-mamba2"
+NAME = "mamba2-stdlib"
 
 
 @torch.no_grad()

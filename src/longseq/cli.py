@@ -343,7 +343,7 @@ def _length(length: int | None, train_length: int | None, factor: int = 64) -> i
 
 @collapse_app.command("diagnose")
 def collapse_diagnose(
-    model: str = typer.Option("collapse-mamba2", help="shipped name or transformers Mamba2 dir"),
+    model: str = typer.Option("mamba2-stdlib", help="shipped name or transformers Mamba2 dir"),
     length: int = typer.Option(None, help="tokens (default 64 x training length)"),
     prompt: str = typer.Option("text", help="text | newline"),
     segment: int = typer.Option(256, min=1, help="tokens between state readings"),
@@ -390,7 +390,7 @@ def collapse_diagnose(
 
 @collapse_app.command("passkey")
 def collapse_passkey(
-    model: str = typer.Option("collapse-mamba2"),
+    model: str = typer.Option("mamba2-stdlib"),
     lengths: list[int] = typer.Option(
         None, help="prompt lengths (default: 1, 2, 4, ... 64 x training length)"
     ),
@@ -430,7 +430,7 @@ def collapse_passkey(
 
 @collapse_app.command("loss-curve")
 def collapse_loss_curve(
-    model: str = typer.Option("collapse-mamba2"),
+    model: str = typer.Option("mamba2-stdlib"),
     length: int = typer.Option(None, help="tokens (default 64 x training length)"),
     prompt: str = typer.Option("text", help="text | newline"),
     mitigation: list[str] = typer.Option(
@@ -477,12 +477,12 @@ def _print_loss_table(curves: dict, t: int, n: int, prompt: str) -> None:
 
 @collapse_app.command("demo")
 def collapse_demo(
-    model: str = typer.Option("collapse-mamba2"),
+    model: str = typer.Option("mamba2-stdlib"),
     out: Path = typer.Option(Path("collapse-demo")),
     device: str = typer.Option(None),
 ) -> None:
-    """The shipped Mamba-2's loss exploding past its training length, and the three
-    mitigations fixing it (text and all-newline prompts); plots written to OUT."""
+    """Per-position loss of a Mamba-2 up to 64x its training length, without and with
+    each of the three mitigations (text and all-newline prompts); plots written to OUT."""
     from longseq.collapse import long_text, loss_curve
     from longseq.collapse.plots import plot_loss_curves
 
@@ -500,8 +500,11 @@ def collapse_demo(
             _mitigate(net, spec, t_train)
             curves[spec] = loss_curve(net, ids, t_train)
         plot_loss_curves(curves, out / f"loss_{prompt}.png", f"{model}: {prompt} prompt")
+        (out / f"loss_{prompt}.json").write_text(
+            json.dumps({k: c.to_dict() for k, c in curves.items()}, indent=2)
+        )
         _print_loss_table(curves, t_train, n, prompt)
-    console.print(f"plots: {out / 'loss_text.png'}, {out / 'loss_newline.png'}")
+    console.print(f"plots and JSON in {out}")
 
 
 if __name__ == "__main__":
