@@ -3,7 +3,7 @@
 Each model is trained on windows of ``--seq-len`` bytes of the Python standard
 library's source, a share of them passkey documents, and saved in the `transformers`
 Mamba2 layout (config.json + model.safetensors; `transformers` loads it as it is).
-The first model of ``--d-state`` is registered as ``mamba2-stdlib``.
+The first model of ``--d-state`` is registered as ``collapse-mamba2``.
 
     python scripts/train_collapse_mamba.py                         # the shipped model
     python scripts/train_collapse_mamba.py --d-state 16 32 64 --export-dir runs/collapse/export
@@ -34,7 +34,7 @@ from longseq.utils import (
     seed_everything,
 )
 
-NAME = "mamba2-stdlib"
+NAME = "collapse-mamba2"
 
 
 @torch.no_grad()
@@ -101,15 +101,15 @@ def train_one(args, d_state: int, device, train, val) -> tuple[Mamba2ForCausalLM
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--d-state", nargs="+", type=int, default=[64])
-    ap.add_argument("--d-model", type=int, default=128)
-    ap.add_argument("--n-layer", type=int, default=2)
-    ap.add_argument("--headdim", type=int, default=32)
-    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--d-state", nargs="+", type=int, default=[128])
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--n-layer", type=int, default=4)
+    ap.add_argument("--headdim", type=int, default=64)
+    ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--passkey-frac", type=float, default=0.5)
+    ap.add_argument("--passkey-frac", type=float, default=0.0)
     # slow decays at initialization (a_t = exp(-dt A) close to 1): the model starts with
     # long memory and, trained on short windows, never has to learn to forget
     ap.add_argument("--dt-min", type=float, default=1e-4)

@@ -343,7 +343,7 @@ def _length(length: int | None, train_length: int | None, factor: int = 64) -> i
 
 @collapse_app.command("diagnose")
 def collapse_diagnose(
-    model: str = typer.Option("mamba2-stdlib", help="shipped name or transformers Mamba2 dir"),
+    model: str = typer.Option("collapse-mamba2", help="shipped name or transformers Mamba2 dir"),
     length: int = typer.Option(None, help="tokens (default 64 x training length)"),
     prompt: str = typer.Option("text", help="text | newline"),
     segment: int = typer.Option(256, min=1, help="tokens between state readings"),
@@ -390,7 +390,7 @@ def collapse_diagnose(
 
 @collapse_app.command("passkey")
 def collapse_passkey(
-    model: str = typer.Option("mamba2-stdlib"),
+    model: str = typer.Option("collapse-mamba2"),
     lengths: list[int] = typer.Option(
         None, help="prompt lengths (default: 1, 2, 4, ... 64 x training length)"
     ),
@@ -430,7 +430,7 @@ def collapse_passkey(
 
 @collapse_app.command("loss-curve")
 def collapse_loss_curve(
-    model: str = typer.Option("mamba2-stdlib"),
+    model: str = typer.Option("collapse-mamba2"),
     length: int = typer.Option(None, help="tokens (default 64 x training length)"),
     prompt: str = typer.Option("text", help="text | newline"),
     mitigation: list[str] = typer.Option(
@@ -477,7 +477,7 @@ def _print_loss_table(curves: dict, t: int, n: int, prompt: str) -> None:
 
 @collapse_app.command("demo")
 def collapse_demo(
-    model: str = typer.Option("mamba2-stdlib"),
+    model: str = typer.Option("collapse-mamba2"),
     out: Path = typer.Option(Path("collapse-demo")),
     device: str = typer.Option(None),
 ) -> None:
