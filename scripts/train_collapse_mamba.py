@@ -8,7 +8,9 @@ The first model of ``--d-state`` is registered as ``collapse-mamba2``.
     python scripts/train_collapse_mamba.py                         # the shipped model
     python scripts/train_collapse_mamba.py --d-state 16 32 64 --export-dir runs/collapse/export
 
-Runs resume from ``state.pt`` in their run directory.
+Runs resume from ``state.pt`` in their run directory. Several GPUs:
+``torchrun --nproc_per_node=K scripts/train_collapse_mamba.py`` (DistributedDataParallel,
+each rank on its own batches; rank 0 logs, saves and exports).
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ import torch
 
 from longseq import hub
 from longseq.data.text import lm_batch, stdlib_corpus
+from longseq.lm import causal_lm_loss
 from longseq.models.mamba2 import Mamba2Config, Mamba2ForCausalLM
 from longseq.utils import (
     default_device,
+    dist_info,
     load_training_state,
     progress_bar,
     save_training_state,
     seed_everything,
+    setup_distributed,
 )
 
 NAME = "collapse-mamba2"
@@ -59,16 +64,22 @@ def train_one(args, d_state: int, device, train, val) -> tuple[Mamba2ForCausalLM
         dt_max=args.dt_max,
     )
     model = Mamba2ForCausalLM(cfg).to(device)
+    rank, world = dist_info()
+    net = model
+    if world > 1:  # launched by torchrun: each rank trains on its own batches
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
     run = Path(args.run_dir) / f"dstate{d_state}"
     run.mkdir(parents=True, exist_ok=True)
     step = load_training_state(run / "state.pt", model, opt, device)
-    log = open(run / "metrics.jsonl", "a")  # noqa: SIM115
+    log = open(run / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115
     t0 = time.time()
-    with progress_bar(f"d_state={d_state}", args.steps) as advance:
+    with progress_bar(f"d_state={d_state}", args.steps, enabled=rank == 0) as advance:
         advance(step)
         while step < args.steps:
-            rng = np.random.default_rng([args.seed, step])
+            rng = np.random.default_rng([args.seed, step, rank])
             b = lm_batch(train, args.batch_size, args.seq_len, rng, args.passkey_frac).to(device)
             lr = (
                 args.lr
@@ -77,7 +88,7 @@ def train_one(args, d_state: int, device, train, val) -> tuple[Mamba2ForCausalLM
             )
             for g in opt.param_groups:
                 g["lr"] = lr
-            loss = model(b[:, :-1], labels=b[:, :-1]).loss
+            loss = causal_lm_loss(net(b[:, :-1]).logits, b[:, :-1])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -85,12 +96,14 @@ def train_one(args, d_state: int, device, train, val) -> tuple[Mamba2ForCausalLM
             step += 1
             advance()
             rec = {"step": step, "loss": round(loss.item(), 4)}
-            if step % 200 == 0 or step == args.steps:
+            if rank == 0 and (step % 200 == 0 or step == args.steps):
                 rec["val_loss"] = val_loss(model, val, args.seq_len, device)
                 save_training_state(run / "state.pt", model, opt, step)
                 print(json.dumps(rec), flush=True)
-            log.write(json.dumps(rec) + "\n")
-    log.close()
+            if log:
+                log.write(json.dumps(rec) + "\n")
+    if log:
+        log.close()
     metrics = {
         "val_loss_at_train_length": val_loss(model, val, args.seq_len, device),
         "train_seconds_this_call": round(time.time() - t0, 1),
@@ -119,10 +132,12 @@ def main() -> None:
     ap.add_argument("--run-dir", default="runs/collapse")
     ap.add_argument("--export-dir", default=str(hub.CHECKPOINT_DIR))
     args = ap.parse_args()
-    device = default_device(args.device)
+    device = setup_distributed() if args.device is None else default_device(args.device)
     train, val = stdlib_corpus("train"), stdlib_corpus("val")
     for i, d_state in enumerate(args.d_state):
         model, metrics = train_one(args, d_state, device, train, val)
+        if dist_info()[0] != 0:
+            continue
         name = NAME if i == 0 else f"{NAME}-dstate{d_state}"
         extra = {
             "name": name,

@@ -28,7 +28,8 @@ from longseq import hub
 from longseq.data.shapes import CLASSES
 from longseq.models.vim import Vim, VimConfig
 from longseq.models.vit import ViT, ViTConfig
-from longseq.shuffle.train import TrainConfig, _dist_info, setup_distributed, train_classifier
+from longseq.shuffle.train import TrainConfig, train_classifier
+from longseq.utils import dist_info, setup_distributed
 
 NAME = "shuffle-vim-shapes"
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--export", default=str(hub.CHECKPOINT_DIR / NAME), help="'' to skip")
     args = ap.parse_args()
     device = setup_distributed()
-    rank, _ = _dist_info()
+    rank, _ = dist_info()
     results: dict[str, dict[int, dict]] = {k: {} for k in args.models}
     for kind in args.models:
         for seed in args.seeds:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -75,3 +77,22 @@ def load_training_state(path, model: torch.nn.Module, opt: torch.optim.Optimizer
     model.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
     return int(st.get("step", st.get("epoch", 0)))
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed() -> torch.device:
+    """Initialise torch.distributed when launched by ``torchrun``; return this rank's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from longseq.data.shapes import ShapesDataset, normalize
-from longseq.utils import load_training_state, progress_bar, save_training_state
+from longseq.utils import dist_info, load_training_state, progress_bar, save_training_state
 
 
 @dataclass
@@ -39,24 +37,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def setup_distributed() -> torch.device:
-    """Initialise torch.distributed when launched by torchrun; return this rank's device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            return torch.device("cuda", local)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -96,7 +76,7 @@ def train_classifier(
     ``state_path`` (optional) keeps model, optimizer and epoch after every epoch;
     calling again with the same path resumes.
     """
-    rank, world = _dist_info()
+    rank, world = dist_info()
     torch.manual_seed(cfg.seed)
     data = {
         split: ShapesDataset(split, n, cfg.img_size, seed=0).tensors()
