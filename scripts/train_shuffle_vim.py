@@ -26,9 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from longseq import hub
 from longseq.data.shapes import CLASSES
-from longseq.models.vim import Vim, VimConfig
-from longseq.models.vit import ViT, ViTConfig
-from longseq.shuffle.train import TrainConfig, train_classifier
+from longseq.shuffle.train import TrainConfig, build_classifier, train_classifier
 from longseq.utils import dist_info, setup_distributed
 
 NAME = "shuffle-vim-shapes"
@@ -36,19 +34,14 @@ RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
 
 
 def build(kind: str, args) -> torch.nn.Module:
-    common = dict(
-        img_size=32, patch_size=args.patch, dim=args.dim, depth=args.depth, num_classes=len(CLASSES)
-    )
     if kind == "vit":
-        return ViT(ViTConfig(heads=args.heads, **common))
+        return build_classifier("vit", args.depth, args.dim, args.patch, heads=args.heads)
     p, sched = {
         "vim-none": (0.0, "linear"),
         "vim-linear": (args.p_max, "linear"),
         "vim-constant": (args.p_max / 2, "constant"),
     }[kind]
-    return Vim(
-        VimConfig(headdim=16, chunk_size=32, shuffle_p_max=p, shuffle_schedule=sched, **common)
-    )
+    return build_classifier("vim", args.depth, args.dim, args.patch, p, sched)
 
 
 def summarize(results: dict) -> dict:

@@ -252,10 +252,8 @@ def shuffle_train(
     import torch
 
     from longseq.data.shapes import CLASSES
-    from longseq.models.vim import Vim, VimConfig
-    from longseq.models.vit import ViT, ViTConfig
     from longseq.shuffle import SCHEDULES
-    from longseq.shuffle.train import TrainConfig, train_classifier
+    from longseq.shuffle.train import TrainConfig, build_classifier, train_classifier
     from longseq.utils import default_device
 
     if arch not in ("vim", "vit"):
@@ -266,21 +264,8 @@ def shuffle_train(
         _fail(f"--p-max must be in [0, 1], got {p_max}")
     try:
         dev = default_device(device)
-        common = dict(
-            img_size=32,
-            patch_size=patch,
-            dim=dim,
-            depth=depth,
-            num_classes=len(CLASSES),
-            shuffle_p_max=p_max,
-            shuffle_schedule=schedule,
-        )
         torch.manual_seed(seed)
-        net = (
-            Vim(VimConfig(headdim=16, chunk_size=32, **common))
-            if arch == "vim"
-            else ViT(ViTConfig(heads=4, **common))
-        )
+        net = build_classifier(arch, depth, dim, patch, p_max, schedule)
     except ValueError as e:
         _fail(str(e))
     out.mkdir(parents=True, exist_ok=True)

@@ -68,10 +68,10 @@ def greedy_continue(model, ids: torch.Tensor, n: int) -> list[int]:
     ctx = receptive_context(model)
     if ctx is None:
         device = model_device(model)
-        cache, logits = None, None
-        for start in range(0, len(ids), 4096):
-            out = model(ids[start : start + 4096].to(device)[None], cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits[0, -1]
+        state = {}
+        for _, seg_logits in stream_logits(model, ids, 4096, lambda _, c: state.update(cache=c)):
+            logits = seg_logits[-1]
+        cache = state["cache"]
         new = []
         for _ in range(n):
             tok = int(logits.argmax())

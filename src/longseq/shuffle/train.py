@@ -39,6 +39,37 @@ class TrainConfig:
         return asdict(self)
 
 
+def build_classifier(
+    arch: str,
+    depth: int,
+    dim: int,
+    patch: int,
+    p_max: float = 0.0,
+    schedule: str = "linear",
+    heads: int = 4,
+    img_size: int = 32,
+) -> torch.nn.Module:
+    """The shapes-experiment models: a Vim (Mamba-2 mixers, headdim 16) or a same-size ViT."""
+    from longseq.data.shapes import CLASSES
+    from longseq.models.vim import Vim, VimConfig
+    from longseq.models.vit import ViT, ViTConfig
+
+    common = dict(
+        img_size=img_size,
+        patch_size=patch,
+        dim=dim,
+        depth=depth,
+        num_classes=len(CLASSES),
+        shuffle_p_max=p_max,
+        shuffle_schedule=schedule,
+    )
+    if arch == "vim":
+        return Vim(VimConfig(headdim=16, chunk_size=32, **common))
+    if arch == "vit":
+        return ViT(ViTConfig(heads=heads, **common))
+    raise ValueError(f"arch must be 'vim' or 'vit', got {arch!r}")
+
+
 def _random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Flip each image left-right and/or up-down with probability 1/2 each."""
     h = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
@@ -104,6 +135,7 @@ def train_classifier(
     for _ in range(start_epoch):  # keep the shuffling stream identical on resume
         torch.randperm(len(xtr), generator=gen)
     log = open(log_path, "a") if (log_path and rank == 0) else None  # noqa: SIM115
+    val_acc = None  # of the final model, once measured
     t0 = time.time()
     with progress_bar("epochs", cfg.epochs, enabled=progress and rank == 0) as advance:
         advance(start_epoch)
@@ -129,7 +161,7 @@ def train_classifier(
                 seen += len(idx)
             rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "seconds": time.time() - t0}
             if rank == 0 and ((epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs):
-                rec["val_acc"] = accuracy(model, *data["val"], device)
+                rec["val_acc"] = val_acc = accuracy(model, *data["val"], device)
             if log:
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
@@ -140,9 +172,11 @@ def train_classifier(
         log.close()
     train_acc = accuracy(model, xtr, ytr, device)
     test_acc = accuracy(model, *data["test"], device)
+    if val_acc is None or start_epoch == cfg.epochs:  # not measured after the last epoch
+        val_acc = accuracy(model, *data["val"], device)
     return {
         "train_acc": train_acc,
-        "val_acc": accuracy(model, *data["val"], device),
+        "val_acc": val_acc,
         "test_acc": test_acc,
         "gap": train_acc - test_acc,
         "train_seconds": time.time() - t0,
