@@ -40,10 +40,16 @@ class CheckpointInfo:
 
 def _architectures() -> dict[str, Any]:
     from longseq.models.gpt import GPT, GPTConfig
+    from longseq.models.lras import LRAS, LRASConfig
     from longseq.models.vim import Vim, VimConfig
     from longseq.models.vit import ViT, ViTConfig
 
-    return {"gpt": (GPT, GPTConfig), "vim": (Vim, VimConfig), "vit": (ViT, ViTConfig)}
+    return {
+        "gpt": (GPT, GPTConfig),
+        "lras": (LRAS, LRASConfig),
+        "vim": (Vim, VimConfig),
+        "vit": (ViT, ViTConfig),
+    }
 
 
 def registry() -> dict[str, dict[str, Any]]:

@@ -1,0 +1,256 @@
+"""A local random-access sequence (LRAS-style) model of frame pairs.
+
+Frames are cut into ``patch`` x ``patch`` pixel patches and each patch is mapped
+to a code of a local patch quantizer (:class:`PatchQuantizer`, a k-means
+codebook over raw patch pixels). Frame 1 is modelled autoregressively in a
+random order of patch slots: the sequence interleaves a *pointer* (which slot
+comes next) and a *content* token (that slot's code), so the model can be asked
+for any patch given frame 0 and any subset of frame-1 patches.
+
+The sequence is laid out in three parts, which is equivalent to the interleaved
+``P1 C1 P2 C2 ...`` order under a causal mask, but lets every query run in one
+forward pass:
+
+    [frame-0 tokens (all slots)] [frame-1 content tokens, in order] [pointer tokens]
+
+* frame-0 tokens attend to each other (frame 0 is given whole);
+* content token k attends to frame 0 and content tokens 0..k;
+* pointer token k attends to frame 0, content tokens 0..k-1 and itself, and
+  predicts the code of slot ``order[k]``.
+
+At inference :meth:`LRAS.predict` reveals a set of frame-1 patches and asks for
+any number of other slots at once: every pointer then sees the whole revealed set
+(the training condition of the pointer at position ``len(revealed)``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from longseq.models.gpt import MLP
+
+
+@dataclass
+class LRASConfig:
+    image_size: int = 32
+    patch: int = 4
+    codebook_size: int = 512
+    n_layer: int = 6
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def n_slots(self) -> int:
+        return self.grid**2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LRASConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+class PatchQuantizer(nn.Module):
+    """Nearest-codeword quantizer of ``patch`` x ``patch`` x 3 pixel patches
+    (values scaled to [0, 1]). The codebook is fit by k-means (:meth:`fit`)."""
+
+    def __init__(self, codebook_size: int, patch: int) -> None:
+        super().__init__()
+        self.patch = patch
+        self.register_buffer("codebook", torch.zeros(codebook_size, patch * patch * 3))
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 or float in [0, 255] -> (B, n_slots, p*p*3) in [0, 1]."""
+        b, h, w, c = images.shape
+        p = self.patch
+        if h % p or w % p:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+        x = images.float().div(255.0).reshape(b, h // p, p, w // p, p, c)
+        return x.permute(0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, patches: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, n_slots, p*p*3) in [0, 1] -> (B, H, W, 3) in [0, 255]."""
+        b, p = patches.shape[0], self.patch
+        x = patches.reshape(b, h // p, w // p, p, p, 3).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, h, w, 3) * 255.0
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Codes (B, n_slots) of (B, H, W, 3) images."""
+        x = self.patchify(images.to(self.codebook.device))
+        d = torch.cdist(x, self.codebook[None].expand(x.shape[0], -1, -1))
+        return d.argmin(-1)
+
+    def decode(self, codes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return self.unpatchify(self.codebook[codes], h, w)
+
+    @torch.no_grad()
+    def fit(self, patches: torch.Tensor, iters: int = 20, seed: int = 0) -> float:
+        """k-means on (N, p*p*3) patches; returns the final mean squared error."""
+        g = torch.Generator().manual_seed(seed)
+        k = self.codebook.shape[0]
+        if len(patches) < k:
+            raise ValueError(f"need at least {k} patches to fit {k} codes, got {len(patches)}")
+        centers = patches[torch.randperm(len(patches), generator=g)[:k]].clone()
+        for _ in range(iters):
+            assign = torch.cdist(patches, centers).argmin(-1)
+            sums = torch.zeros_like(centers).index_add_(0, assign, patches)
+            counts = torch.bincount(assign, minlength=k).float()
+            empty = counts == 0  # re-seed dead codes on random patches
+            centers = sums / counts.clamp(min=1)[:, None]
+            if empty.any():
+                idx = torch.randint(len(patches), (int(empty.sum()),), generator=g)
+                centers[empty] = patches[idx]
+        self.codebook.copy_(centers)
+        assign = torch.cdist(patches, centers).argmin(-1)
+        return float((patches - centers[assign]).pow(2).mean())
+
+
+class MaskedSelfAttention(nn.Module):
+    def __init__(self, cfg: LRASConfig) -> None:
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = (
+            z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
+            for z in self.c_attn(x).split(c, dim=2)
+        )
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+        return self.c_proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LRASConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = MaskedSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+def lras_mask(n0: int, m: int, q: int, device: torch.device, queries_see_all: bool) -> torch.Tensor:
+    """Boolean attention mask (True = may attend) for ``n0`` frame-0 tokens, ``m``
+    content tokens and ``q`` pointer tokens. With ``queries_see_all`` every pointer
+    sees all ``m`` content tokens (inference); otherwise pointer k sees content < k."""
+    t = n0 + m + q
+    mask = torch.zeros(t, t, dtype=torch.bool, device=device)
+    mask[:, :n0] = True  # everyone sees frame 0
+    mask[n0 : n0 + m, n0 : n0 + m] = torch.ones(m, m, dtype=torch.bool, device=device).tril()
+    if queries_see_all:
+        mask[n0 + m :, n0 : n0 + m] = True
+    else:
+        mask[n0 + m :, n0 : n0 + m] = torch.ones(q, m, dtype=torch.bool, device=device).tril(-1)
+    idx = torch.arange(n0 + m, t, device=device)
+    mask[idx, idx] = True
+    return mask
+
+
+class LRAS(nn.Module):
+    """Random-order autoregressive transformer over a frame pair's patch codes,
+    with its patch quantizer (``self.quantizer``) stored in the same checkpoint."""
+
+    FRAME0, CONTENT, POINTER = 0, 1, 2
+
+    def __init__(self, cfg: LRASConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.quantizer = PatchQuantizer(cfg.codebook_size, cfg.patch)
+        self.code_emb = nn.Embedding(cfg.codebook_size, cfg.n_embd)
+        self.slot_emb = nn.Embedding(cfg.n_slots, cfg.n_embd)
+        self.type_emb = nn.Embedding(3, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.head = nn.Linear(cfg.n_embd, cfg.codebook_size, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _tokens(self, codes: torch.Tensor, slots: torch.Tensor, kind: int) -> torch.Tensor:
+        x = self.slot_emb(slots) + self.type_emb.weight[kind]
+        return x if codes is None else x + self.code_emb(codes)
+
+    def _run(self, x: torch.Tensor, mask: torch.Tensor, n_out: int) -> torch.Tensor:
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.ln_f(x[:, -n_out:]))
+
+    def forward(
+        self, frame0_codes: torch.Tensor, frame1_codes: torch.Tensor, order: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass. ``order`` (B, M) lists frame-1 slots in generation order;
+        returns logits (B, M, K) for those slots and the mean cross-entropy."""
+        b, n0 = frame0_codes.shape
+        m = order.shape[1]
+        slots0 = torch.arange(n0, device=frame0_codes.device).expand(b, -1)
+        target = frame1_codes.gather(1, order)
+        x = torch.cat(
+            [
+                self._tokens(frame0_codes, slots0, self.FRAME0),
+                self._tokens(target, order, self.CONTENT),
+                self._tokens(None, order, self.POINTER),
+            ],
+            1,
+        )
+        mask = lras_mask(n0, m, m, x.device, queries_see_all=False)
+        logits = self._run(x, mask, m)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+        return logits, loss
+
+    def predict(
+        self,
+        frame0_codes: torch.Tensor,
+        revealed_slots: torch.Tensor,
+        revealed_codes: torch.Tensor,
+        query_slots: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits (B, Q, K) of frame-1 codes at ``query_slots`` (B, Q) given all of frame
+        0 (B, n_slots) and the revealed frame-1 patches (B, R)."""
+        b, n0 = frame0_codes.shape
+        slots0 = torch.arange(n0, device=frame0_codes.device).expand(b, -1)
+        x = torch.cat(
+            [
+                self._tokens(frame0_codes, slots0, self.FRAME0),
+                self._tokens(revealed_codes, revealed_slots, self.CONTENT),
+                self._tokens(None, query_slots, self.POINTER),
+            ],
+            1,
+        )
+        r, q = revealed_slots.shape[1], query_slots.shape[1]
+        mask = lras_mask(n0, r, q, x.device, queries_see_all=True)
+        # pointer tokens do not see each other, so any number of queries fit one pass
+        mask[n0 + r :, n0 + r :] = torch.eye(q, dtype=torch.bool, device=x.device)
+        return self._run(x, mask, q)
