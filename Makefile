@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/power_bench.py
 	$(PY) benchmarks/shuffle_bench.py
 	$(PY) benchmarks/mamba2_bench.py
+	$(PY) benchmarks/kltrace_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,311 @@
+"""KL-tracing: read optical flow out of a generative frame-pair model.
+
+To find where a point of frame 0 goes in frame 1, put a small bright Gaussian
+bump on frame 0 at that point and compare the model's predictions of frame-1
+patches with and without it: the patch whose predicted distribution moves most
+(KL(clean || perturbed)) is where the model thinks that content went. The KL map
+is averaged over several random sets of revealed frame-1 patches ("reveal
+masks") and over several zoom windows centred on the point; its peak, refined
+to sub-patch precision, is the flow target, and a peak below a threshold means
+the point is occluded in frame 1.
+
+The same perturbed and clean forward passes also give the counterfactual
+RGB-difference probe (CWM-style): the change of the *expected* frame-1 pixels,
+which :func:`trace_points` returns beside KL-tracing at no extra cost.
+
+Cost: every (point, zoom, mask) takes one perturbed sequence of ``n_slots + R + Q``
+tokens plus a clean one, which points sharing a zoom window (e.g. the whole frame)
+share; all run batched, ``batch_size`` jobs per forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from longseq.data.flowworld import crop_resize
+from longseq.models.lras import LRAS
+
+PROBES = ("kl", "rgb")
+
+
+@dataclass
+class TraceConfig:
+    """Settings of KL-tracing. Lengths are pixels of the model's input (after zoom)."""
+
+    sigma: float = 2.0  # width of the Gaussian bump
+    amplitude: float = 255.0  # added to every channel, then clipped to [0, 255]
+    n_masks: int = 5  # random reveal masks averaged over
+    reveal: float = 0.1  # fraction of frame-1 patches revealed per mask
+    scales: tuple[float, ...] = (1.0, 0.75, 0.5)  # zoom windows, fraction of the frame
+    thresholds: dict[str, float] = field(default_factory=lambda: {"kl": 0.05, "rgb": 1.0})
+    batch_size: int = 64  # (point, zoom, mask) jobs per forward pass
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.sigma <= 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+        if not 0 < self.amplitude <= 255:
+            raise ValueError(f"amplitude must be in (0, 255], got {self.amplitude}")
+        if self.n_masks < 1:
+            raise ValueError(f"n_masks must be >= 1, got {self.n_masks}")
+        if not 0 <= self.reveal < 1:
+            raise ValueError(f"reveal must be in [0, 1), got {self.reveal}")
+        if not self.scales or any(not 0 < s <= 1 for s in self.scales):
+            raise ValueError(f"scales must be fractions in (0, 1], got {self.scales}")
+
+
+@dataclass
+class TraceResult:
+    """Per probe (``"kl"``, ``"rgb"``): targets (N, 2) pixel xy in frame 1, occluded (N,)
+    and peak value (N,); ``maps`` holds the averaged response maps (N, H, W) if kept."""
+
+    targets: dict[str, np.ndarray]
+    occluded: dict[str, np.ndarray]
+    peaks: dict[str, np.ndarray]
+    maps: dict[str, np.ndarray] | None = None
+    sequences_per_point: float = 0.0  # model input rows run per query point
+
+
+def load_tracer(
+    name_or_path: str = "kltrace-lras", device: str | torch.device = "cpu"
+) -> tuple[LRAS, TraceConfig]:
+    """A frame-pair model and its :class:`TraceConfig` (occlusion thresholds calibrated
+    for it, when its checkpoint records them)."""
+    from longseq import hub
+
+    model, info = hub.load(name_or_path, device)
+    if not isinstance(model, LRAS):
+        raise hub.CheckpointError(
+            f"checkpoint {info.name!r} is a {type(model).__name__}, not a frame-pair (LRAS) model"
+        )
+    saved = info.extra.get("kltrace", {})
+    cfg = TraceConfig()
+    if "thresholds" in saved:
+        cfg.thresholds = {**cfg.thresholds, **saved["thresholds"]}
+    return model, cfg
+
+
+def gaussian_bump(
+    frames: torch.Tensor, xy: torch.Tensor, sigma: float, amplitude: float
+) -> torch.Tensor:
+    """Add a bright Gaussian bump at pixel coordinates ``xy`` (B, 2) to frames (B, H, W, 3)
+    in [0, 255] (pixel [i, j] has its centre at (j + 0.5, i + 0.5)); clipped to 255."""
+    b, h, w, _ = frames.shape
+    ys = torch.arange(h, dtype=torch.float32, device=frames.device) + 0.5
+    xs = torch.arange(w, dtype=torch.float32, device=frames.device) + 0.5
+    d2 = (xs[None, None, :] - xy[:, None, None, :1].squeeze(-1)) ** 2 + (
+        ys[None, :, None] - xy[:, None, None, 1:].squeeze(-1)
+    ) ** 2
+    bump = amplitude * torch.exp(-d2 / (2 * sigma**2))
+    return (frames.float() + bump[..., None]).clamp(0, 255)
+
+
+def zoom_window(xy: np.ndarray, frame_hw: tuple[int, int], side: int) -> tuple[int, int, int]:
+    """Square window (x0, y0, side) of ``side`` pixels centred on ``xy``, kept inside the frame."""
+    h, w = frame_hw
+    x0 = int(np.clip(round(xy[0] - side / 2), 0, w - side))
+    y0 = int(np.clip(round(xy[1] - side / 2), 0, h - side))
+    return x0, y0, side
+
+
+def _window_sides(frame_hw: tuple[int, int], scales: tuple[float, ...], size: int) -> list[int]:
+    short = min(frame_hw)
+    if short < size:
+        raise ValueError(f"frames of {frame_hw} are smaller than the model's input {size}x{size}")
+    return sorted({max(size, int(round(s * short))) for s in scales}, reverse=True)
+
+
+def _check_frames(frame0: np.ndarray, frame1: np.ndarray) -> None:
+    for name, f in (("frame0", frame0), ("frame1", frame1)):
+        if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+            raise ValueError(f"{name} must be (H, W, 3) uint8 RGB, got {f.shape} {f.dtype}")
+    if frame0.shape != frame1.shape:
+        raise ValueError(f"frame sizes differ: {frame0.shape} vs {frame1.shape}")
+
+
+@torch.no_grad()
+def _responses(
+    model: LRAS,
+    clean: torch.Tensor,
+    masks: torch.Tensor,
+    perturbed: torch.Tensor,
+    index: torch.Tensor,
+    n_reveal: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL and RGB-difference maps (J, S) over slots (NaN where revealed) for J perturbed
+    frame-0 inputs ``perturbed`` (J, H, W, 3). ``clean`` (U, 2, H, W, 3) holds the distinct
+    clean frame pairs with their reveal orders ``masks`` (U, S); job j uses row ``index[j]``,
+    so a clean pass shared by several points runs once. One batched forward of U + J rows."""
+    q = model.quantizer
+    dev = q.codebook.device
+    u = clean.shape[0]
+    codes = q.encode(torch.cat([clean[:, 0], perturbed]).to(dev))
+    c1 = q.encode(clean[:, 1].to(dev))
+    masks, index = masks.to(dev), index.to(dev)
+    rows = torch.cat([torch.arange(u, device=dev), index])  # clean row of every sequence
+    rev, qry = masks[rows, :n_reveal], masks[rows, n_reveal:]
+    logits = model.predict(codes, rev, c1[rows].gather(1, rev), qry)
+    logp = logits.float().log_softmax(-1)
+    logp_c, logp_p = logp[:u][index], logp[u:]
+    kl = (logp_c.exp() * (logp_c - logp_p)).sum(-1)  # (J, Q)
+    mean_c = logp_c.exp() @ q.codebook  # expected patch pixels, (J, Q, p*p*3) in [0, 1]
+    mean_p = logp_p.exp() @ q.codebook
+    rgb = (mean_c - mean_p).abs().mul(255.0).mean(-1)  # mean |delta| per pixel of the patch
+    j, s = perturbed.shape[0], masks.shape[1]
+    qj = qry[u:]
+    out_kl = torch.full((j, s), float("nan"), device=dev).scatter(1, qj, kl.clamp(min=0))
+    out_rgb = torch.full((j, s), float("nan"), device=dev).scatter(1, qj, rgb)
+    return out_kl, out_rgb
+
+
+def _refine_peak(m: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
+    """Argmax of a map (H, W), refined by the centroid of the values above half the peak
+    within ``radius`` pixels; returns (xy in pixel-centre coordinates, peak value)."""
+    i, j = np.unravel_index(np.nanargmax(m), m.shape)
+    peak = float(m[i, j])
+    h, w = m.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    near = ((yy - i) ** 2 + (xx - j) ** 2 <= radius**2) & (m >= 0.5 * peak)
+    wts = np.where(near, m - 0.5 * peak, 0.0)
+    if wts.sum() <= 0:
+        return np.array([j + 0.5, i + 0.5]), peak
+    return np.array([(wts * (xx + 0.5)).sum(), (wts * (yy + 0.5)).sum()]) / wts.sum(), peak
+
+
+def trace_points(
+    model: LRAS,
+    frame0: np.ndarray,
+    frame1: np.ndarray,
+    points_xy: np.ndarray,
+    config: TraceConfig | None = None,
+    keep_maps: bool = False,
+    progress=None,
+) -> TraceResult:
+    """Where do ``points_xy`` (N, 2) of ``frame0`` go in ``frame1``? Frames are (H, W, 3)
+    uint8 RGB of the same size, at least the model's input size; each zoom window is
+    resized to the model's input. Returns KL-tracing and RGB-difference estimates."""
+    cfg = config or TraceConfig()
+    cfg.validate()
+    _check_frames(frame0, frame1)
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    h, w = frame0.shape[:2]
+    if len(pts) == 0:
+        raise ValueError("no query points given")
+    bad = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
+    if bad.any():
+        raise ValueError(f"query points outside the {w}x{h} frame: {pts[bad][:3].tolist()}")
+    mc = model.config
+    size, n_slots, grid = mc.image_size, mc.n_slots, mc.grid
+    sides = _window_sides((h, w), cfg.scales, size)
+    n_reveal = max(1, int(round(cfg.reveal * n_slots))) if cfg.reveal > 0 else 0
+    g = torch.Generator().manual_seed(cfg.seed)
+    pair = np.stack([frame0, frame1])
+
+    jobs = [(i, side, k) for i in range(len(pts)) for side in sides for k in range(cfg.n_masks)]
+    sums = {p: np.zeros((len(pts), h, w)) for p in PROBES}
+    counts = np.zeros((len(pts), h, w))
+    masks = torch.stack([torch.randperm(n_slots, generator=g) for _ in range(cfg.n_masks)])
+    n_sequences = 0
+    for start in range(0, len(jobs), cfg.batch_size):
+        chunk = jobs[start : start + cfg.batch_size]
+        boxes = [zoom_window(pts[i], (h, w), side) for i, side, _ in chunk]
+        crops = torch.from_numpy(np.stack([crop_resize(pair, box, size) for box in boxes]))
+        local = torch.from_numpy(
+            np.array(
+                [
+                    (pts[i] - box[:2]) * size / box[2]
+                    for (i, _, _), box in zip(chunk, boxes, strict=True)
+                ],
+                dtype=np.float32,
+            )
+        )
+        f0_pert = gaussian_bump(crops[:, 0], local, cfg.sigma, cfg.amplitude)
+        keys = [(box, k) for box, (_, _, k) in zip(boxes, chunk, strict=True)]
+        uniq = list(dict.fromkeys(keys))  # distinct (window, mask): one clean pass each
+        first = {key: keys.index(key) for key in uniq}
+        index = torch.tensor([uniq.index(key) for key in keys])
+        clean = crops[[first[key] for key in uniq]].float()
+        kl, rgb = _responses(model, clean, masks[[k for _, k in uniq]], f0_pert, index, n_reveal)
+        n_sequences += len(uniq) + len(chunk)
+        for probe, resp in (("kl", kl), ("rgb", rgb)):
+            resp = resp.reshape(-1, 1, grid, grid)
+            valid = (~resp.isnan()).float()
+            for r, ((i, _, _), box) in enumerate(zip(chunk, boxes, strict=True)):
+                x0, y0, side = box
+                # bilinear upsampling puts each slot's value at its patch centre
+                v = F.interpolate(valid[r : r + 1], size=(side, side), mode="bilinear")
+                m = F.interpolate(
+                    resp[r : r + 1].nan_to_num(0.0), size=(side, side), mode="bilinear"
+                )
+                m = (m / v.clamp(min=1e-6)).mul(v > 0.5)[0, 0].cpu().numpy()
+                sums[probe][i, y0 : y0 + side, x0 : x0 + side] += m
+                if probe == "kl":
+                    counts[i, y0 : y0 + side, x0 : x0 + side] += (v[0, 0] > 0.5).cpu().numpy()
+        if progress is not None:
+            progress(len(chunk))
+
+    finest = min(sides) / grid  # frame pixels per patch at the finest zoom
+    result = TraceResult({}, {}, {}, {} if keep_maps else None, n_sequences / len(pts))
+    for probe in PROBES:
+        maps = sums[probe] / np.maximum(counts, 1)
+        tg, pk = zip(*(_refine_peak(m, 1.5 * finest) for m in maps), strict=True)
+        result.targets[probe] = np.stack(tg).astype(np.float32)
+        result.peaks[probe] = np.array(pk, dtype=np.float32)
+        result.occluded[probe] = result.peaks[probe] < cfg.thresholds[probe]
+        if keep_maps:
+            result.maps[probe] = maps.astype(np.float32)
+    return result
+
+
+def calibrate_threshold(peaks: np.ndarray, occluded: np.ndarray) -> float:
+    """The peak threshold that best separates occluded from visible points (highest
+    occlusion accuracy) on a labelled set: ``peaks`` and ``occluded`` of the same shape."""
+    p, o = np.asarray(peaks, dtype=np.float64).ravel(), np.asarray(occluded, dtype=bool).ravel()
+    if p.shape != o.shape or len(p) == 0:
+        raise ValueError(
+            f"peaks and occluded must be non-empty and alike, got {p.shape}, {o.shape}"
+        )
+    cands = np.unique(np.concatenate([p, [p.min() - 1e-9, p.max() + 1e-9]]))
+    mids = (cands[1:] + cands[:-1]) / 2
+    acc = [((p < t) == o).mean() for t in mids]
+    return float(mids[int(np.argmax(acc))])
+
+
+def track_video(
+    model: LRAS,
+    video: np.ndarray,
+    query_points: np.ndarray,
+    config: TraceConfig | None = None,
+    progress=None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """TAP-Vid style tracks: each query ``(t, y, x)`` is traced from its frame to every
+    later frame. Returns, per probe, tracks (N, T, 2) xy and occluded (N, T); frames
+    before the query frame keep the query point and are marked occluded."""
+    video = np.asarray(video)
+    if video.ndim != 4:
+        raise ValueError(f"video must be (T, H, W, 3) uint8, got shape {video.shape}")
+    qp = np.asarray(query_points, dtype=np.float64).reshape(-1, 3)
+    n, T = len(qp), len(video)
+    qt = qp[:, 0].round().astype(int)
+    if ((qt < 0) | (qt >= T)).any():
+        raise ValueError(f"query frames must be in [0, {T}), got {sorted(set(qt.tolist()))}")
+    out = {}
+    for probe in PROBES:
+        tracks = np.repeat(qp[:, None, [2, 1]], T, axis=1).astype(np.float32)
+        occluded = np.ones((n, T), dtype=bool)
+        occluded[np.arange(n), qt] = False
+        out[probe] = (tracks, occluded)
+    for t0 in np.unique(qt):
+        sel = np.flatnonzero(qt == t0)
+        for t1 in range(t0 + 1, T):
+            res = trace_points(
+                model, video[t0], video[t1], qp[sel][:, [2, 1]], config, progress=progress
+            )
+            for probe in PROBES:
+                out[probe][0][sel, t1] = res.targets[probe]
+                out[probe][1][sel, t1] = res.occluded[probe]
+    return out

@@ -1,0 +1,68 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from longseq import hub
+from longseq.cli import app
+from longseq.data.flowworld import sample_world
+from longseq.media import write_image
+
+runner = CliRunner()
+needs_model = pytest.mark.skipif(
+    "kltrace-lras" not in hub.registry(), reason="kltrace-lras checkpoint not shipped"
+)
+
+
+@pytest.fixture
+def frames(tmp_path):
+    video = sample_world(2, 48, 2, split="test").render()
+    p0, p1 = tmp_path / "f0.png", tmp_path / "f1.png"
+    write_image(p0, video[0])
+    write_image(p1, video[1])
+    return p0, p1
+
+
+@needs_model
+def test_flow_writes_png_and_json(frames, tmp_path):
+    out = tmp_path / "out"
+    args = ["kltrace", "flow", str(frames[0]), str(frames[1]), "--points", "10,12;30.5,20"]
+    res = runner.invoke(app, [*args, "--masks", "1", "--scales", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "flow.json").read_text())
+    assert [(p["x"], p["y"]) for p in rec["points"]] == [(10.0, 12.0), (30.5, 20.0)]
+    for p in rec["points"]:
+        assert p["flow_x"] == pytest.approx(p["target_x"] - p["x"])
+        assert 0 <= p["target_x"] <= 48 and 0 <= p["target_y"] <= 48
+    assert rec["sequences_per_point"] == 1.5  # two perturbed rows share one clean row
+    assert (out / "flow.png").stat().st_size > 0
+
+
+@needs_model
+def test_flow_rejects_bad_input(frames, tmp_path):
+    f0, f1 = frames
+    res = runner.invoke(app, ["kltrace", "flow", str(f0), str(tmp_path / "nope.png")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = runner.invoke(app, ["kltrace", "flow", str(f0), str(f1), "--points", "1;2"])
+    assert res.exit_code == 2 and "--points" in res.output
+    res = runner.invoke(app, ["kltrace", "flow", str(f0), str(f1), "--points", "99,3"])
+    assert res.exit_code == 2 and "outside" in res.output
+    small = tmp_path / "small.png"
+    write_image(small, np.zeros((20, 20, 3), np.uint8))
+    res = runner.invoke(app, ["kltrace", "flow", str(small), str(small), "--points", "3,3"])
+    assert res.exit_code == 2 and "smaller" in res.output
+    res = runner.invoke(app, ["kltrace", "flow", str(f0), str(f1), "--scales", "2"])
+    assert res.exit_code == 2 and "scales" in res.output
+    res = runner.invoke(app, ["kltrace", "flow", str(f0), str(f1), "--model", "power-arith-gpt"])
+    assert res.exit_code == 2 and "not a frame-pair" in res.output
+
+
+@needs_model
+def test_bench_small_writes_json(tmp_path):
+    out = tmp_path / "b.json"
+    args = ["kltrace", "bench", "--clips", "1", "--points", "3", "--frames", "2"]
+    res = runner.invoke(app, [*args, "--masks", "1", "--scales", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rec = json.loads(out.read_text())
+    assert set(rec) == {"kl", "rgb", "farneback", "dis"}

@@ -1,0 +1,133 @@
+import numpy as np
+import pytest
+import torch
+
+from longseq.data.flowworld import sample_world
+from longseq.kltrace import (
+    TraceConfig,
+    calibrate_threshold,
+    evaluate_methods,
+    gaussian_bump,
+    synthetic_set,
+    trace_points,
+    track_video,
+)
+from longseq.kltrace.tracing import zoom_window
+from longseq.models.lras import LRAS, LRASConfig, PatchQuantizer
+
+
+class ShiftOracle:
+    """A stand-in frame-pair model that knows the motion: frame 1 is frame 0 shifted by
+    (dx, dy) whole patches, so its prediction at slot s is frame 0's code at s - shift."""
+
+    def __init__(self, shift=(1, 0), image_size=32, patch=4, codebook=64):
+        self.config = LRASConfig(image_size=image_size, patch=patch, codebook_size=codebook)
+        self.quantizer = PatchQuantizer(codebook, patch)
+        g = torch.Generator().manual_seed(0)
+        self.quantizer.codebook.copy_(torch.rand(codebook, patch * patch * 3, generator=g))
+        self.quantizer.codebook[0] = 1.0  # a white patch, what the bump turns into
+        self.shift = shift
+
+    def predict(self, f0, rev_slots, rev_codes, query_slots):
+        grid = self.config.grid
+        qy, qx = query_slots // grid, query_slots % grid
+        sy, sx = qy - self.shift[1], qx - self.shift[0]
+        inside = (sx >= 0) & (sx < grid) & (sy >= 0) & (sy < grid)
+        src = (sy.clamp(0, grid - 1) * grid + sx.clamp(0, grid - 1)).long()
+        code = f0.gather(1, src)
+        logits = torch.zeros(*query_slots.shape, self.config.codebook_size)
+        logits.scatter_(2, code[..., None], 8.0)
+        return torch.where(inside[..., None], logits, torch.zeros_like(logits))
+
+
+def _textured(size=32, seed=0):
+    return sample_world(seed, size, 2).render()[0]
+
+
+def test_readout_recovers_the_oracle_motion():
+    model = ShiftOracle(shift=(1, -1))
+    f0 = _textured()
+    f1 = np.roll(f0, (-4, 4), axis=(0, 1))
+    pts = np.array([[10.0, 18.0], [14.0, 22.0], [6.0, 26.0]])
+    cfg = TraceConfig(scales=(1.0,), n_masks=2, reveal=0.0)
+    res = trace_points(model, f0, f1, pts, cfg)
+    np.testing.assert_allclose(res.targets["kl"], pts + [4, -4], atol=2.0)
+    assert (res.peaks["kl"] > 1.0).all()
+
+
+def test_zoom_windows_map_back_to_frame_pixels():
+    """With a 64 px frame and a half-size window (no resizing), a one-patch shift of the
+    model input is 4 frame pixels."""
+    model = ShiftOracle(shift=(1, 0))
+    f0 = sample_world(3, 64, 2).render()[0]
+    pts = np.array([[30.0, 30.0], [5.0, 60.0]])  # the second window is clamped to the frame
+    cfg = TraceConfig(scales=(0.5,), n_masks=1, reveal=0.0)
+    res = trace_points(model, f0, f0, pts, cfg)
+    np.testing.assert_allclose(res.targets["kl"], pts + [4, 0], atol=2.0)
+
+
+def test_gaussian_bump_and_zoom_window():
+    frames = torch.zeros(1, 9, 9, 3)
+    out = gaussian_bump(frames, torch.tensor([[4.5, 2.5]]), sigma=1.0, amplitude=200.0)
+    i, j = np.unravel_index(out[0, ..., 0].argmax().item(), (9, 9))
+    assert (i, j) == (2, 4) and out.max() == pytest.approx(200.0)
+    assert out[0, 2, 5, 0] == pytest.approx(200 * np.exp(-0.5))
+    assert zoom_window(np.array([2.0, 60.0]), (64, 64), 32) == (0, 32, 32)
+    assert zoom_window(np.array([32.0, 32.0]), (64, 64), 32) == (16, 16, 32)
+
+
+def test_calibrate_threshold_separates():
+    peaks = np.array([0.01, 0.02, 0.5, 0.9, 0.03, 0.7])
+    occ = peaks < 0.1
+    t = calibrate_threshold(peaks, occ)
+    assert 0.03 < t < 0.5
+    assert ((peaks < t) == occ).all()
+
+
+def test_bad_inputs_are_named():
+    model = ShiftOracle()
+    f = _textured()
+    with pytest.raises(ValueError, match="outside"):
+        trace_points(model, f, f, np.array([[40.0, 3.0]]))
+    with pytest.raises(ValueError, match="differ"):
+        trace_points(model, f, f[:16], np.array([[3.0, 3.0]]))
+    with pytest.raises(ValueError, match="smaller"):
+        trace_points(model, f[:16, :16], f[:16, :16], np.array([[3.0, 3.0]]))
+    with pytest.raises(ValueError, match="n_masks"):
+        trace_points(model, f, f, np.array([[3.0, 3.0]]), TraceConfig(n_masks=0))
+    with pytest.raises(ValueError, match="query frames"):
+        track_video(model, np.stack([f, f]), np.array([[2, 3.0, 3.0]]))
+
+
+def test_track_video_layout():
+    model = ShiftOracle(shift=(0, 0))
+    video = sample_world(1, 32, 3).render()
+    qp = np.array([[0, 10.0, 12.0], [1, 20.0, 5.0]])
+    out = track_video(model, video, qp, TraceConfig(scales=(1.0,), n_masks=1, reveal=0.0))
+    tracks, occ = out["kl"]
+    assert tracks.shape == (2, 3, 2) and occ.shape == (2, 3)
+    np.testing.assert_allclose(tracks[0, 0], [12.0, 10.0])
+    assert occ[1, 0] and not occ[1, 1]  # before its query frame / at it
+
+
+def test_evaluate_methods_end_to_end():
+    pytest.importorskip("cv2")
+    torch.manual_seed(0)
+    model = LRAS(LRASConfig(codebook_size=32, n_layer=1, n_embd=32)).eval()
+    data = synthetic_set(1, "test", size=32, n_frames=2, n_points=4)
+    cfg = TraceConfig(scales=(1.0,), n_masks=1)
+    res = evaluate_methods(model, data, cfg)
+    assert set(res) == {"kl", "rgb", "farneback", "dis"}
+    for m in res.values():
+        assert 0 <= m["occlusion_accuracy"] <= 1 and m["sec_per_point"] > 0
+    with pytest.raises(ValueError, match="unknown methods"):
+        evaluate_methods(model, data, cfg, methods=("raft",))
+
+
+def test_dis_follows_the_world_conventions():
+    """DIS on a panning background recovers the ground truth within a pixel: the
+    world's tracks, the flow tracker and the metrics agree on pixel coordinates."""
+    pytest.importorskip("cv2")
+    data = synthetic_set(3, "test", size=64, n_frames=2, n_points=16)
+    res = evaluate_methods(None, data, TraceConfig(), methods=("dis",))
+    assert res["dis"]["pts_within_4"] > 0.7
