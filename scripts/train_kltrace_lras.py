@@ -37,6 +37,7 @@ from longseq.utils import (
     progress_bar,
     save_training_state,
     seed_everything,
+    warmup_cosine_lr,
 )
 
 NAME = "kltrace-lras"
@@ -168,10 +169,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resumed from {run / 'state.pt'} at step {step}")
 
     def lr_at(s: int) -> float:
-        if s < args.warmup:
-            return args.lr * (s + 1) / args.warmup
-        frac = (s - args.warmup) / max(1, args.steps - args.warmup)
-        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        return warmup_cosine_lr(s, args.lr, args.warmup, args.steps)
 
     log = open(run / "metrics.jsonl", "a")  # noqa: SIM115 (appended to through the loop)
     model.train()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict
@@ -31,6 +30,7 @@ from longseq.utils import (
     progress_bar,
     save_training_state,
     seed_everything,
+    warmup_cosine_lr,
 )
 
 NAME = "power-arith-gpt"
@@ -102,10 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"resumed from {run / 'state.pt'} at step {step}")
 
     def lr_at(s: int) -> float:
-        if s < args.warmup:
-            return args.lr * (s + 1) / args.warmup
-        frac = (s - args.warmup) / max(1, args.steps - args.warmup)
-        return args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        return warmup_cosine_lr(s, args.lr, args.warmup, args.steps)
 
     seq_len = len(tok.encode(Problem((task.high,) * task.n_operands).prompt, bos=True))
     seq_len += task.max_new_tokens()

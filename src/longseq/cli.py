@@ -551,6 +551,7 @@ def kltrace_flow(
     """Trace points of FRAME0 into FRAME1; writes flow.png (arrows) and flow.json."""
     from longseq.kltrace import trace_points
     from longseq.kltrace.plots import flow_figure
+    from longseq.kltrace.tracing import jobs_per_point
     from longseq.media import read_image
     from longseq.utils import progress_bar
 
@@ -563,8 +564,8 @@ def kltrace_flow(
     net, cfg = _load_tracer(model, device, masks, scales)
     h, w = f0.shape[:2]
     pts = np.array(_parse_points(points) if points else _grid_points(h, w, grid), dtype=np.float32)
-    n_jobs = len(pts) * len(set(cfg.scales)) * cfg.n_masks
     try:
+        n_jobs = len(pts) * jobs_per_point((h, w), cfg, net.config.image_size)
         with progress_bar("KL-tracing", n_jobs) as advance:
             res = trace_points(net, f0, f1, pts, cfg, keep_maps=True, progress=advance)
     except ValueError as e:
@@ -661,6 +662,7 @@ def kltrace_demo(
     from longseq.data.flowworld import sample_world
     from longseq.kltrace import FLOW_METHODS, trace_points, track_with_flow
     from longseq.kltrace.plots import flow_figure
+    from longseq.kltrace.tracing import jobs_per_point
     from longseq.media import write_image
     from longseq.utils import progress_bar
 
@@ -669,7 +671,8 @@ def kltrace_demo(
     video = world.render()
     pts = np.array(_grid_points(64, 64, 8), dtype=np.float32)
     gt, gt_occ = world.track(pts)
-    with progress_bar("KL-tracing", len(pts) * len(set(cfg.scales)) * cfg.n_masks) as advance:
+    n_jobs = len(pts) * jobs_per_point((64, 64), cfg, net.config.image_size)
+    with progress_bar("KL-tracing", n_jobs) as advance:
         res = trace_points(net, video[0], video[1], pts, cfg, keep_maps=True, progress=advance)
     dis = track_with_flow(FLOW_METHODS["dis"], video[0], video[1], pts)
     out.mkdir(parents=True, exist_ok=True)

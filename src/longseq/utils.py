@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from contextlib import contextmanager
@@ -58,6 +59,17 @@ def progress_bar(description: str, total: int, enabled: bool = True):
     ) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
+
+
+def warmup_cosine_lr(
+    step: int, base_lr: float, warmup: int, total: int, floor: float = 0.05
+) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor * base_lr`` at
+    ``total`` steps."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    frac = min((step - warmup) / max(1, total - warmup), 1.0)
+    return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def save_training_state(

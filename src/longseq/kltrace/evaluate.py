@@ -16,6 +16,7 @@ from longseq.kltrace.tracing import (
     PROBES,
     TraceConfig,
     calibrate_threshold,
+    jobs_per_point,
     trace_points,
     track_video,
 )
@@ -53,8 +54,9 @@ def synthetic_set(
 
 
 def _model_tracks(model: LRAS, data: SyntheticSet, cfg: TraceConfig, label: str):
+    per_point = jobs_per_point(data.videos.shape[2:4], cfg, model.config.image_size)
     n_jobs = data.videos.shape[0] * data.query_points.shape[1] * (data.videos.shape[1] - 1)
-    n_jobs *= cfg.n_masks * len(set(cfg.scales))
+    n_jobs *= per_point
     out = {p: ([], []) for p in PROBES}
     with progress_bar(label, n_jobs) as advance:
         for b in range(len(data.videos)):

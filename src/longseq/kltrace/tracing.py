@@ -119,6 +119,11 @@ def _window_sides(frame_hw: tuple[int, int], scales: tuple[float, ...], size: in
     return sorted({max(size, int(round(s * short))) for s in scales}, reverse=True)
 
 
+def jobs_per_point(frame_hw: tuple[int, int], config: TraceConfig, image_size: int) -> int:
+    """(zoom window, reveal mask) jobs :func:`trace_points` runs for each query point."""
+    return len(_window_sides(frame_hw, config.scales, image_size)) * config.n_masks
+
+
 def _check_frames(frame0: np.ndarray, frame1: np.ndarray) -> None:
     for name, f in (("frame0", frame0), ("frame1", frame1)):
         if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
