@@ -9,7 +9,10 @@ Three stages, each saved in the run directory so a second call resumes:
 2. ``quantizer.pt``: the k-means codebook of 4x4 patches;
 3. ``state.pt``: model, optimizer and step, every ``--save-every`` steps, with a
    ``metrics.jsonl`` log.
-Batches are augmented by the 8 flips/rotations of the square and by swapping the
+Each pair is trained on the first ``--order-prefix`` slots of a random order, i.e. with
+0 to K-1 frame-1 patches revealed: the regime KL-tracing queries (~10% revealed), in
+which the model must carry frame-0 content to its new place rather than fill in from
+revealed neighbours. Batches are augmented by the 8 flips/rotations of the square and by swapping the
 two frames (the world's motion is reversible). At the end the model is exported
 with a config.json recording this script, its arguments and held-out metrics.
 """
@@ -87,17 +90,21 @@ def evaluate(model: LRAS, pairs: torch.Tensor, reveal: float, device) -> dict:
     copy-frame-0 baseline accuracy."""
     model.eval()
     g = torch.Generator().manual_seed(0)
-    codes = model.quantizer.encode(pairs.reshape(-1, *pairs.shape[2:]).to(device))
-    codes = codes.reshape(len(pairs), 2, -1)
-    n_slots = codes.shape[-1]
+    q = model.quantizer
+    patches = q.patchify(pairs.reshape(-1, *pairs.shape[2:]).to(device))
+    patches = patches.reshape(len(pairs), 2, *patches.shape[1:])
+    f0, f1 = patches[:, 0], patches[:, 1]
+    codes0, codes1 = q.assign(f0), q.assign(f1)
+    n_slots = f0.shape[1]
     r = max(1, round(reveal * n_slots))
     perm = torch.stack([torch.randperm(n_slots, generator=g) for _ in range(len(pairs))]).to(device)
     rev, qry = perm[:, :r], perm[:, r:]
-    logits = model.predict(codes[:, 0], rev, codes[:, 1].gather(1, rev), qry)
-    target = codes[:, 1].gather(1, qry)
+    revealed = f1.gather(1, rev[..., None].expand(-1, -1, f1.shape[-1]))
+    logits = model.predict(f0, rev, revealed, qry)
+    target = codes1.gather(1, qry)
     ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
     acc = (logits.argmax(-1) == target).float().mean()
-    copy = (codes[:, 0].gather(1, qry) == target).float().mean()
+    copy = (codes0.gather(1, qry) == target).float().mean()
     model.train()
     return {
         "val_ce": round(ce.item(), 4),
@@ -113,8 +120,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--codebook", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=2500)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch-size", type=int, default=48)
+    ap.add_argument(
+        "--order-prefix",
+        type=int,
+        default=16,
+        help="train on the first K slots of each random order (0..K-1 patches revealed)",
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--n-layer", type=int, default=6)
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--run-dir", default="runs/kltrace-lras")
     ap.add_argument("--save-every", type=int, default=100)
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--export", default=str(hub.CHECKPOINT_DIR / NAME), help="'' to skip")
     args = ap.parse_args(argv)
 
@@ -181,13 +194,13 @@ def main(argv: list[str] | None = None) -> None:
             gs = torch.Generator().manual_seed(args.seed * 10**7 + step)  # resumable stream
             idx = torch.randint(len(pairs), (args.batch_size,), generator=gs)
             batch = augment(pairs[idx], gs).to(device)
-            with torch.no_grad():
-                codes = model.quantizer.encode(batch.reshape(-1, *batch.shape[2:]))
-                codes = codes.reshape(args.batch_size, 2, n_slots)
-            order = torch.argsort(torch.rand(args.batch_size, n_slots, generator=gs), 1).to(device)
+            patches = model.quantizer.patchify(batch.reshape(-1, *batch.shape[2:]))
+            patches = patches.reshape(args.batch_size, 2, n_slots, -1)
+            order = torch.argsort(torch.rand(args.batch_size, n_slots, generator=gs), 1)
+            order = order[:, : args.order_prefix].to(device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
-            _, loss = model(codes[:, 0], codes[:, 1], order)
+            _, loss = model(patches[:, 0], patches[:, 1], order)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

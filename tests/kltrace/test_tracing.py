@@ -28,8 +28,9 @@ class ShiftOracle:
         self.quantizer.codebook[0] = 1.0  # a white patch, what the bump turns into
         self.shift = shift
 
-    def predict(self, f0, rev_slots, rev_codes, query_slots):
+    def predict(self, f0, rev_slots, revealed, query_slots):
         grid = self.config.grid
+        f0 = self.quantizer.assign(f0)
         qy, qx = query_slots // grid, query_slots % grid
         sy, sx = qy - self.shift[1], qx - self.shift[0]
         inside = (sx >= 0) & (sx < grid) & (sy >= 0) & (sy < grid)

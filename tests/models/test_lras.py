@@ -14,25 +14,29 @@ def test_training_pass_equals_random_access_queries():
     for that slot with the first k slots of the order revealed."""
     m = _model()
     b, s = 2, m.config.n_slots
-    f0 = torch.randint(0, 32, (b, s))
-    f1 = torch.randint(0, 32, (b, s))
+    f0, f1 = torch.rand(b, s, 48), torch.rand(b, s, 48)
     order = torch.stack([torch.randperm(s) for _ in range(b)])
     logits, _ = m(f0, f1, order)
     for k in (0, 1, 5, s - 1):
         rev = order[:, :k]
-        ref = m.predict(f0, rev, f1.gather(1, rev), order[:, k : k + 1])
+        shown = f1.gather(1, rev[..., None].expand(-1, -1, 48))
+        ref = m.predict(f0, rev, shown, order[:, k : k + 1])
         torch.testing.assert_close(logits[:, k : k + 1], ref, atol=1e-5, rtol=1e-5)
+    # a prefix of the order trains the same pointers
+    head, _ = m(f0, f1, order[:, :5])
+    torch.testing.assert_close(head, logits[:, :5], atol=1e-5, rtol=1e-5)
 
 
 def test_queries_are_independent():
     m = _model(1)
     s = m.config.n_slots
-    f0, f1 = torch.randint(0, 32, (1, s)), torch.randint(0, 32, (1, s))
+    f0, f1 = torch.rand(1, s, 48), torch.rand(1, s, 48)
     rev = torch.tensor([[3, 7]])
     qry = torch.tensor([[0, 1, 2, 9, 15]])
-    together = m.predict(f0, rev, f1.gather(1, rev), qry)
+    shown = f1[:, [3, 7]]
+    together = m.predict(f0, rev, shown, qry)
     for j in range(qry.shape[1]):
-        alone = m.predict(f0, rev, f1.gather(1, rev), qry[:, j : j + 1])
+        alone = m.predict(f0, rev, shown, qry[:, j : j + 1])
         torch.testing.assert_close(together[:, j], alone[:, 0], atol=1e-5, rtol=1e-5)
 
 
@@ -60,3 +64,19 @@ def test_quantizer_roundtrip_and_kmeans():
     codes = torch.randint(0, 4, (2, 12), generator=g)
     rebuilt = q.decode(codes, 6, 8)
     assert torch.equal(q.encode(rebuilt), codes)
+
+
+def test_rope_scores_depend_on_the_slot_offset_only():
+    from longseq.models.lras import apply_rope, rope_angles
+
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16, generator=g), torch.randn(1, 1, 1, 16, generator=g)
+
+    def score(a, b):
+        qa = apply_rope(q, rope_angles(torch.tensor([[a]]), 8, 16, 16.0))
+        kb = apply_rope(k, rope_angles(torch.tensor([[b]]), 8, 16, 16.0))
+        return (qa * kb).sum()
+
+    base = score(9, 18)  # offset (+1 column, +1 row)
+    torch.testing.assert_close(score(9 + 8 * 2 + 3, 18 + 8 * 2 + 3), base)
+    assert not torch.allclose(score(9, 19), base)

@@ -148,12 +148,13 @@ def _responses(
     q = model.quantizer
     dev = q.codebook.device
     u = clean.shape[0]
-    codes = q.encode(torch.cat([clean[:, 0], perturbed]).to(dev))
-    c1 = q.encode(clean[:, 1].to(dev))
+    frame0 = q.patchify(torch.cat([clean[:, 0], perturbed]).to(dev))
+    f1 = q.patchify(clean[:, 1].to(dev))
     masks, index = masks.to(dev), index.to(dev)
     rows = torch.cat([torch.arange(u, device=dev), index])  # clean row of every sequence
     rev, qry = masks[rows, :n_reveal], masks[rows, n_reveal:]
-    logits = model.predict(codes, rev, c1[rows].gather(1, rev), qry)
+    revealed = f1[rows].gather(1, rev[..., None].expand(-1, -1, f1.shape[-1]))
+    logits = model.predict(frame0, rev, revealed, qry)
     logp = logits.float().log_softmax(-1)
     logp_c, logp_p = logp[:u][index], logp[u:]
     kl = (logp_c.exp() * (logp_c - logp_p)).sum(-1)  # (J, Q)

@@ -1,11 +1,16 @@
 """A local random-access sequence (LRAS-style) model of frame pairs.
 
-Frames are cut into ``patch`` x ``patch`` pixel patches and each patch is mapped
-to a code of a local patch quantizer (:class:`PatchQuantizer`, a k-means
-codebook over raw patch pixels). Frame 1 is modelled autoregressively in a
-random order of patch slots: the sequence interleaves a *pointer* (which slot
-comes next) and a *content* token (that slot's code), so the model can be asked
-for any patch given frame 0 and any subset of frame-1 patches.
+Frames are cut into ``patch`` x ``patch`` pixel patches; a local patch quantizer
+(:class:`PatchQuantizer`, a k-means codebook over raw patch pixels) gives each
+patch a code. Frame 1 is modelled autoregressively in a random order of patch
+slots: the sequence interleaves a *pointer* (which slot comes next) and a
+*content* token (that slot's patch), and the model predicts the code of the patch
+at every pointer, so it can be asked for any patch given frame 0 and any subset of
+frame-1 patches. Patches enter the network as pixels (a linear embedding, as a
+ViT's), so conditioning keeps sub-patch detail; at each pointer the network
+predicts a patch, and the distribution over codes scores every codeword by its
+squared distance to it (plus a learned per-code bias), so carrying content over
+from frame 0 is a linear map and the codes follow. Slots carry learned embeddings and 2-D rotary positions in attention.
 
 The sequence is laid out in three parts, which is equivalent to the interleaved
 ``P1 C1 P2 C2 ...`` order under a causal mask, but lets every query run in one
@@ -45,6 +50,8 @@ class LRASConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = False
+    rope: bool = True  # 2-D rotary positions of the patch slots in attention
+    rope_base: float = 16.0
 
     @property
     def grid(self) -> int:
@@ -86,11 +93,14 @@ class PatchQuantizer(nn.Module):
         x = patches.reshape(b, h // p, w // p, p, p, 3).permute(0, 1, 3, 2, 4, 5)
         return x.reshape(b, h, w, 3) * 255.0
 
+    def assign(self, patches: torch.Tensor) -> torch.Tensor:
+        """Nearest codes (B, N) of patches (B, N, p*p*3) in [0, 1]."""
+        d = torch.cdist(patches, self.codebook[None].expand(patches.shape[0], -1, -1))
+        return d.argmin(-1)
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Codes (B, n_slots) of (B, H, W, 3) images."""
-        x = self.patchify(images.to(self.codebook.device))
-        d = torch.cdist(x, self.codebook[None].expand(x.shape[0], -1, -1))
-        return d.argmin(-1)
+        return self.assign(self.patchify(images.to(self.codebook.device)))
 
     def decode(self, codes: torch.Tensor, h: int, w: int) -> torch.Tensor:
         return self.unpatchify(self.codebook[codes], h, w)
@@ -117,6 +127,24 @@ class PatchQuantizer(nn.Module):
         return float((patches - centers[assign]).pow(2).mean())
 
 
+def rope_angles(slots: torch.Tensor, grid: int, head_dim: int, base: float) -> torch.Tensor:
+    """Rotary angles (B, T, head_dim / 2) of patch slots: the first half of the frequency
+    pairs rotate with the slot's column, the second half with its row, so attention
+    scores depend on the 2-D offset between slots (motion is translation-equivariant)."""
+    quarter = head_dim // 4
+    freqs = base ** (-torch.arange(quarter, dtype=torch.float32, device=slots.device) / quarter)
+    col, row = (slots % grid).float(), (slots // grid).float()
+    return torch.cat([col[..., None] * freqs, row[..., None] * freqs], -1)
+
+
+def apply_rope(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, T, D) by angles (B, T, D/2); dimensions beyond 2 * len(angles) pass."""
+    n = angles.shape[-1]
+    cos, sin = angles.cos()[:, None], angles.sin()[:, None]
+    x1, x2, rest = x[..., :n], x[..., n : 2 * n], x[..., 2 * n :]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], -1)
+
+
 class MaskedSelfAttention(nn.Module):
     def __init__(self, cfg: LRASConfig) -> None:
         super().__init__()
@@ -125,12 +153,16 @@ class MaskedSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, angles: torch.Tensor | None
+    ) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = (
             z.view(b, t, self.n_head, c // self.n_head).transpose(1, 2)
             for z in self.c_attn(x).split(c, dim=2)
         )
+        if angles is not None:
+            q, k = apply_rope(q, angles), apply_rope(k, angles)
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.c_proj(y.transpose(1, 2).reshape(b, t, c))
@@ -144,8 +176,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, angles: torch.Tensor | None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, angles)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -167,8 +201,10 @@ def lras_mask(n0: int, m: int, q: int, device: torch.device, queries_see_all: bo
 
 
 class LRAS(nn.Module):
-    """Random-order autoregressive transformer over a frame pair's patch codes,
-    with its patch quantizer (``self.quantizer``) stored in the same checkpoint."""
+    """Random-order autoregressive transformer over a frame pair's patches, with its
+    patch quantizer (``self.quantizer``) stored in the same checkpoint. Patches enter
+    as pixels (a linear embedding of the 4x4x3 values); the model predicts the
+    quantizer's code of each queried frame-1 patch."""
 
     FRAME0, CONTENT, POINTER = 0, 1, 2
 
@@ -176,13 +212,16 @@ class LRAS(nn.Module):
         super().__init__()
         self.config = cfg
         self.quantizer = PatchQuantizer(cfg.codebook_size, cfg.patch)
-        self.code_emb = nn.Embedding(cfg.codebook_size, cfg.n_embd)
+        self.patch_in = nn.Linear(cfg.patch * cfg.patch * 3, cfg.n_embd)
         self.slot_emb = nn.Embedding(cfg.n_slots, cfg.n_embd)
         self.type_emb = nn.Embedding(3, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.head = nn.Linear(cfg.n_embd, cfg.codebook_size, bias=False)
+        # output: a predicted patch, scored against every codeword by squared distance
+        self.head = nn.Linear(cfg.n_embd, cfg.patch * cfg.patch * 3)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.code_bias = nn.Parameter(torch.zeros(cfg.codebook_size))
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
@@ -198,59 +237,76 @@ class LRAS(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def _tokens(self, codes: torch.Tensor, slots: torch.Tensor, kind: int) -> torch.Tensor:
+    def _tokens(self, patches: torch.Tensor | None, slots: torch.Tensor, kind: int) -> torch.Tensor:
         x = self.slot_emb(slots) + self.type_emb.weight[kind]
-        return x if codes is None else x + self.code_emb(codes)
+        return x if patches is None else x + self.patch_in(patches - 0.5)
 
-    def _run(self, x: torch.Tensor, mask: torch.Tensor, n_out: int) -> torch.Tensor:
+    def _run(
+        self, x: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor, n_out: int
+    ) -> torch.Tensor:
+        cfg = self.config
+        angles = None
+        if cfg.rope:
+            angles = rope_angles(slots, cfg.grid, cfg.n_embd // cfg.n_head, cfg.rope_base)
         x = self.drop(x)
         for block in self.blocks:
-            x = block(x, mask)
-        return self.head(self.ln_f(x[:, -n_out:]))
+            x = block(x, mask, angles)
+        return self.code_logits(self.head(self.ln_f(x[:, -n_out:])) + 0.5)
+
+    def code_logits(self, patch: torch.Tensor) -> torch.Tensor:
+        """Logits over codes of predicted patches (..., p*p*3):
+        ``-exp(log_scale) * ||patch - codeword||^2 + code_bias``."""
+        cb = self.quantizer.codebook
+        d2 = (patch**2).sum(-1, keepdim=True) - 2 * patch @ cb.T + (cb**2).sum(-1)
+        return -self.log_scale.exp() * d2 + self.code_bias
 
     def forward(
-        self, frame0_codes: torch.Tensor, frame1_codes: torch.Tensor, order: torch.Tensor
+        self, frame0: torch.Tensor, frame1: torch.Tensor, order: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass. ``order`` (B, M) lists frame-1 slots in generation order;
-        returns logits (B, M, K) for those slots and the mean cross-entropy."""
-        b, n0 = frame0_codes.shape
+        """Training pass on patch tensors (B, n_slots, p*p*3) in [0, 1] (see
+        ``quantizer.patchify``). ``order`` (B, M) lists frame-1 slots in generation order
+        (M <= n_slots: a prefix of the order); returns logits (B, M, K) for those slots
+        and the mean cross-entropy against the quantizer's codes of frame 1."""
+        b, n0, _ = frame0.shape
         m = order.shape[1]
-        slots0 = torch.arange(n0, device=frame0_codes.device).expand(b, -1)
-        target = frame1_codes.gather(1, order)
+        slots0 = torch.arange(n0, device=frame0.device).expand(b, -1)
+        content = frame1.gather(1, order[..., None].expand(-1, -1, frame1.shape[-1]))
+        target = self.quantizer.assign(content)
         x = torch.cat(
             [
-                self._tokens(frame0_codes, slots0, self.FRAME0),
-                self._tokens(target, order, self.CONTENT),
+                self._tokens(frame0, slots0, self.FRAME0),
+                self._tokens(content, order, self.CONTENT),
                 self._tokens(None, order, self.POINTER),
             ],
             1,
         )
         mask = lras_mask(n0, m, m, x.device, queries_see_all=False)
-        logits = self._run(x, mask, m)
+        logits = self._run(x, torch.cat([slots0, order, order], 1), mask, m)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
         return logits, loss
 
     def predict(
         self,
-        frame0_codes: torch.Tensor,
+        frame0: torch.Tensor,
         revealed_slots: torch.Tensor,
-        revealed_codes: torch.Tensor,
+        revealed: torch.Tensor,
         query_slots: torch.Tensor,
     ) -> torch.Tensor:
         """Logits (B, Q, K) of frame-1 codes at ``query_slots`` (B, Q) given all of frame
-        0 (B, n_slots) and the revealed frame-1 patches (B, R)."""
-        b, n0 = frame0_codes.shape
-        slots0 = torch.arange(n0, device=frame0_codes.device).expand(b, -1)
+        0 (B, n_slots, p*p*3) and the revealed frame-1 patches ``revealed`` (B, R, p*p*3)
+        at ``revealed_slots`` (B, R)."""
+        b, n0, _ = frame0.shape
+        slots0 = torch.arange(n0, device=frame0.device).expand(b, -1)
         x = torch.cat(
             [
-                self._tokens(frame0_codes, slots0, self.FRAME0),
-                self._tokens(revealed_codes, revealed_slots, self.CONTENT),
+                self._tokens(frame0, slots0, self.FRAME0),
+                self._tokens(revealed, revealed_slots, self.CONTENT),
                 self._tokens(None, query_slots, self.POINTER),
             ],
             1,
         )
         r, q = revealed_slots.shape[1], query_slots.shape[1]
+        # pointer tokens see frame 0, the revealed patches and themselves, not each other,
+        # so any number of queries fit one pass
         mask = lras_mask(n0, r, q, x.device, queries_see_all=True)
-        # pointer tokens do not see each other, so any number of queries fit one pass
-        mask[n0 + r :, n0 + r :] = torch.eye(q, dtype=torch.bool, device=x.device)
-        return self._run(x, mask, q)
+        return self._run(x, torch.cat([slots0, revealed_slots, query_slots], 1), mask, q)
