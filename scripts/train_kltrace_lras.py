@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--codebook", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--steps", type=int, default=6000, help="length of the LR schedule")
+    ap.add_argument(
+        "--stop-at", type=int, default=3400, help="stop (and export) at this step (0: --steps)"
+    )
     ap.add_argument("--batch-size", type=int, default=48)
     ap.add_argument(
         "--order-prefix",
@@ -188,9 +191,10 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     t0 = time.time()
     n_slots = cfg.n_slots
-    with progress_bar("training", args.steps) as advance:
+    last = min(args.steps, args.stop_at or args.steps)  # the schedule is the one of --steps
+    with progress_bar("training", last) as advance:
         advance(step)
-        while step < args.steps:
+        while step < last:
             gs = torch.Generator().manual_seed(args.seed * 10**7 + step)  # resumable stream
             idx = torch.randint(len(pairs), (args.batch_size,), generator=gs)
             batch = augment(pairs[idx], gs).to(device)
@@ -208,11 +212,11 @@ def main(argv: list[str] | None = None) -> None:
             step += 1
             advance()
             rec = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step - 1)}
-            if step % args.eval_every == 0 or step == args.steps:
+            if step % args.eval_every == 0 or step == last:
                 rec.update(evaluate(model, val[:256], 0.1, device))
                 print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
-            if step % args.save_every == 0 or step == args.steps:
+            if step % args.save_every == 0 or step == last:
                 save_training_state(run / "state.pt", model, opt, step)
                 log.flush()
     log.close()
