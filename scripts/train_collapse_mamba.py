@@ -33,6 +33,7 @@ from longseq.utils import (
     default_device,
     dist_info,
     load_training_state,
+    optimizer_step,
     progress_bar,
     save_training_state,
     seed_everything,
@@ -89,10 +90,7 @@ def train_one(args, d_state: int, device, train, val) -> tuple[Mamba2ForCausalLM
             for g in opt.param_groups:
                 g["lr"] = lr
             loss = causal_lm_loss(net(b[:, :-1]).logits, b[:, :-1])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(opt, loss, model)
             step += 1
             advance()
             rec = {"step": step, "loss": round(loss.item(), 4)}

@@ -37,6 +37,7 @@ from longseq.models.lras import LRAS, LRASConfig
 from longseq.utils import (
     default_device,
     load_training_state,
+    optimizer_step,
     progress_bar,
     save_training_state,
     seed_everything,
@@ -205,10 +206,7 @@ def main(argv: list[str] | None = None) -> None:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step)
             _, loss = model(patches[:, 0], patches[:, 1], order)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(opt, loss, model)
             step += 1
             advance()
             rec = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step - 1)}

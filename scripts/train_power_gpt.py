@@ -27,6 +27,7 @@ from longseq.models.gpt import GPT, GPTConfig
 from longseq.utils import (
     default_device,
     load_training_state,
+    optimizer_step,
     progress_bar,
     save_training_state,
     seed_everything,
@@ -118,10 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             loss = model(ids, labels=labels).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            optimizer_step(opt, loss, model)
             step += 1
             advance()
             rec = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step - 1)}

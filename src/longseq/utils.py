@@ -72,6 +72,16 @@ def warmup_cosine_lr(
     return base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
+def optimizer_step(
+    opt: torch.optim.Optimizer, loss: torch.Tensor, model: torch.nn.Module, clip: float = 1.0
+) -> None:
+    """Backward ``loss``, clip the gradient norm of ``model`` to ``clip`` and step."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+
+
 def save_training_state(
     path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int
 ) -> None:
