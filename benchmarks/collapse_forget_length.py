@@ -1,0 +1,137 @@
+"""Forget length versus state size -> benchmarks/results/collapse/forget_length.{json,md}.
+
+The paper's training-side rule: a Mamba-2 collapses beyond its training length
+unless it was trained on sequences longer than its *forget length*, which grows
+linearly with the state size (T_forget ~ 5.172 S - 4.469 thousand tokens, S in
+millions of state elements). Here models of the shipped recipe with several
+``d_state`` are trained at several training lengths T (``scripts/train_collapse_mamba.py
+--d-state D --seq-len T``, same number of training tokens); each is read on "\\n" x 64T
+and called *collapsed* when the mean NLL over the last three quarters exceeds the NLL
+inside the training length by more than ``--margin`` nats. Per state size the forget
+length is bracketed by the longest collapsing and the shortest non-collapsing T, and a
+line is fitted through the brackets' geometric midpoints.
+
+    python benchmarks/collapse_forget_length.py \\
+        --runs 64:runs/forget/T64/dstate32 128:runs/collapse-sizes/dstate32 ...
+
+The shipped ``collapse-mamba2`` (d_state 128, T = 128) is always included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from collapse_state_sizes import load_run  # same folder
+from longseq import hub
+from longseq.collapse import long_text, loss_curve
+from longseq.models.mamba2 import Mamba2ForCausalLM
+
+RESULTS = Path(__file__).parent / "results" / "collapse"
+PAPER = {"slope_k_tokens_per_M": 5.172, "intercept_k_tokens": -4.469}
+
+
+def collapse_rise(model: Mamba2ForCausalLM, t: int, factor: int) -> dict:
+    n = factor * t
+    curve = loss_curve(model, long_text(n, "newline"), t)
+    inside, beyond = curve.mean_between(0, t), curve.mean_between(n // 4, n)
+    return {"nll_in_training": inside, "nll_last_three_quarters": beyond, "rise": beyond - inside}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", nargs="*", default=[], help="T:run_dir entries")
+    ap.add_argument("--factor", type=int, default=64)
+    ap.add_argument("--margin", type=float, default=1.0, help="NLL rise (nats) = collapse")
+    args = ap.parse_args()
+    shipped, info = hub.load("collapse-mamba2")
+    shipped_cfg = shipped.config.to_dict()
+    entries = [(int(info.extra["train_length"]), shipped)]
+    for spec in args.runs:
+        t, _, path = spec.partition(":")
+        if not path or not t.isdigit():
+            raise SystemExit(f"--runs entries look like 128:runs/dir/dstate64, got {spec!r}")
+        entries.append((int(t), load_run(Path(path), shipped_cfg)))
+
+    rows = []
+    for t, model in entries:
+        row = {
+            "d_state": model.config.d_state,
+            "state_elements": model.config.state_elements,
+            "train_length": t,
+            **collapse_rise(model, t, args.factor),
+        }
+        row["collapsed"] = row["rise"] > args.margin
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    rows.sort(key=lambda r: (r["d_state"], r["train_length"]))
+
+    brackets = []
+    for d in sorted({r["d_state"] for r in rows}):
+        rs = [r for r in rows if r["d_state"] == d]
+        bad = [r["train_length"] for r in rs if r["collapsed"]]
+        good = [r["train_length"] for r in rs if not r["collapsed"]]
+        lo = max(bad) if bad else None
+        hi = min((g for g in good if lo is None or g > lo), default=None)
+        mid = math.sqrt(lo * hi) if lo and hi else None
+        brackets.append(
+            {
+                "d_state": d,
+                "state_elements": rs[0]["state_elements"],
+                "longest_collapsing_T": lo,
+                "shortest_stable_T": hi,
+                "forget_length_estimate": mid,
+            }
+        )
+    fit = None
+    pts = [(b["state_elements"], b["forget_length_estimate"]) for b in brackets]
+    pts = [(s, f) for s, f in pts if f is not None]
+    if len(pts) >= 2:
+        s, f = np.array(pts, dtype=float).T
+        slope, intercept = np.polyfit(s / 1e6, f / 1e3, 1)
+        fit = {"slope_k_tokens_per_M": float(slope), "intercept_k_tokens": float(intercept)}
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    record = {"factor": args.factor, "margin": args.margin, "rows": rows}
+    record |= {"brackets": brackets, "fit": fit, "paper": PAPER}
+    (RESULTS / "forget_length.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [
+        "# Forget length versus state size",
+        "",
+        f'Read on "\\n" x {args.factor}T; collapsed = NLL over the last 3/4 more than '
+        f"{args.margin} nats above the NLL inside the training length. "
+        "Written by `benchmarks/collapse_forget_length.py`.",
+        "",
+        '| d_state | state elements | training length T | "\\n" NLL in T | last 3/4 | rise | collapsed |',
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['d_state']} | {r['state_elements']:,} | {r['train_length']} | "
+            f"{r['nll_in_training']:.2f} | {r['nll_last_three_quarters']:.2f} | "
+            f"{r['rise']:+.2f} | {'yes' if r['collapsed'] else 'no'} |"
+        )
+    lines += ["", "| d_state | state elements | forget length bracket (T) |", "|---|---|---|"]
+    for b in brackets:
+        lo, hi = b["longest_collapsing_T"], b["shortest_stable_T"]
+        closed = f"({lo}, {hi}]" if lo else f"<= {hi}"
+        text = closed if hi else f"> {lo}"
+        lines.append(f"| {b['d_state']} | {b['state_elements']:,} | {text} |")
+    if fit:
+        lines += [
+            "",
+            f"Linear fit through the bracket midpoints: T_forget = "
+            f"{fit['slope_k_tokens_per_M']:.3f} S {fit['intercept_k_tokens']:+.3f} thousand "
+            f"tokens (S in millions of state elements); the paper reports "
+            f"{PAPER['slope_k_tokens_per_M']} S {PAPER['intercept_k_tokens']:+.3f}.",
+        ]
+    (RESULTS / "forget_length.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
