@@ -685,7 +685,7 @@ def kltrace_demo(
     }
     flow_figure(video[0], video[1], pts, est, out / "flow.png", truth=(gt[:, 1], gt_occ[:, 1]))
     vis = ~gt_occ[:, 1]
-    for name, (tg, _) in est.items():
+    for name, (tg, _) in {**est, "zero motion (floor)": (pts, None)}.items():
         err = np.linalg.norm(tg[vis] - gt[vis, 1], axis=1)
         console.print(
             f"{name:>22}: mean end-point error {err.mean():.2f} px on {vis.sum()} visible points"
