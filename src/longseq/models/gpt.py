@@ -14,17 +14,18 @@ generic cache utilities in :mod:`longseq.lm` treat both the same way.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from longseq.lm import causal_lm_loss
+from longseq.models.config import ConfigDict
 
 
 @dataclass
-class GPTConfig:
+class GPTConfig(ConfigDict):
     """Size of the network. Defaults are the shipped ``power-arith-gpt`` model."""
 
     vocab_size: int = 32
@@ -35,14 +36,6 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False
     extra: dict = field(default_factory=dict)  # free-form metadata (tokenizer, training run)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 @dataclass

@@ -10,7 +10,8 @@ frame-1 patches. Patches enter the network as pixels (a linear embedding, as a
 ViT's), so conditioning keeps sub-patch detail; at each pointer the network
 predicts a patch, and the distribution over codes scores every codeword by its
 squared distance to it (plus a learned per-code bias), so carrying content over
-from frame 0 is a linear map and the codes follow. Slots carry learned embeddings and 2-D rotary positions in attention.
+from frame 0 is a linear map and the codes follow. Slots carry learned embeddings
+and 2-D rotary positions in attention.
 
 The sequence is laid out in three parts, which is equivalent to the interleaved
 ``P1 C1 P2 C2 ...`` order under a causal mask, but lets every query run in one
@@ -31,17 +32,18 @@ any number of other slots at once: every pointer then sees the whole revealed se
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longseq.models.config import ConfigDict
 from longseq.models.gpt import MLP
 
 
 @dataclass
-class LRASConfig:
+class LRASConfig(ConfigDict):
     image_size: int = 32
     patch: int = 4
     codebook_size: int = 512
@@ -60,13 +62,6 @@ class LRASConfig:
     @property
     def n_slots(self) -> int:
         return self.grid**2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LRASConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 class PatchQuantizer(nn.Module):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,12 +35,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longseq.lm import causal_lm_loss
+from longseq.models.config import ConfigDict
 
 # --------------------------------------------------------------------------- config
 
 
 @dataclass
-class Mamba2Config:
+class Mamba2Config(ConfigDict):
     """Sizes of a Mamba-2 LM. Defaults follow the reference implementation
     (``mamba_ssm``'s Mamba2 and `transformers`' Mamba2Config)."""
 
@@ -90,13 +91,9 @@ class Mamba2Config:
         return self.n_layer * self.nheads * self.headdim * self.d_state
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = super().to_dict()
         d["dt_limit"] = list(self.dt_limit)
         return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Mamba2Config:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
     # `transformers` Mamba2Config <-> ours
     _HF = {

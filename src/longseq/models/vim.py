@@ -17,17 +17,18 @@ the paper's; the regularizer does not depend on the mixer.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
+from longseq.models.config import ConfigDict
 from longseq.models.mamba2 import Mamba2Config, Mamba2Mixer, RMSNorm
 from longseq.shuffle import LayerwiseShuffle
 
 
 @dataclass
-class VimConfig:
+class VimConfig(ConfigDict):
     img_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
@@ -64,13 +65,6 @@ class VimConfig:
             d_conv=self.d_conv,
             chunk_size=self.chunk_size,
         )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> VimConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 class BiMambaBlock(nn.Module):

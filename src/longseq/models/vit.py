@@ -6,17 +6,18 @@ multi-head self-attention and a 4x MLP, final LayerNorm, linear head.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from longseq.models.config import ConfigDict
 from longseq.shuffle import LayerwiseShuffle
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(ConfigDict):
     img_size: int = 224
     patch_size: int = 16
     in_chans: int = 3
@@ -27,13 +28,6 @@ class ViTConfig:
     num_classes: int = 1000
     shuffle_p_max: float = 0.0
     shuffle_schedule: str = "linear"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ViTConfig:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 class ViTBlock(nn.Module):
