@@ -114,7 +114,7 @@ def main() -> None:
         "device": platform.processor() or platform.machine(),
         "threads": args.threads,
         "model": args.model,
-        "trace_config": {k: v for k, v in vars(cfg).items()},
+        "trace_config": dict(vars(cfg)),
     }
     clip0 = data.videos[0]
     meta["sequences_per_point"] = trace_points(

@@ -577,7 +577,7 @@ def kltrace_flow(
         "frame0": str(frame0),
         "frame1": str(frame1),
         "model": model,
-        "config": {k: v for k, v in vars(cfg).items()},
+        "config": dict(vars(cfg)),
         "points": [
             {
                 "x": float(p[0]),

@@ -237,20 +237,18 @@ def trace_points(
         clean = crops[[first[key] for key in uniq]].float()
         kl, rgb = _responses(model, clean, masks[[k for _, k in uniq]], f0_pert, index, n_reveal)
         n_sequences += len(uniq) + len(chunk)
-        for probe, resp in (("kl", kl), ("rgb", rgb)):
-            resp = resp.reshape(-1, 1, grid, grid)
-            valid = (~resp.isnan()).float()
-            for r, ((i, _, _), box) in enumerate(zip(chunk, boxes, strict=True)):
-                x0, y0, side = box
-                # bilinear upsampling puts each slot's value at its patch centre
-                v = F.interpolate(valid[r : r + 1], size=(side, side), mode="bilinear")
-                m = F.interpolate(
-                    resp[r : r + 1].nan_to_num(0.0), size=(side, side), mode="bilinear"
-                )
-                m = (m / v.clamp(min=1e-6)).mul(v > 0.5)[0, 0].cpu().numpy()
-                sums[probe][i, y0 : y0 + side, x0 : x0 + side] += m
-                if probe == "kl":
-                    counts[i, y0 : y0 + side, x0 : x0 + side] += (v[0, 0] > 0.5).cpu().numpy()
+        # both probes share the revealed (NaN) slots: one validity map per job
+        resp = torch.stack([kl, rgb], 1).reshape(-1, len(PROBES), grid, grid).nan_to_num(0.0)
+        valid = (~kl.isnan()).float().reshape(-1, 1, grid, grid)
+        for r, ((i, _, _), (x0, y0, side)) in enumerate(zip(chunk, boxes, strict=True)):
+            # bilinear upsampling puts each slot's value at its patch centre
+            v = F.interpolate(valid[r : r + 1], size=(side, side), mode="bilinear")[0, 0]
+            m = F.interpolate(resp[r : r + 1], size=(side, side), mode="bilinear")[0]
+            keep = v > 0.5
+            m = (m / v.clamp(min=1e-6)).mul(keep).cpu().numpy()
+            for k, probe in enumerate(PROBES):
+                sums[probe][i, y0 : y0 + side, x0 : x0 + side] += m[k]
+            counts[i, y0 : y0 + side, x0 : x0 + side] += keep.cpu().numpy()
         if progress is not None:
             progress(len(chunk))
 
