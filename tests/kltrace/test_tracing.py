@@ -4,13 +4,16 @@ import torch
 
 from longseq.data.flowworld import sample_world
 from longseq.kltrace import (
+    FLOW_METHODS,
     TraceConfig,
     calibrate_threshold,
     evaluate_methods,
     gaussian_bump,
     synthetic_set,
+    tapvid_metrics,
     trace_points,
     track_video,
+    track_with_flow,
 )
 from longseq.kltrace.tracing import zoom_window
 from longseq.models.lras import LRAS, LRASConfig, PatchQuantizer
@@ -119,8 +122,23 @@ def test_evaluate_methods_end_to_end():
     cfg = TraceConfig(scales=(1.0,), n_masks=1)
     res = evaluate_methods(model, data, cfg)
     assert set(res) == {"kl", "rgb", "farneback", "dis"}
-    for m in res.values():
-        assert 0 <= m["occlusion_accuracy"] <= 1 and m["sec_per_point"] > 0
+    # each method's scores are TAP-Vid metrics of its own tracks, computed directly here
+    pts = data.query_points[0][:, [2, 1]]
+    direct = trace_points(model, data.videos[0, 0], data.videos[0, 1], pts, cfg)
+    dis_xy, dis_occ = track_with_flow(
+        FLOW_METHODS["dis"], data.videos[0, 0], data.videos[0, 1], pts
+    )
+    for name, (xy, occ) in {
+        "kl": (direct.targets["kl"], direct.occluded["kl"]),
+        "rgb": (direct.targets["rgb"], direct.occluded["rgb"]),
+        "dis": (dis_xy, dis_occ),
+    }.items():
+        tracks = np.stack([pts, xy], 1)[None].astype(np.float32)
+        occl = np.stack([np.zeros(len(pts), bool), occ], 1)[None]
+        ref = tapvid_metrics(data.query_points, data.occluded, data.tracks, occl, tracks)
+        for key, value in ref.items():
+            assert res[name][key] == pytest.approx(value, nan_ok=True), (name, key)
+    assert res["kl"]["sec_per_point"] == res["rgb"]["sec_per_point"] > 0  # one shared pass
     with pytest.raises(ValueError, match="unknown methods"):
         evaluate_methods(model, data, cfg, methods=("raft",))
 
