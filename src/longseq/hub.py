@@ -39,14 +39,18 @@ class CheckpointInfo:
 
 
 def _architectures() -> dict[str, Any]:
+    from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
     from longseq.models.gpt import GPT, GPTConfig
     from longseq.models.lras import LRAS, LRASConfig
+    from longseq.models.video_unet import VideoUNet, VideoUNetConfig
     from longseq.models.vim import Vim, VimConfig
     from longseq.models.vit import ViT, ViTConfig
 
     return {
+        "frame_encoder": (FrameEncoder, FrameEncoderConfig),
         "gpt": (GPT, GPTConfig),
         "lras": (LRAS, LRASConfig),
+        "video_unet": (VideoUNet, VideoUNetConfig),
         "vim": (Vim, VimConfig),
         "vit": (ViT, ViTConfig),
     }
@@ -68,13 +72,20 @@ def sha256_file(path: Path) -> str:
 
 
 def save_pretrained(
-    model: torch.nn.Module, path: str | Path, arch: str, extra: dict[str, Any] | None = None
+    model: torch.nn.Module,
+    path: str | Path,
+    arch: str,
+    extra: dict[str, Any] | None = None,
+    half: bool = False,
 ) -> Path:
     """Write ``model`` to ``path`` (created). ``extra`` is stored in the JSON beside the
-    model config: tokenizer, training script and arguments, data seed, metrics."""
+    model config: tokenizer, training script and arguments, data seed, metrics.
+    ``half`` stores floating-point weights as float16 (loading casts them back)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     # tied weights are stored once
     lm_head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
     if lm_head is not None and wte is not None and lm_head.weight is wte.weight:

@@ -1,0 +1,313 @@
+"""A small spatio-temporal UNet for pixel-space text-to-video diffusion, with the
+StreamingT2V memory modules.
+
+The call follows ``diffusers``' 3-D UNets, so a pipeline can drive either::
+
+    out = unet(sample, timestep, encoder_hidden_states=text_tokens).sample
+
+``sample`` is (B, C, F, H, W). Each level has factorised residual blocks (a 3x3
+spatial conv, then a 3-tap temporal conv) and, at the coarse levels, a
+transformer block: spatial self-attention, temporal self-attention (sinusoidal
+frame positions), cross-attention to the text tokens, MLP.
+
+Two optional modules make the model autoregressive (StreamingT2V):
+
+- **CAM** (short-term memory, ``cam=True``): a frame encoder and a trainable copy
+  of the UNet encoder read the ``cond_frames`` (the last frames of the previous
+  chunk); at every skip connection, temporal attention from the chunk's frames to
+  the conditioning frames adds their features, through a zero-initialised output
+  projection, so a fresh CAM leaves the base model unchanged.
+- **APM** (long-term memory, ``apm=True``): the anchor frame's image embedding
+  becomes 16 tokens, mixed with the text tokens by a linear map over the token
+  axis; cross-attention layer ``l`` reads ``text + SiLU(alpha_l) * mixed`` with
+  ``alpha_l`` initialised to 0.
+
+``concat_cond=True`` is the naive baseline instead: the last conditioning frame is
+concatenated to the noisy input on the channel axis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from longseq.models.config import ConfigDict
+
+
+@dataclass
+class VideoUNetConfig(ConfigDict):
+    sample_size: int = 16
+    in_channels: int = 3
+    out_channels: int = 3
+    channels: list[int] = field(default_factory=lambda: [32, 48, 64])
+    attn_levels: list[bool] = field(default_factory=lambda: [False, True, True])
+    heads: int = 4
+    ctx_dim: int = 384  # text-encoder hidden size
+    n_text_tokens: int = 16
+    concat_cond: bool = False
+    cam: bool = False
+    apm: bool = False
+    image_dim: int = 64  # anchor image-embedding size
+    n_anchor_tokens: int = 16
+
+
+@dataclass
+class UNetOutput:
+    sample: torch.Tensor
+
+
+def sinusoid(pos: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding (..., dim) of positions or timesteps ``pos``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=pos.device) / half)
+    arg = pos.float()[..., None] * freqs
+    return torch.cat([arg.sin(), arg.cos()], -1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, zero_out: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(kv_dim or dim, 2 * dim, bias=False)
+        self.o = nn.Linear(dim, dim)
+        if zero_out:
+            nn.init.zeros_(self.o.weight)
+            nn.init.zeros_(self.o.bias)
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        ctx = x if ctx is None else ctx
+        q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
+        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return self.o(y.transpose(1, 2).reshape(b, n, d))
+
+
+def _to_frames(x: torch.Tensor) -> torch.Tensor:  # (B,C,F,H,W) -> (B*F, H*W, C)
+    b, c, f, h, w = x.shape
+    return x.permute(0, 2, 3, 4, 1).reshape(b * f, h * w, c)
+
+
+def _to_pixels(x: torch.Tensor) -> torch.Tensor:  # (B,C,F,H,W) -> (B*H*W, F, C)
+    b, c, f, h, w = x.shape
+    return x.permute(0, 3, 4, 2, 1).reshape(b * h * w, f, c)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, tdim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(8, cin)
+        self.conv1 = nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1))
+        self.temb = nn.Linear(tdim, cout)
+        self.norm2 = nn.GroupNorm(8, cout)
+        self.conv2 = nn.Conv3d(cout, cout, (3, 1, 1), padding=(1, 0, 0))
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x))) + self.temb(temb)[:, :, None, None, None]
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class STBlock(nn.Module):
+    """Spatial self-attention, temporal self-attention, gated cross-attention, MLP."""
+
+    def __init__(self, dim: int, heads: int, ctx_dim: int, apm: bool):
+        super().__init__()
+        self.norm_s, self.norm_t = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.norm_x, self.norm_m = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.spatial = Attention(dim, heads)
+        self.temporal = Attention(dim, heads)
+        self.cross = Attention(dim, heads, kv_dim=ctx_dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.apm_alpha = nn.Parameter(torch.zeros(())) if apm else None
+
+    def forward(
+        self, x: torch.Tensor, text: torch.Tensor, mixed: torch.Tensor | None
+    ) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        ctx = (
+            text
+            if mixed is None or self.apm_alpha is None
+            else text + F.silu(self.apm_alpha) * mixed
+        )
+        t = _to_frames(x)
+        t = t + self.spatial(self.norm_s(t))
+        t = t.view(b, f, h, w, c).permute(0, 2, 3, 1, 4).reshape(b * h * w, f, c)
+        pos = sinusoid(torch.arange(f, device=x.device), c)
+        tn = self.norm_t(t) + pos
+        t = t + self.temporal(tn)
+        t = t.view(b, h, w, f, c).permute(0, 3, 1, 2, 4).reshape(b * f, h * w, c)
+        t = t + self.cross(self.norm_x(t), ctx.repeat_interleave(f, 0))
+        t = t + self.mlp(self.norm_m(t))
+        return t.view(b, f, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+class Level(nn.Module):
+    def __init__(self, cin: int, cout: int, tdim: int, attn: bool, cfg: VideoUNetConfig):
+        super().__init__()
+        self.res = ResBlock(cin, cout, tdim)
+        self.attn = STBlock(cout, cfg.heads, cfg.ctx_dim, cfg.apm) if attn else None
+
+    def forward(self, x, temb, text, mixed):
+        x = self.res(x, temb)
+        return self.attn(x, text, mixed) if self.attn is not None else x
+
+
+class Down(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv3d(c, c, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class Up(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1))
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=(1, 2, 2), mode="nearest"))
+
+
+class Encoder(nn.Module):
+    """conv_in + the down path; returns the skip features of every level."""
+
+    def __init__(self, cfg: VideoUNetConfig, tdim: int, in_channels: int):
+        super().__init__()
+        ch = cfg.channels
+        self.conv_in = nn.Conv3d(in_channels, ch[0], (1, 3, 3), padding=(0, 1, 1))
+        self.levels = nn.ModuleList(
+            Level(ch[max(i - 1, 0)], ch[i], tdim, cfg.attn_levels[i], cfg) for i in range(len(ch))
+        )
+        self.downs = nn.ModuleList(Down(ch[i]) for i in range(len(ch) - 1))
+
+    def forward(self, x, temb, text, mixed, extra: torch.Tensor | None = None):
+        h = self.conv_in(x)
+        if extra is not None:
+            h = h + extra
+        skips = []
+        for i, level in enumerate(self.levels):
+            h = level(h, temb, text, mixed)
+            skips.append(h)
+            if i < len(self.downs):
+                h = self.downs[i](h)
+        return skips
+
+
+class CAMInjection(nn.Module):
+    """Temporal attention from the chunk's frames to the conditioning frames at one skip,
+    output projection zero-initialised."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, zero_out=True)
+
+    def forward(self, skip: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = skip.shape
+        q, kv = _to_pixels(skip), _to_pixels(cond)
+        q = self.norm_q(q) + sinusoid(torch.arange(f, device=skip.device), c)
+        kv = self.norm_kv(kv) + sinusoid(torch.arange(kv.shape[1], device=skip.device), c)
+        out = self.attn(q, kv).view(b, h, w, f, c).permute(0, 4, 3, 1, 2)
+        return skip + out
+
+
+class VideoUNet(nn.Module):
+    def __init__(self, config: VideoUNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        ch = cfg.channels
+        if not (len(ch) == len(cfg.attn_levels) and all(c % 8 == 0 for c in ch)):
+            raise ValueError("channels must be multiples of 8, one attn_levels flag per level")
+        if cfg.concat_cond and cfg.cam:
+            raise ValueError("concat_cond (naive baseline) and cam are alternatives")
+        tdim = 4 * ch[0]
+        self.time_mlp = nn.Sequential(nn.Linear(ch[0], tdim), nn.SiLU(), nn.Linear(tdim, tdim))
+        in_ch = cfg.in_channels + (3 if cfg.concat_cond else 0)
+        self.encoder = Encoder(cfg, tdim, in_ch)
+        self.mid = Level(ch[-1], ch[-1], tdim, True, cfg)
+        self.up_levels = nn.ModuleList(
+            Level(2 * ch[i], ch[i], tdim, cfg.attn_levels[i], cfg) for i in range(len(ch))
+        )
+        self.ups = nn.ModuleList(Up(ch[i], ch[i - 1]) for i in range(1, len(ch)))
+        self.norm_out = nn.GroupNorm(8, ch[0])
+        self.conv_out = nn.Conv3d(ch[0], cfg.out_channels, (1, 3, 3), padding=(0, 1, 1))
+        if cfg.cam:
+            self.cam_frame_encoder = nn.Sequential(
+                nn.Conv3d(3, ch[0], (1, 3, 3), padding=(0, 1, 1)),
+                nn.SiLU(),
+                nn.Conv3d(ch[0], ch[0], (1, 3, 3), padding=(0, 1, 1)),
+            )
+            self.cam_encoder = Encoder(cfg, tdim, cfg.in_channels)
+            self.cam_inject = nn.ModuleList(CAMInjection(c, cfg.heads) for c in ch)
+        if cfg.apm:
+            na, nt = cfg.n_anchor_tokens, cfg.n_text_tokens
+            self.apm_tokens = nn.Sequential(  # the image embedding expanded to na tokens
+                nn.Linear(cfg.image_dim, 2 * cfg.image_dim),
+                nn.SiLU(),
+                nn.Linear(2 * cfg.image_dim, na * cfg.ctx_dim),
+            )
+            self.apm_mix = nn.Linear(na + nt, nt)
+
+    # --- StreamingT2V stage-2 helpers -------------------------------------------------
+    def init_cam_from_base(self) -> None:
+        """Start the CAM encoder as a copy of the UNet encoder (the paper's trainable copy)."""
+        if not self.config.cam:
+            raise ValueError("this model has no CAM")
+        self.cam_encoder.load_state_dict(self.encoder.state_dict())
+
+    def memory_parameters(self) -> list[nn.Parameter]:
+        """The CAM and APM parameters (trained on top of a frozen base model)."""
+        return [
+            p for n, p in self.named_parameters() if n.startswith(("cam_", "apm_")) or ".apm_" in n
+        ]
+
+    # ----------------------------------------------------------------------------------
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | int,
+        encoder_hidden_states: torch.Tensor,
+        cond_frames: torch.Tensor | None = None,
+        anchor_embeds: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> UNetOutput | tuple[torch.Tensor]:
+        """``sample`` (B, C, F, H, W); ``encoder_hidden_states`` (B, N, ctx_dim) text tokens;
+        ``cond_frames`` (B, 3, F_cond, H, W) clean frames of the previous chunk (CAM, or
+        the naive model's last frame); ``anchor_embeds`` (B, image_dim) for APM."""
+        cfg = self.config
+        b = sample.shape[0]
+        t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
+        temb = self.time_mlp(sinusoid(t, cfg.channels[0]))
+        text = encoder_hidden_states
+        mixed = None
+        if cfg.apm and anchor_embeds is not None:
+            anchor = self.apm_tokens(anchor_embeds).view(b, cfg.n_anchor_tokens, cfg.ctx_dim)
+            mixed = self.apm_mix(torch.cat([anchor, text], 1).transpose(1, 2)).transpose(1, 2)
+        x = sample
+        if cfg.concat_cond:
+            if cond_frames is None:
+                raise ValueError("the naive model needs cond_frames (the previous chunk)")
+            last = cond_frames[:, :, -1:].expand(-1, -1, sample.shape[2], -1, -1)
+            x = torch.cat([sample, last], 1)
+        skips = self.encoder(x, temb, text, mixed)
+        if cfg.cam and cond_frames is not None:
+            cam = self.cam_encoder(
+                cond_frames, temb, text, mixed, extra=self.cam_frame_encoder(cond_frames)
+            )
+            skips = [inj(s, c) for inj, s, c in zip(self.cam_inject, skips, cam, strict=True)]
+        h = self.mid(skips[-1], temb, text, mixed)
+        for i in reversed(range(len(cfg.channels))):
+            h = self.up_levels[i](torch.cat([h, skips[i]], 1), temb, text, mixed)
+            if i > 0:
+                h = self.ups[i - 1](h)
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return UNetOutput(out) if return_dict else (out,)

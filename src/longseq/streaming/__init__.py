@@ -1,0 +1,18 @@
+"""StreamingT2V: long, consistent text-to-video by autoregressive chunks with short-term
+(CAM) and long-term (APM) memory, and an enhancer with randomized blending."""
+
+from longseq.streaming.pipeline import (
+    BLENDINGS,
+    StreamingOutput,
+    StreamingT2VPipeline,
+    chunk_starts,
+)
+from longseq.streaming.text import TextEncoder
+
+__all__ = [
+    "BLENDINGS",
+    "StreamingOutput",
+    "StreamingT2VPipeline",
+    "TextEncoder",
+    "chunk_starts",
+]

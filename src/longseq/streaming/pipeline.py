@@ -1,0 +1,405 @@
+"""StreamingT2V: long text-to-video by autoregressive chunks, and the enhancer with
+randomized blending, as a pipeline in the ``diffusers`` style.
+
+The pipeline drives any denoiser with the ``diffusers`` 3-D UNet call
+``unet(sample, t, encoder_hidden_states=...).sample`` on (B, C, F, H, W) samples
+and any ``diffusers`` scheduler with ``set_timesteps``/``step``/``add_noise``.
+How a chunk is tied to the previous one depends on the denoiser:
+
+- ``cam``: a :class:`~longseq.models.video_unet.VideoUNet` with CAM gets the last
+  ``F_cond`` frames as ``cond_frames`` (and, with APM, the anchor embedding);
+- ``concat``: the naive baseline, a model with ``concat_cond`` (last frame
+  concatenated to its input);
+- ``replace``: any plain text-to-video UNet (e.g. ``diffusers.UNet3DConditionModel``):
+  the first ``F_cond`` frames of the chunk are overwritten at every step by the
+  conditioning frames noised to that step (training-free).
+
+Every chunk has ``F`` frames; the first ``F_cond`` overlap the conditioning frames
+and are dropped, so each chunk adds ``F - F_cond`` frames. Only those frames, the
+anchor and the model are kept: memory does not grow with the video's length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from longseq.data.videoworld import to_tensor, to_uint8
+from longseq.utils import progress_bar
+
+BLENDINGS = ("random", "shared", "independent")
+
+
+@dataclass
+class StreamingOutput:
+    frames: np.ndarray  # (T, H, W, 3) uint8
+    seams: list[int] = field(default_factory=list)  # first frame of each chunk after the first
+
+
+def _conditioning(unet: Any) -> str:
+    cfg = getattr(unet, "config", None)
+    if getattr(cfg, "cam", False):
+        return "cam"
+    if getattr(cfg, "concat_cond", False):
+        return "concat"
+    return "replace"
+
+
+def _param(module: Any) -> torch.Tensor:
+    return next(module.parameters())
+
+
+def _sample_shape(unet: Any, frames: int, batch: int = 1) -> tuple[int, ...]:
+    cfg = unet.config
+    size = cfg.sample_size
+    size = size if isinstance(size, int) else size[0]
+    return (batch, cfg.in_channels, frames, size, size)
+
+
+def chunk_starts(n_frames: int, chunk: int, overlap: int) -> list[int]:
+    """Start frames of overlapping chunks covering ``n_frames`` (the last one flush with
+    the end, so its overlap may be larger)."""
+    if not 0 <= overlap < chunk:
+        raise ValueError(f"overlap must be in [0, chunk), got {overlap} for chunk {chunk}")
+    if n_frames <= chunk:
+        return [0]
+    starts = list(range(0, n_frames - chunk + 1, chunk - overlap))
+    if starts[-1] + chunk < n_frames:
+        starts.append(n_frames - chunk)
+    return starts
+
+
+class StreamingT2VPipeline:
+    """``pipe(prompt, num_frames=240).frames`` -> (T, H, W, 3) uint8.
+
+    ``text_encoder(prompts) -> (B, N, D)`` token states (``longseq.streaming.TextEncoder``
+    or any callable); ``image_encoder.embed(images) -> (B, d)`` gives the APM anchor
+    embedding; ``first_unet`` makes the first chunk when ``unet`` cannot (the naive
+    model); ``enhancer`` is a text-to-video UNet at a higher resolution used by
+    :meth:`enhance`.
+    """
+
+    def __init__(
+        self,
+        unet: Any,
+        scheduler: Any,
+        text_encoder: Callable[[list[str]], torch.Tensor],
+        image_encoder: Any = None,
+        first_unet: Any = None,
+        enhancer: Any = None,
+        chunk_frames: int = 16,
+        cond_frames: int = 8,
+        enhancer_chunk_frames: int = 24,
+        enhancer_overlap: int = 8,
+    ) -> None:
+        if not 0 < cond_frames < chunk_frames:
+            raise ValueError(
+                f"need 0 < cond_frames < chunk_frames, got {cond_frames} and {chunk_frames}"
+            )
+        self.unet, self.scheduler, self.text_encoder = unet, scheduler, text_encoder
+        self.image_encoder, self.enhancer = image_encoder, enhancer
+        self.first_unet = first_unet or unet
+        self.mode = _conditioning(unet)
+        if _conditioning(self.first_unet) == "concat":
+            raise ValueError(
+                "the naive (concat) model cannot make the first chunk: pass first_unet"
+            )
+        self.chunk_frames, self.cond_frames = chunk_frames, cond_frames
+        self.enhancer_chunk_frames, self.enhancer_overlap = enhancer_chunk_frames, enhancer_overlap
+        self.apm = bool(getattr(unet.config, "apm", False))
+        # sampling defaults; a shipped checkpoint stores the values it was tuned with
+        self.defaults: dict[str, float] = {
+            "num_inference_steps": 25,
+            "guidance_scale": 7.5,
+            "anchor_guidance_scale": 7.5,
+            "enhancer_guidance_scale": 7.5,
+            "strength": 0.6,
+        }
+        if self.apm and image_encoder is None:
+            raise ValueError("this model has APM: pass image_encoder for the anchor frame")
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name: str = "streaming-t2v",
+        enhancer: str | None = "streaming-enhancer",
+        device: str | torch.device = "cpu",
+    ) -> StreamingT2VPipeline:
+        """The shipped models (or checkpoint directories written by ``hub.save_pretrained``)."""
+        from diffusers import DDIMScheduler
+
+        from longseq import hub
+        from longseq.streaming.text import TextEncoder
+
+        unet, info = hub.load(name, device)
+        meta = info.extra.get("streaming")
+        if meta is None:
+            raise hub.CheckpointError(f"checkpoint {name!r} is not a StreamingT2V video model")
+        first = None
+        if _conditioning(unet) == "concat":
+            first, _ = hub.load("streaming-t2v", device)
+        image_encoder = None
+        if unet.config.apm:
+            image_encoder, _ = hub.load(
+                meta.get("image_encoder", "streaming-frame-encoder"), device
+            )
+        enh, enh_meta = None, {}
+        if enhancer:
+            enh, enh_info = hub.load(enhancer, device)
+            enh_meta = enh_info.extra.get("streaming", {})
+        sched = DDIMScheduler.from_config(meta["scheduler"])
+        text = TextEncoder(max_tokens=meta["max_text_tokens"], device=str(device))
+        pipe = cls(
+            unet,
+            sched,
+            text,
+            image_encoder=image_encoder,
+            first_unet=first,
+            enhancer=enh,
+            chunk_frames=meta["chunk_frames"],
+            cond_frames=meta["cond_frames"],
+            enhancer_chunk_frames=enh_meta.get("chunk_frames", 24),
+            enhancer_overlap=enh_meta.get("overlap", 8),
+        )
+        pipe.defaults.update(meta.get("sampling", {}))
+        return pipe
+
+    # ------------------------------------------------------------------ denoising
+    def _eps(
+        self,
+        unet: Any,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: torch.Tensor,
+        null: torch.Tensor,
+        w_text: float,
+        cond: torch.Tensor | None = None,
+        anchor: torch.Tensor | None = None,
+        w_anchor: float = 0.0,
+    ) -> torch.Tensor:
+        """Classifier-free guidance over text and anchor, all branches in one batch:
+        ``e(0,0) + w_text (e(c,0) - e(0,0)) + w_anchor (e(c,a) - e(c,0))``, where the
+        missing anchor is the zero embedding (as dropped in training)."""
+        b = x.shape[0]
+        mode = _conditioning(unet)
+        use_anchor = anchor is not None and w_anchor != 0
+        n = 3 if use_anchor else 2
+        kw: dict[str, Any] = {}
+        if mode in ("cam", "concat") and cond is not None:
+            kw["cond_frames"] = cond.repeat(n, *[1] * (cond.ndim - 1))
+        if getattr(unet.config, "apm", False):
+            zero = torch.zeros(b, unet.config.image_dim, device=x.device, dtype=x.dtype)
+            anchors = [zero, zero] + ([anchor.expand(b, -1)] if use_anchor else [])
+            kw["anchor_embeds"] = torch.cat(anchors)
+        ctx = torch.cat(
+            [null.expand(b, -1, -1), text.expand(b, -1, -1)]
+            + ([text.expand(b, -1, -1)] if use_anchor else [])
+        )
+        out = unet(x.repeat(n, 1, 1, 1, 1), t, encoder_hidden_states=ctx, **kw).sample
+        e = out.chunk(n)
+        eps = e[0] + w_text * (e[1] - e[0])
+        if use_anchor:
+            eps = eps + w_anchor * (e[2] - e[1])
+        return eps
+
+    @torch.no_grad()
+    def _chunk(
+        self,
+        unet: Any,
+        text: torch.Tensor,
+        null: torch.Tensor,
+        gen: torch.Generator,
+        steps: int,
+        w_text: float,
+        w_anchor: float,
+        cond: torch.Tensor | None,
+        anchor: torch.Tensor | None,
+    ) -> torch.Tensor:
+        p = _param(unet)
+        shape = _sample_shape(unet, self.chunk_frames)
+        x = torch.randn(shape, generator=gen).to(p)
+        self.scheduler.set_timesteps(steps)
+        replace = cond is not None and _conditioning(unet) == "replace"
+        if replace:
+            fixed_noise = torch.randn(cond.shape, generator=gen).to(p)
+        for t in self.scheduler.timesteps:
+            if replace:
+                x[:, :, : cond.shape[2]] = self.scheduler.add_noise(cond, fixed_noise, t.reshape(1))
+            eps = self._eps(unet, x, t, text, null, w_text, cond, anchor, w_anchor)
+            x = self.scheduler.step(eps, t, x).prev_sample
+        return x.clamp(-1, 1)
+
+    def stream(
+        self,
+        prompt: str,
+        num_frames: int,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        anchor_guidance_scale: float | None = None,
+        use_anchor: bool = True,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> Iterator[np.ndarray]:
+        """Yield the video chunk by chunk as (n, H, W, 3) uint8 arrays: the first chunk's
+        ``F`` frames, then ``F - F_cond`` new frames per chunk, until ``num_frames``.
+        ``use_anchor=False`` drops the APM anchor (the "without APM" ablation); unset
+        sampling arguments take :attr:`defaults`."""
+        d = self.defaults
+        num_inference_steps = int(num_inference_steps or d["num_inference_steps"])
+        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        if anchor_guidance_scale is None:
+            anchor_guidance_scale = d["anchor_guidance_scale"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        p = _param(self.unet)
+        gen = torch.Generator().manual_seed(seed)
+        text = self.text_encoder([prompt]).to(p)
+        null = self.text_encoder([""]).to(p)
+        f, fc = self.chunk_frames, self.cond_frames
+        n_chunks = 1 + max(0, math.ceil((num_frames - f) / (f - fc)))
+        done = 0
+        with progress_bar("chunks", n_chunks, enabled=progress) as advance:
+            x = self._chunk(
+                self.first_unet,
+                text,
+                null,
+                gen,
+                num_inference_steps,
+                guidance_scale,
+                0.0,
+                None,
+                None,
+            )
+            anchor = None
+            if self.apm and use_anchor:
+                anchor = self.image_encoder.embed(x[:, :, 0].to(_param(self.image_encoder)))
+                anchor = anchor.to(p)
+            frames = to_uint8(x[0])[:num_frames]
+            done += len(frames)
+            advance()
+            yield frames
+            while done < num_frames:
+                cond = x[:, :, -fc:]
+                x = self._chunk(
+                    self.unet,
+                    text,
+                    null,
+                    gen,
+                    num_inference_steps,
+                    guidance_scale,
+                    anchor_guidance_scale,
+                    cond,
+                    anchor,
+                )
+                new = to_uint8(x[0, :, fc:])[: num_frames - done]
+                done += len(new)
+                advance()
+                yield new
+
+    def __call__(self, prompt: str, num_frames: int = 240, **kwargs: Any) -> StreamingOutput:
+        """Generate the whole video (see :meth:`stream` for the arguments)."""
+        chunks = list(self.stream(prompt, num_frames, **kwargs))
+        seams = list(np.cumsum([len(c) for c in chunks])[:-1])
+        return StreamingOutput(np.concatenate(chunks), [int(s) for s in seams])
+
+    # ------------------------------------------------------------------ enhancer
+    @torch.no_grad()
+    def enhance(
+        self,
+        frames: np.ndarray,
+        prompt: str,
+        strength: float | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        blending: str = "random",
+        chunk_frames: int | None = None,
+        overlap: int | None = None,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> StreamingOutput:
+        """Refine a long video with the enhancer by SDEdit (noise to ``strength`` of the
+        schedule, then denoise) in overlapping chunks.
+
+        ``blending``: ``"random"`` — overlapping frames share their noise and, at every
+        step, a random cut ``f_thr`` in {0..overlap} takes the overlap's first ``f_thr``
+        frames from the left chunk and the rest from the right one; ``"shared"`` — shared
+        noise only; ``"independent"`` — each chunk its own noise (the two ablations join
+        the chunks at the middle of each overlap). ``seams`` of the output are those
+        joins (the middle of each overlap)."""
+        d = self.defaults
+        strength = d["strength"] if strength is None else strength
+        num_inference_steps = int(num_inference_steps or d["num_inference_steps"])
+        if guidance_scale is None:
+            guidance_scale = d["enhancer_guidance_scale"]
+        if self.enhancer is None:
+            raise ValueError("this pipeline has no enhancer model")
+        if blending not in BLENDINGS:
+            raise ValueError(f"blending must be one of {BLENDINGS}, got {blending!r}")
+        if not 0 < strength <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(
+                f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}"
+            )
+        unet = self.enhancer
+        le = chunk_frames or self.enhancer_chunk_frames
+        ov = self.enhancer_overlap if overlap is None else overlap
+        p = _param(unet)
+        size = _sample_shape(unet, 1)[-1]
+        video = to_tensor(frames).to(p)[None]  # (1, 3, T, h, w)
+        n = video.shape[2]
+        video = F.interpolate(video, size=(n, size, size), mode="trilinear", align_corners=False)
+        starts = chunk_starts(n, le, ov)
+        le = min(le, n)
+        gen = torch.Generator().manual_seed(seed)
+        text = self.text_encoder([prompt]).to(p)
+        null = self.text_encoder([""]).to(p)
+        sched = self.scheduler
+        sched.set_timesteps(num_inference_steps)
+        k = max(1, min(num_inference_steps, round(num_inference_steps * strength)))
+        timesteps = sched.timesteps[num_inference_steps - k :]
+        if blending == "independent":
+            noise = [torch.randn(video[:, :, :le].shape, generator=gen).to(p) for _ in starts]
+        else:
+            full = torch.randn(video.shape, generator=gen).to(p)
+            noise = [full[:, :, s : s + le] for s in starts]
+        t0 = timesteps[0].reshape(1)
+        xs = [
+            sched.add_noise(video[:, :, s : s + le], z, t0)
+            for s, z in zip(starts, noise, strict=True)
+        ]
+        rng = np.random.default_rng(seed)
+        with progress_bar("enhancing", len(timesteps), enabled=progress) as advance:
+            for t in timesteps:
+                x = torch.cat(xs)
+                eps = self._eps(unet, x, t, text, null, guidance_scale)
+                x = sched.step(eps, t, x).prev_sample
+                xs = list(x.split(1))
+                if blending == "random":
+                    for i in range(len(starts) - 1):
+                        o = starts[i] + le - starts[i + 1]  # overlap length
+                        cut = int(rng.integers(0, o + 1))
+                        left, right = xs[i][:, :, le - o :], xs[i + 1][:, :, :o]
+                        merged = torch.cat([left[:, :, :cut], right[:, :, cut:]], 2)
+                        xs[i] = torch.cat([xs[i][:, :, : le - o], merged], 2)
+                        xs[i + 1] = torch.cat([merged, xs[i + 1][:, :, o:]], 2)
+                advance()
+        out = torch.empty_like(video)
+        seams = []
+        for i, s in enumerate(starts):
+            lo = s if i == 0 else (starts[i - 1] + le + s) // 2  # middle of the overlap
+            out[:, :, lo : s + le] = xs[i][:, :, lo - s :]
+            if i:
+                seams.append(int(lo))
+        return StreamingOutput(to_uint8(out[0].clamp(-1, 1)), seams)

@@ -1,0 +1,286 @@
+import numpy as np
+import pytest
+import torch
+
+from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
+from longseq.models.video_unet import UNetOutput, VideoUNet, VideoUNetConfig
+from longseq.streaming import StreamingT2VPipeline, chunk_starts
+
+diffusers = pytest.importorskip("diffusers")
+
+D = 32  # text token width of the fake encoder
+
+
+def fake_text(prompts):
+    """Deterministic token states: a hash of each prompt, padding-free, 4 tokens."""
+    out = []
+    for p in prompts:
+        g = torch.Generator().manual_seed(sum(map(ord, p)) + 7 * len(p))
+        out.append(torch.randn(4, D, generator=g) * (len(p) > 0))
+    return torch.stack(out)
+
+
+def tiny(**kw) -> VideoUNet:
+    cfg = VideoUNetConfig(
+        sample_size=8,
+        channels=[8, 16],
+        attn_levels=[False, True],
+        heads=2,
+        ctx_dim=D,
+        n_text_tokens=4,
+        image_dim=8,
+        n_anchor_tokens=2,
+        **kw,
+    )
+    torch.manual_seed(0)
+    return VideoUNet(cfg).eval()
+
+
+def scheduler():
+    return diffusers.DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+
+
+def encoder() -> FrameEncoder:
+    torch.manual_seed(1)
+    return FrameEncoder(
+        FrameEncoderConfig(size=8, channels=[8], dim=8, attributes={"a": ["x", "y"]})
+    )
+
+
+def pipe(unet=None, **kw) -> StreamingT2VPipeline:
+    unet = unet or tiny(cam=True, apm=True)
+    return StreamingT2VPipeline(
+        unet, scheduler(), fake_text, image_encoder=encoder(), chunk_frames=6, cond_frames=2, **kw
+    )
+
+
+def test_chunk_starts_cover_with_the_overlap():
+    for n, c, o in [(240, 24, 8), (30, 12, 4), (7, 12, 4), (25, 6, 2), (12, 12, 0)]:
+        s = chunk_starts(n, c, o)
+        assert s[0] == 0 and min(s[-1] + c, n) == n
+        assert all(b - a == c - o for a, b in zip(s[:-2], s[1:-1], strict=True))
+        assert all(0 < b - a <= c - o for a, b in zip(s, s[1:], strict=False))
+    with pytest.raises(ValueError, match="overlap"):
+        chunk_starts(10, 4, 4)
+
+
+def test_fresh_cam_and_apm_leave_the_base_model_unchanged():
+    """CAM's output projections and APM's gates start at zero: whatever the conditioning
+    frames and anchor, a fresh memory model computes exactly the base model."""
+    base = tiny()
+    mem = tiny(cam=True, apm=True)
+    missing, unexpected = mem.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and missing
+    mem.init_cam_from_base()
+    x, text = torch.randn(2, 3, 6, 8, 8), torch.randn(2, 4, D)
+    cond, anchor = torch.randn(2, 3, 2, 8, 8), torch.randn(2, 8)
+    ref = base(x, 500, text).sample
+    out = mem(x, 500, text, cond_frames=cond, anchor_embeds=anchor).sample
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    # once the gates open, the conditioning matters
+    with torch.no_grad():
+        for m in mem.modules():
+            if hasattr(m, "attn") and hasattr(m, "norm_kv"):
+                m.attn.o.weight.normal_()
+    assert (mem(x, 500, text, cond_frames=cond).sample - ref).abs().max() > 1e-3
+
+
+def test_memory_parameters_are_only_cam_and_apm():
+    m = tiny(cam=True, apm=True)
+    names = {n for n, p in m.named_parameters() if any(p is q for q in m.memory_parameters())}
+    assert names and all(n.startswith(("cam_", "apm_")) or ".apm_alpha" in n for n in names)
+    assert any(".apm_alpha" in n for n in names)
+
+
+def test_guidance_is_the_compositional_formula():
+    p = pipe()
+    unet = p.unet
+    with torch.no_grad():
+        for n, prm in unet.named_parameters():
+            if "apm_alpha" in n:
+                prm.fill_(1.0)  # let the anchor matter
+    x, t = torch.randn(1, 3, 6, 8, 8), torch.tensor(300)
+    text, null = fake_text(["a red circle"]), fake_text([""])
+    cond, anchor = torch.randn(1, 3, 2, 8, 8), torch.randn(1, 8)
+    z = torch.zeros(1, 8)
+    with torch.no_grad():
+        e00 = unet(x, t, null, cond_frames=cond, anchor_embeds=z).sample
+        ec0 = unet(x, t, text, cond_frames=cond, anchor_embeds=z).sample
+        eca = unet(x, t, text, cond_frames=cond, anchor_embeds=anchor).sample
+        got = p._eps(unet, x, t, text, null, 3.0, cond, anchor, 2.0)
+    torch.testing.assert_close(
+        got, e00 + 3.0 * (ec0 - e00) + 2.0 * (eca - ec0), rtol=1e-4, atol=1e-5
+    )
+
+
+class Spy(torch.nn.Module):
+    """Wraps a denoiser and records the shapes it is called with."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.calls = inner, inner.config, []
+
+    def forward(self, sample, t, encoder_hidden_states, **kw):
+        self.calls.append((tuple(sample.shape), kw.get("cond_frames") is not None))
+        return self.inner(sample, t, encoder_hidden_states, **kw)
+
+
+@pytest.mark.parametrize("n", [1, 6, 7, 10, 23])
+def test_any_length_in_constant_size_chunks(n):
+    spy = Spy(tiny(cam=True, apm=True))
+    out = pipe(spy)("a red circle", n, num_inference_steps=2, progress=False)
+    assert out.frames.shape == (n, 8, 8, 3) and out.frames.dtype == np.uint8
+    n_chunks = 1 + max(0, -(-(n - 6) // 4))
+    assert out.seams == [6 + 4 * i for i in range(n_chunks - 1)]
+    assert len(spy.calls) == 2 * n_chunks  # two steps a chunk
+    assert {c[0][2:] for c in spy.calls} == {(6, 8, 8)}  # same work per chunk, any length
+    assert [c[1] for c in spy.calls] == [False] * 2 + [True] * 2 * (n_chunks - 1)
+
+
+def test_generation_is_deterministic_by_seed_and_stream_matches_call():
+    p = pipe()
+    a = p("a red circle", 14, num_inference_steps=2, seed=3, progress=False)
+    b = p("a red circle", 14, num_inference_steps=2, seed=3, progress=False)
+    c = p("a red circle", 14, num_inference_steps=2, seed=4, progress=False)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    assert not np.array_equal(a.frames, c.frames)
+    chunks = list(p.stream("a red circle", 14, num_inference_steps=2, seed=3, progress=False))
+    np.testing.assert_array_equal(np.concatenate(chunks), a.frames)
+
+
+def test_without_apm_the_anchor_changes_nothing_only_with_apm():
+    p = pipe()
+    with torch.no_grad():
+        for n, prm in p.unet.named_parameters():
+            if "apm_alpha" in n:
+                prm.fill_(2.0)
+    kw = dict(num_inference_steps=2, seed=0, progress=False)
+    full = p("a red circle", 10, **kw).frames
+    no_apm = p("a red circle", 10, use_anchor=False, **kw).frames
+    np.testing.assert_array_equal(full[:6], no_apm[:6])  # first chunk has no anchor yet
+    assert not np.array_equal(full[6:], no_apm[6:])
+
+
+def test_naive_model_needs_a_first_chunk_model():
+    naive = tiny(concat_cond=True)
+    with pytest.raises(ValueError, match="first_unet"):
+        StreamingT2VPipeline(naive, scheduler(), fake_text, chunk_frames=6, cond_frames=2)
+    p = StreamingT2VPipeline(
+        naive, scheduler(), fake_text, first_unet=tiny(), chunk_frames=6, cond_frames=2
+    )
+    assert p("a red circle", 11, num_inference_steps=2, progress=False).frames.shape[0] == 11
+
+
+def test_bad_arguments_are_named():
+    p = pipe()
+    with pytest.raises(ValueError, match="prompt"):
+        p("", 10)
+    with pytest.raises(ValueError, match="num_frames"):
+        p("a red circle", 0)
+    with pytest.raises(ValueError, match="cond_frames"):
+        StreamingT2VPipeline(tiny(), scheduler(), fake_text, chunk_frames=4, cond_frames=4)
+    with pytest.raises(ValueError, match="image_encoder"):
+        StreamingT2VPipeline(tiny(cam=True, apm=True), scheduler(), fake_text)
+    with pytest.raises(ValueError, match="enhancer"):
+        p.enhance(np.zeros((8, 8, 8, 3), np.uint8), "a red circle")
+
+
+class FrameLocal(torch.nn.Module):
+    """A denoiser that treats every frame on its own (eps = 0.3 x)."""
+
+    def __init__(self, size=8):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.config = VideoUNetConfig(sample_size=size)
+
+    def forward(self, sample, t, encoder_hidden_states, **kw):
+        return UNetOutput(0.3 * sample + 0 * self.w)
+
+
+def enhancer_pipe(enhancer):
+    return StreamingT2VPipeline(
+        tiny(),
+        scheduler(),
+        fake_text,
+        chunk_frames=6,
+        cond_frames=2,
+        enhancer=enhancer,
+        enhancer_chunk_frames=6,
+        enhancer_overlap=2,
+    )
+
+
+def test_shared_noise_makes_chunked_enhancing_equal_to_one_pass():
+    """With noise shared on the overlaps, a frame-local denoiser gives exactly the
+    one-chunk result: no seams. Independent noise does not."""
+    video = np.random.default_rng(0).integers(0, 256, (16, 4, 4, 3), dtype=np.uint8)
+    p = enhancer_pipe(FrameLocal())
+    kw = dict(num_inference_steps=5, strength=0.6, seed=1, progress=False)
+    one = p.enhance(video, "a red circle", chunk_frames=16, **kw).frames
+    for blending in ("random", "shared"):
+        out = p.enhance(video, "a red circle", blending=blending, **kw)
+        np.testing.assert_array_equal(out.frames, one)
+        assert out.frames.shape == (16, 8, 8, 3)
+    ind = p.enhance(video, "a red circle", blending="independent", **kw)
+    assert not np.array_equal(ind.frames, one)
+    assert ind.seams == [5, 9, 12]  # middles of the overlaps [4,6), [8,10), [10,14)
+
+
+class Smoother(torch.nn.Module):
+    """A denoiser that mixes frames (eps = mean over the chunk's frames)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.config = VideoUNetConfig(sample_size=8)
+
+    def forward(self, sample, t, encoder_hidden_states, **kw):
+        return UNetOutput(sample.mean(2, keepdim=True).expand_as(sample) + 0 * self.w)
+
+
+def test_randomized_blending_differs_from_a_fixed_cut():
+    video = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    p = enhancer_pipe(Smoother())
+    kw = dict(num_inference_steps=6, strength=1.0, seed=1, progress=False)
+    rnd = p.enhance(video, "a red circle", blending="random", **kw).frames
+    shared = p.enhance(video, "a red circle", blending="shared", **kw).frames
+    assert not np.array_equal(rnd, shared)
+    with pytest.raises(ValueError, match="blending"):
+        p.enhance(video, "a red circle", blending="mean")
+    with pytest.raises(ValueError, match="strength"):
+        p.enhance(video, "a red circle", strength=0)
+    with pytest.raises(ValueError, match="uint8"):
+        p.enhance(video.astype(np.float32), "a red circle")
+
+
+def test_a_plain_diffusers_unet_plugs_in():
+    """Any diffusers 3-D UNet runs: chunks tied by replacing the conditioning frames;
+    it also serves as the enhancer."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet3DConditionModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(16, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=D,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ).eval()
+    p = StreamingT2VPipeline(
+        unet,
+        scheduler(),
+        fake_text,
+        chunk_frames=6,
+        cond_frames=2,
+        enhancer=unet,
+        enhancer_chunk_frames=6,
+        enhancer_overlap=2,
+    )
+    assert p.mode == "replace"
+    out = p("a red circle", 10, num_inference_steps=2, progress=False)
+    assert out.frames.shape == (10, 8, 8, 3) and out.seams == [6]
+    enh = p.enhance(out.frames, "a red circle", num_inference_steps=3, progress=False)
+    assert enh.frames.shape == (10, 8, 8, 3)
