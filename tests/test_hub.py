@@ -19,6 +19,23 @@ def test_save_load_roundtrip(tmp_path):
     assert m2.lm_head.weight is m2.wte.weight  # tying survives
 
 
+def test_half_precision_checkpoint_loads_into_float32(tmp_path):
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=1, n_embd=8)).eval()
+    hub.save_pretrained(m, tmp_path / "full", "gpt")
+    hub.save_pretrained(m, tmp_path / "half", "gpt", half=True)
+    stored = load_file(str(tmp_path / "half" / hub.WEIGHTS))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
+    full_size = (tmp_path / "full" / hub.WEIGHTS).stat().st_size
+    assert (tmp_path / "half" / hub.WEIGHTS).stat().st_size < 0.6 * full_size
+    m2, _ = hub.load(tmp_path / "half")
+    for (k, v), v2 in zip(m.state_dict().items(), m2.state_dict().values(), strict=True):
+        assert v2.dtype == torch.float32, k
+        torch.testing.assert_close(v2, v.half().float(), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", sorted(hub.registry()))
 def test_every_shipped_checkpoint_loads_and_records_its_script(name):
     from pathlib import Path

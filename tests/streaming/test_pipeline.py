@@ -284,3 +284,55 @@ def test_a_plain_diffusers_unet_plugs_in():
     assert out.frames.shape == (10, 8, 8, 3) and out.seams == [6]
     enh = p.enhance(out.frames, "a red circle", num_inference_steps=3, progress=False)
     assert enh.frames.shape == (10, 8, 8, 3)
+
+
+def test_latent_models_work_through_a_vae():
+    """A latent text-to-video UNet (4 channels) with a diffusers AutoencoderKL: chunks are
+    made in latent space and decoded per frame; the enhancer encodes, refines, decodes."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet3DConditionModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
+        cross_attention_dim=D,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ).eval()
+    vae = diffusers.AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+    ).eval()
+    p = StreamingT2VPipeline(
+        unet,
+        scheduler(),
+        fake_text,
+        vae=vae,
+        chunk_frames=6,
+        cond_frames=2,
+        enhancer=unet,
+        enhancer_chunk_frames=6,
+        enhancer_overlap=2,
+    )
+    out = p("a red circle", 9, num_inference_steps=2, progress=False)
+    assert out.frames.shape == (9, 8, 8, 3)  # 4x4 latents, 2x vae
+    # decoding is per frame: a chunk's frames equal the vae's decoding of each latent frame
+    lat = torch.randn(1, 4, 3, 4, 4)
+    with torch.no_grad():
+        dec = p._decode(lat)
+        ref = vae.decode(lat[:, :, 1] / vae.config.scaling_factor).sample.clamp(-1, 1)
+    torch.testing.assert_close(dec[:, :, 1], ref)
+    enh = p.enhance(
+        out.frames, "a red circle", num_inference_steps=2, progress=False, chunk_batch=1
+    )
+    assert enh.frames.shape == (9, 8, 8, 3)
+    with pytest.raises(ValueError, match="chunk_batch"):
+        p.enhance(out.frames, "a red circle", chunk_batch=0)

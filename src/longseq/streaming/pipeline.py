@@ -82,7 +82,8 @@ class StreamingT2VPipeline:
     or any callable); ``image_encoder.embed(images) -> (B, d)`` gives the APM anchor
     embedding; ``first_unet`` makes the first chunk when ``unet`` cannot (the naive
     model); ``enhancer`` is a text-to-video UNet at a higher resolution used by
-    :meth:`enhance`.
+    :meth:`enhance`. With a ``vae`` (``diffusers.AutoencoderKL``, applied per frame) the
+    UNets work on latents, as real text-to-video models do; without one, on pixels.
     """
 
     def __init__(
@@ -93,6 +94,7 @@ class StreamingT2VPipeline:
         image_encoder: Any = None,
         first_unet: Any = None,
         enhancer: Any = None,
+        vae: Any = None,
         chunk_frames: int = 16,
         cond_frames: int = 8,
         enhancer_chunk_frames: int = 24,
@@ -103,7 +105,7 @@ class StreamingT2VPipeline:
                 f"need 0 < cond_frames < chunk_frames, got {cond_frames} and {chunk_frames}"
             )
         self.unet, self.scheduler, self.text_encoder = unet, scheduler, text_encoder
-        self.image_encoder, self.enhancer = image_encoder, enhancer
+        self.image_encoder, self.enhancer, self.vae = image_encoder, enhancer, vae
         self.first_unet = first_unet or unet
         self.mode = _conditioning(unet)
         if _conditioning(self.first_unet) == "concat":
@@ -169,6 +171,33 @@ class StreamingT2VPipeline:
         )
         pipe.defaults.update(meta.get("sampling", {}))
         return pipe
+
+    # ------------------------------------------------------------------ latents
+    def _decode(self, x: torch.Tensor) -> torch.Tensor:
+        """UNet samples (B, C, F, h, w) -> pixels (B, 3, F, H, W) in [-1, 1]."""
+        if self.vae is None:
+            return x
+        b, _, f = x.shape[:3]
+        flat = x.transpose(1, 2).flatten(0, 1) / self.vae.config.scaling_factor
+        flat = flat.to(_param(self.vae))
+        img = torch.cat([self.vae.decode(z).sample for z in flat.split(16)])
+        return img.unflatten(0, (b, f)).transpose(1, 2).to(x).clamp(-1, 1)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, F, H, W) in [-1, 1] -> UNet samples (B, C, F, h, w)."""
+        if self.vae is None:
+            return x
+        b, _, f = x.shape[:3]
+        flat = x.transpose(1, 2).flatten(0, 1).to(_param(self.vae))
+        lat = torch.cat([self.vae.encode(z).latent_dist.mode() for z in flat.split(16)])
+        lat = lat * self.vae.config.scaling_factor
+        return lat.unflatten(0, (b, f)).transpose(1, 2).to(x)
+
+    def _pixel_size(self, unet: Any) -> int:
+        size = _sample_shape(unet, 1)[-1]
+        if self.vae is None:
+            return size
+        return size * 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # ------------------------------------------------------------------ denoising
     def _eps(
@@ -280,11 +309,12 @@ class StreamingT2VPipeline:
                 None,
                 None,
             )
+            pixels = self._decode(x)
             anchor = None
             if self.apm and use_anchor:
-                anchor = self.image_encoder.embed(x[:, :, 0].to(_param(self.image_encoder)))
-                anchor = anchor.to(p)
-            frames = to_uint8(x[0])[:num_frames]
+                first = pixels[:, :, 0].to(_param(self.image_encoder))
+                anchor = self.image_encoder.embed(first).to(p)
+            frames = to_uint8(pixels[0])[:num_frames]
             done += len(frames)
             advance()
             yield frames
@@ -301,7 +331,7 @@ class StreamingT2VPipeline:
                     cond,
                     anchor,
                 )
-                new = to_uint8(x[0, :, fc:])[: num_frames - done]
+                new = to_uint8(self._decode(x[:, :, fc:])[0])[: num_frames - done]
                 done += len(new)
                 advance()
                 yield new
@@ -326,6 +356,7 @@ class StreamingT2VPipeline:
         overlap: int | None = None,
         seed: int = 0,
         progress: bool = True,
+        chunk_batch: int = 8,
     ) -> StreamingOutput:
         """Refine a long video with the enhancer by SDEdit (noise to ``strength`` of the
         schedule, then denoise) in overlapping chunks.
@@ -335,7 +366,8 @@ class StreamingT2VPipeline:
         frames from the left chunk and the rest from the right one; ``"shared"`` — shared
         noise only; ``"independent"`` — each chunk its own noise (the two ablations join
         the chunks at the middle of each overlap). ``seams`` of the output are those
-        joins (the middle of each overlap)."""
+        joins (the middle of each overlap). ``chunk_batch`` chunks go through the
+        enhancer at once."""
         d = self.defaults
         strength = d["strength"] if strength is None else strength
         num_inference_steps = int(num_inference_steps or d["num_inference_steps"])
@@ -345,6 +377,8 @@ class StreamingT2VPipeline:
             raise ValueError("this pipeline has no enhancer model")
         if blending not in BLENDINGS:
             raise ValueError(f"blending must be one of {BLENDINGS}, got {blending!r}")
+        if chunk_batch < 1:
+            raise ValueError(f"chunk_batch must be >= 1, got {chunk_batch}")
         if not 0 < strength <= 1:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
         frames = np.asarray(frames)
@@ -356,10 +390,11 @@ class StreamingT2VPipeline:
         le = chunk_frames or self.enhancer_chunk_frames
         ov = self.enhancer_overlap if overlap is None else overlap
         p = _param(unet)
-        size = _sample_shape(unet, 1)[-1]
+        size = self._pixel_size(unet)
         video = to_tensor(frames).to(p)[None]  # (1, 3, T, h, w)
         n = video.shape[2]
         video = F.interpolate(video, size=(n, size, size), mode="trilinear", align_corners=False)
+        video = self._encode(video)
         starts = chunk_starts(n, le, ov)
         le = min(le, n)
         gen = torch.Generator().manual_seed(seed)
@@ -383,7 +418,12 @@ class StreamingT2VPipeline:
         with progress_bar("enhancing", len(timesteps), enabled=progress) as advance:
             for t in timesteps:
                 x = torch.cat(xs)
-                eps = self._eps(unet, x, t, text, null, guidance_scale)
+                eps = torch.cat(
+                    [
+                        self._eps(unet, xb, t, text, null, guidance_scale)
+                        for xb in x.split(chunk_batch)
+                    ]
+                )
                 x = sched.step(eps, t, x).prev_sample
                 xs = list(x.split(1))
                 if blending == "random":
@@ -402,4 +442,4 @@ class StreamingT2VPipeline:
             out[:, :, lo : s + le] = xs[i][:, :, lo - s :]
             if i:
                 seams.append(int(lo))
-        return StreamingOutput(to_uint8(out[0].clamp(-1, 1)), seams)
+        return StreamingOutput(to_uint8(self._decode(out)[0].clamp(-1, 1)), seams)
