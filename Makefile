@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/shuffle_bench.py
 	$(PY) benchmarks/mamba2_bench.py
 	$(PY) benchmarks/kltrace_bench.py
+	$(PY) benchmarks/streaming_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

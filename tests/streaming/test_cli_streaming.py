@@ -1,0 +1,86 @@
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from longseq import hub
+from longseq.cli import app
+
+pytest.importorskip("diffusers")
+pytestmark = pytest.mark.skipif(
+    "streaming-t2v" not in hub.registry(), reason="StreamingT2V checkpoints not shipped"
+)
+runner = CliRunner()
+PROMPT = "a green triangle wanders quickly over a checkered brown background"
+
+
+def test_generate_writes_the_asked_length(tmp_path):
+    from longseq.media import read_video
+
+    out = tmp_path / "v.gif"
+    res = runner.invoke(
+        app,
+        [
+            "streaming",
+            "generate",
+            PROMPT,
+            "--frames",
+            "13",
+            "--steps",
+            "2",
+            "--scale",
+            "1",
+            "-o",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    video = read_video(out)
+    assert video.shape == (13, 32, 32, 3)  # enhanced to the enhancer's 32 px
+    res = runner.invoke(
+        app,
+        [
+            "streaming",
+            "generate",
+            PROMPT,
+            "--frames",
+            "9",
+            "--steps",
+            "2",
+            "--no-enhance",
+            "--scale",
+            "2",
+            "-o",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert read_video(out).shape == (9, 32, 32, 3)  # 16 px base chunks, upscaled 2x
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-o", "v.avi"], "--out must end in"),
+        (["--frames", "0"], "--frames"),
+        (["--blending", "mean"], "--blending"),
+        (["--model", "nope"], "neither a shipped checkpoint"),
+        (["--model", "power-arith-gpt"], "not a StreamingT2V video model"),
+    ],
+)
+def test_generate_names_bad_input(tmp_path, args, message):
+    res = runner.invoke(app, ["streaming", "generate", PROMPT, *args])
+    assert res.exit_code == 2
+    assert message in res.output
+
+
+@pytest.mark.slow
+def test_demo_writes_videos_and_metrics(tmp_path):
+    res = runner.invoke(app, ["streaming", "demo", "--frames", "24", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(m) == {"prompt", "base chunks (16 px)", "enhanced (32 px)"}
+    assert np.isfinite(m["enhanced (32 px)"]["text_alignment"])
+    for f in ("base.gif", "enhanced.mp4", "enhanced.gif", "strip.png"):
+        assert (tmp_path / f).stat().st_size > 0
