@@ -15,46 +15,19 @@ runner = CliRunner()
 PROMPT = "a green triangle wanders quickly over a checkered brown background"
 
 
+def generate(*args: str):
+    return runner.invoke(app, ["streaming", "generate", PROMPT, *args])
+
+
 def test_generate_writes_the_asked_length(tmp_path):
     from longseq.media import read_video
 
     out = tmp_path / "v.gif"
-    res = runner.invoke(
-        app,
-        [
-            "streaming",
-            "generate",
-            PROMPT,
-            "--frames",
-            "13",
-            "--steps",
-            "2",
-            "--scale",
-            "1",
-            "-o",
-            str(out),
-        ],
-    )
+    res = generate("--frames", "13", "--steps", "2", "--scale", "1", "-o", str(out))
     assert res.exit_code == 0, res.output
     video = read_video(out)
     assert video.shape == (13, 32, 32, 3)  # enhanced to the enhancer's 32 px
-    res = runner.invoke(
-        app,
-        [
-            "streaming",
-            "generate",
-            PROMPT,
-            "--frames",
-            "9",
-            "--steps",
-            "2",
-            "--no-enhance",
-            "--scale",
-            "2",
-            "-o",
-            str(out),
-        ],
-    )
+    res = generate("--frames", "9", "--steps", "2", "--no-enhance", "--scale", "2", "-o", str(out))
     assert res.exit_code == 0, res.output
     assert read_video(out).shape == (9, 32, 32, 3)  # 16 px base chunks, upscaled 2x
 
@@ -70,7 +43,7 @@ def test_generate_writes_the_asked_length(tmp_path):
     ],
 )
 def test_generate_names_bad_input(tmp_path, args, message):
-    res = runner.invoke(app, ["streaming", "generate", PROMPT, *args])
+    res = generate(*args)
     assert res.exit_code == 2
     assert message in res.output
 

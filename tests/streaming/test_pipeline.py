@@ -253,14 +253,12 @@ def test_randomized_blending_differs_from_a_fixed_cut():
         p.enhance(video.astype(np.float32), "a red circle")
 
 
-def test_a_plain_diffusers_unet_plugs_in():
-    """Any diffusers 3-D UNet runs: chunks tied by replacing the conditioning frames;
-    it also serves as the enhancer."""
+def diffusers_unet(size: int, channels: int):
     torch.manual_seed(0)
-    unet = diffusers.UNet3DConditionModel(
-        sample_size=8,
-        in_channels=3,
-        out_channels=3,
+    return diffusers.UNet3DConditionModel(
+        sample_size=size,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=(16, 16),
         layers_per_block=1,
         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
@@ -269,7 +267,11 @@ def test_a_plain_diffusers_unet_plugs_in():
         attention_head_dim=4,
         norm_num_groups=8,
     ).eval()
-    p = StreamingT2VPipeline(
+
+
+def plain_pipe(unet, **kw) -> StreamingT2VPipeline:
+    """A plain UNet as both the chunk model and the enhancer."""
+    return StreamingT2VPipeline(
         unet,
         scheduler(),
         fake_text,
@@ -278,7 +280,14 @@ def test_a_plain_diffusers_unet_plugs_in():
         enhancer=unet,
         enhancer_chunk_frames=6,
         enhancer_overlap=2,
+        **kw,
     )
+
+
+def test_a_plain_diffusers_unet_plugs_in():
+    """Any diffusers 3-D UNet runs: chunks tied by replacing the conditioning frames;
+    it also serves as the enhancer."""
+    p = plain_pipe(diffusers_unet(size=8, channels=3))
     assert p.mode == "replace"
     out = p("a red circle", 10, num_inference_steps=2, progress=False)
     assert out.frames.shape == (10, 8, 8, 3) and out.seams == [6]
@@ -289,19 +298,7 @@ def test_a_plain_diffusers_unet_plugs_in():
 def test_latent_models_work_through_a_vae():
     """A latent text-to-video UNet (4 channels) with a diffusers AutoencoderKL: chunks are
     made in latent space and decoded per frame; the enhancer encodes, refines, decodes."""
-    torch.manual_seed(0)
-    unet = diffusers.UNet3DConditionModel(
-        sample_size=4,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 16),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=D,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    ).eval()
+    unet = diffusers_unet(size=4, channels=4)
     vae = diffusers.AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -311,17 +308,7 @@ def test_latent_models_work_through_a_vae():
         up_block_types=("UpDecoderBlock2D",) * 2,
         norm_num_groups=4,
     ).eval()
-    p = StreamingT2VPipeline(
-        unet,
-        scheduler(),
-        fake_text,
-        vae=vae,
-        chunk_frames=6,
-        cond_frames=2,
-        enhancer=unet,
-        enhancer_chunk_frames=6,
-        enhancer_overlap=2,
-    )
+    p = plain_pipe(unet, vae=vae)
     out = p("a red circle", 9, num_inference_steps=2, progress=False)
     assert out.frames.shape == (9, 8, 8, 3)  # 4x4 latents, 2x vae
     # decoding is per frame: a chunk's frames equal the vae's decoding of each latent frame
