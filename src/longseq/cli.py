@@ -711,7 +711,7 @@ def _load_pipeline(model: str, enhancer: str | None, device: str | None):
         _fail(str(e))
 
 
-def _metrics_row(table: Table, name: str, m: dict) -> None:
+def _video_metrics_row(table: Table, name: str, m: dict) -> None:
     table.add_row(
         name,
         f"{m['mawe']:.1f}",
@@ -721,7 +721,7 @@ def _metrics_row(table: Table, name: str, m: dict) -> None:
     )
 
 
-def _metrics_table(title: str) -> Table:
+def _video_metrics_table(title: str) -> Table:
     table = Table(title=title)
     for col in ("video", "MAWE ↓", "SCuts ↓", "text alignment ↑", "seam flow std ↓"):
         table.add_column(col)
@@ -801,11 +801,11 @@ def streaming_demo(
     write_video(out / "enhanced.mp4", enhanced.frames, scale=4)
     write_video(out / "enhanced.gif", enhanced.frames, scale=4)
     write_image(out / "strip.png", frame_strip(enhanced.frames, 8, scale=4))
-    table = _metrics_table("metrics")
+    table = _video_metrics_table("metrics")
     metrics = {}
     for name, v in (("base chunks (16 px)", base), ("enhanced (32 px)", enhanced)):
         metrics[name] = video_metrics(v.frames, caption, pipe.image_encoder, v.seams)
-        _metrics_row(table, name, metrics[name])
+        _video_metrics_row(table, name, metrics[name])
     console.print(table)
     (out / "metrics.json").write_text(json.dumps({"prompt": caption, **metrics}, indent=2))
     console.print(f"videos, strip.png and metrics.json in {out}")
