@@ -747,6 +747,7 @@ def streaming_generate(
     device: str = typer.Option(None),
 ) -> None:
     """Generate a long video from a prompt, chunk by chunk, and write it to OUT."""
+    from longseq.data.videoworld import all_captions, caption_of, parse_caption
     from longseq.media import write_video
     from longseq.streaming import BLENDINGS
 
@@ -759,6 +760,11 @@ def streaming_generate(
     if scale < 1:
         _fail(f"--scale must be >= 1, got {scale}")
     pipe = _load_pipeline(model, enhancer if enhance else None, device)
+    if hub.registry().get(model) and not parse_caption(prompt):
+        console.print(
+            "[yellow]note:[/] the shipped model knows the video world's captions, e.g. "
+            f"'{caption_of(all_captions()[0])}'; this prompt names none of its words"
+        )
     try:
         video = pipe(
             prompt,

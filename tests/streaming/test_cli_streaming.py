@@ -57,3 +57,12 @@ def test_demo_writes_videos_and_metrics(tmp_path):
     assert np.isfinite(m["enhanced (32 px)"]["text_alignment"])
     for f in ("base.gif", "enhanced.mp4", "enhanced.gif", "strip.png"):
         assert (tmp_path / f).stat().st_size > 0
+
+
+def test_a_prompt_outside_the_world_gets_a_note(tmp_path):
+    out = tmp_path / "v.gif"
+    args = ["--frames", "1", "--steps", "1", "--no-enhance", "-o", str(out)]
+    res = runner.invoke(app, ["streaming", "generate", "a cat playing the piano", *args])
+    assert res.exit_code == 0, res.output
+    assert "names none of its words" in " ".join(res.output.split())  # rich wraps lines
+    assert "names none" not in " ".join(generate(*args).output.split())

@@ -36,13 +36,16 @@ class TextEncoder:
         path = Path(path) if path is not None else default_text_encoder_path()
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is not a transformers model directory")
-        verbosity = logging.get_verbosity()
+        verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
         logging.set_verbosity_error()
+        logging.disable_progress_bar()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModel.from_pretrained(path).to(device).eval()
         finally:
             logging.set_verbosity(verbosity)
+            if bars:
+                logging.enable_progress_bar()
         self.max_tokens = max_tokens
         self.device = device
         self.hidden_size = int(self.model.config.hidden_size)
