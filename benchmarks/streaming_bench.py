@@ -41,6 +41,8 @@ METHODS = {
     "StreamingT2V w/o APM": ("streaming-t2v", False),
     "StreamingT2V": ("streaming-t2v", True),
 }
+if "streaming-t2v-unfrozen" in hub.registry():  # ablation: the base fine-tuned too
+    METHODS["StreamingT2V, base unfrozen"] = ("streaming-t2v-unfrozen", True)
 BLENDS = {
     "independent chunks": "independent",
     "shared noise": "shared",

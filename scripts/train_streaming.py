@@ -6,6 +6,7 @@ Stages (each resumable: ``RUN/<stage>/state.pt``; run them in this order):
   base        text-to-video UNet, 8-frame chunks, 16 px
   memory      CAM + APM on top of the frozen base (StreamingT2V)
   naive       baseline: base fine-tuned with the last frame concatenated
+  memory-unfrozen  ablation: the trained memory model, then every weight fine-tuned
   enhancer    text-to-video UNet, 12-frame chunks, 32 px (for SDEdit refinement)
   tune        pick the guidance scales on validation captions (training captions,
               unseen seeds); stored in streaming-t2v's config as sampling defaults
@@ -44,6 +45,7 @@ from longseq.utils import (
 NAMES = {
     "classifier": "streaming-frame-encoder",
     "memory": "streaming-t2v",
+    "memory-unfrozen": "streaming-t2v-unfrozen",
     "naive": "streaming-naive",
     "enhancer": "streaming-enhancer",
 }
@@ -129,8 +131,10 @@ def tune(args) -> None:
         print(f"enhancer_guidance_scale={g}: text alignment {results[g]:.4f}", flush=True)
     found["enhancer_guidance_scale"] = max(results, key=results.get)
     found["strength"] = 0.6
-    for name in (NAMES["memory"], NAMES["naive"]):
+    for name in (NAMES["memory"], NAMES["naive"], NAMES["memory-unfrozen"]):
         cfile = hub.CHECKPOINT_DIR / name / hub.CONFIG
+        if not cfile.exists():
+            continue
         cfg = json.loads(cfile.read_text())
         cfg["streaming"]["sampling"] = found
         cfg["streaming"]["tuned_on"] = {"captions": prompts, "frames": args.tune_frames}
@@ -149,7 +153,7 @@ def train(args) -> None:
     table, null = text_table(run, device)
 
     frame_enc = None
-    if args.stage == "memory":  # anchor features come from the trained frame encoder
+    if args.stage.startswith("memory"):  # anchor features come from the frame encoder
         frame_enc, _ = hub.load(NAMES["classifier"], device)
         frame_enc.requires_grad_(False)
 
@@ -179,6 +183,10 @@ def train(args) -> None:
             base["encoder.conv_in.weight"] = torch.cat([w, torch.zeros_like(w)], 1)
             model.load_state_dict(base)
             params = list(model.parameters())
+    elif args.stage == "memory-unfrozen":
+        model = VideoUNet(VideoUNetConfig(**BASE, cam=True, apm=True)).to(device)
+        model.load_state_dict(torch.load(run / "memory" / "state.pt", map_location=device)["model"])
+        params = list(model.parameters())
     elif args.stage == "enhancer":
         model = VideoUNet(VideoUNetConfig(**ENHANCER)).to(device)
         params = list(model.parameters())
@@ -219,9 +227,9 @@ def train(args) -> None:
             x0 = vw.to_tensor(frames).to(device)
             text = text_batch(table, null, caps, rng, TEXT_DROP)
             cond = {}
-            if args.stage in ("memory", "naive"):
+            if args.stage in ("memory", "memory-unfrozen", "naive"):
                 cond["cond_frames"] = x0[:, :, :COND]
-            if args.stage == "memory":
+            if args.stage.startswith("memory"):
                 with torch.no_grad():
                     anchor = frame_enc.embed(vw.to_tensor(first[:, None])[:, :, 0].to(device))
                 keep = torch.from_numpy(rng.uniform(size=len(caps)) >= ANCHOR_DROP).to(device)
@@ -267,7 +275,7 @@ def main() -> None:
     ap.add_argument(
         "--stage",
         required=True,
-        choices=["classifier", "base", "memory", "naive", "enhancer", "tune"],
+        choices=["classifier", "base", "memory", "memory-unfrozen", "naive", "enhancer", "tune"],
     )
     ap.add_argument("--steps", type=int, default=3000, help="length of the LR schedule")
     ap.add_argument("--tune-prompts", type=int, default=3)
