@@ -197,9 +197,11 @@ class FrameLocal(torch.nn.Module):
         return UNetOutput(0.3 * sample + 0 * self.w)
 
 
-def enhancer_pipe(enhancer):
+def enhancer_pipe(enhancer, unet=None, **kw) -> StreamingT2VPipeline:
+    """Chunks of 6 (2 conditioning) and enhancer chunks of 6 (overlap 2); the chunk
+    model defaults to a tiny VideoUNet."""
     return StreamingT2VPipeline(
-        tiny(),
+        tiny() if unet is None else unet,
         scheduler(),
         fake_text,
         chunk_frames=6,
@@ -207,6 +209,7 @@ def enhancer_pipe(enhancer):
         enhancer=enhancer,
         enhancer_chunk_frames=6,
         enhancer_overlap=2,
+        **kw,
     )
 
 
@@ -269,25 +272,11 @@ def diffusers_unet(size: int, channels: int):
     ).eval()
 
 
-def plain_pipe(unet, **kw) -> StreamingT2VPipeline:
-    """A plain UNet as both the chunk model and the enhancer."""
-    return StreamingT2VPipeline(
-        unet,
-        scheduler(),
-        fake_text,
-        chunk_frames=6,
-        cond_frames=2,
-        enhancer=unet,
-        enhancer_chunk_frames=6,
-        enhancer_overlap=2,
-        **kw,
-    )
-
-
 def test_a_plain_diffusers_unet_plugs_in():
     """Any diffusers 3-D UNet runs: chunks tied by replacing the conditioning frames;
     it also serves as the enhancer."""
-    p = plain_pipe(diffusers_unet(size=8, channels=3))
+    unet = diffusers_unet(size=8, channels=3)
+    p = enhancer_pipe(unet, unet=unet)
     assert p.mode == "replace"
     out = p("a red circle", 10, num_inference_steps=2, progress=False)
     assert out.frames.shape == (10, 8, 8, 3) and out.seams == [6]
@@ -308,7 +297,7 @@ def test_latent_models_work_through_a_vae():
         up_block_types=("UpDecoderBlock2D",) * 2,
         norm_num_groups=4,
     ).eval()
-    p = plain_pipe(unet, vae=vae)
+    p = enhancer_pipe(unet, unet=unet, vae=vae)
     out = p("a red circle", 9, num_inference_steps=2, progress=False)
     assert out.frames.shape == (9, 8, 8, 3)  # 4x4 latents, 2x vae
     # decoding is per frame: a chunk's frames equal the vae's decoding of each latent frame
