@@ -698,9 +698,6 @@ def kltrace_demo(
     console.print(f"frames and flow.png in {out}")
 
 
-VIDEO_SUFFIXES = (".mp4", ".gif")
-
-
 def _load_pipeline(model: str, enhancer: str | None, device: str | None):
     from longseq.streaming import StreamingT2VPipeline
     from longseq.utils import default_device
@@ -748,7 +745,7 @@ def streaming_generate(
 ) -> None:
     """Generate a long video from a prompt, chunk by chunk, and write it to OUT."""
     from longseq.data.videoworld import all_captions, caption_of, parse_caption
-    from longseq.media import write_video
+    from longseq.media import VIDEO_SUFFIXES, write_video
     from longseq.streaming import BLENDINGS
 
     if out.suffix.lower() not in VIDEO_SUFFIXES:
