@@ -118,7 +118,7 @@ def main() -> None:
     results["world"] = summarize(real)
     strips["world (real clip)"] = clip_for_caption(prompts[0], 0).render(args.frames, 32)
 
-    base_videos = {}
+    base_videos, blended = {}, {}  # StreamingT2V's base and randomized-blending videos
     for label, (name, use_anchor) in METHODS.items():
         pipe = pipes[name]
         rows_base, rows_enh, gen_s, enh_s = [], [], 0.0, 0.0
@@ -136,7 +136,7 @@ def main() -> None:
             rows_base.append(video_metrics(base.frames, p, encoder))
             rows_enh.append(video_metrics(enh.frames, p, encoder))
             if label == "StreamingT2V":
-                base_videos[i] = base.frames
+                base_videos[i], blended[i] = base.frames, enh
             if i == 0:
                 strips[label] = enh.frames
         results["methods"][label] = {
@@ -152,7 +152,10 @@ def main() -> None:
         rows = []
         for i, p in enumerate(prompts):
             print(f"enhancer, {label}: {p}", flush=True)
-            enh = pipe.enhance(base_videos[i], p, blending=blending, seed=i)
+            if blending == "random":  # made above with the same seed
+                enh = blended[i]
+            else:
+                enh = pipe.enhance(base_videos[i], p, blending=blending, seed=i)
             rows.append(video_metrics(enh.frames, p, encoder, seams=enh.seams))
         results["enhancer"][label] = {"metrics": summarize(rows), "per_prompt": rows}
 

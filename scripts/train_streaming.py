@@ -91,8 +91,9 @@ def diffusion_loss(model, sched, x0, text, gen, **cond) -> torch.Tensor:
 
 
 def tune(args) -> None:
-    """Grid-search the guidance scales on short validation videos: the text scale by text
-    alignment minus a MAWE penalty, then the anchor and enhancer scales likewise."""
+    """Grid-search the guidance scales on short validation videos: the text scale, then
+    the anchor scale, by text alignment minus MAWE and scene-cut penalties; then the
+    enhancer's scale by the text alignment of the enhanced videos."""
     from longseq.streaming import StreamingT2VPipeline
     from longseq.streaming.evaluate import video_metrics
 
@@ -121,10 +122,10 @@ def tune(args) -> None:
         found[key] = max(results, key=results.get)
     pipe.defaults.update(found)
     results = {}
+    bases = [pipe(p, args.tune_frames, seed=i, progress=False) for i, p in enumerate(prompts)]
     for g in (1.0, 3.0, 5.0):
         rows = []
-        for i, p in enumerate(prompts):
-            base = pipe(p, args.tune_frames, seed=i, progress=False)
+        for i, (p, base) in enumerate(zip(prompts, bases, strict=True)):
             out = pipe.enhance(base.frames, p, guidance_scale=g, seed=i, progress=False)
             rows.append(video_metrics(out.frames, p, encoder)["text_alignment"])
         results[g] = float(np.mean(rows))
