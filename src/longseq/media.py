@@ -195,3 +195,15 @@ def frame_strip(frames: np.ndarray, n: int = 8, scale: int = 1) -> np.ndarray:
     t = frames.shape[0]
     idx = np.unique(np.round(np.linspace(0, t - 1, min(int(n), t))).astype(np.int64))
     return _upscale(np.concatenate(list(frames[idx]), axis=1), scale)
+
+
+def resize_video(video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames resized to ``size = (h, w)`` with OpenCV: area averaging
+    when shrinking, bilinear otherwise."""
+    from longseq.kltrace.classical import _require_cv2
+
+    cv2 = _require_cv2()
+    h, w = size
+    shrink = h < video.shape[1] or w < video.shape[2]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(frame, (w, h), interpolation=interp) for frame in video])

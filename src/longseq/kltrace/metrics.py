@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from longseq.kltrace.classical import _require_cv2
+from longseq.media import resize_video
 
 QUERY_MODES = ("first", "strided")
 
@@ -199,14 +200,6 @@ def _decode_frames(frames: Sequence[Any], where: str) -> np.ndarray:
     return np.stack(out)
 
 
-def _resize_video(video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    cv2 = _require_cv2()
-    h, w = size
-    shrink = h < video.shape[1] or w < video.shape[2]
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(frame, (w, h), interpolation=interp) for frame in video])
-
-
 def _convert_entry(
     entry: Any, name: str, where: str, resize: tuple[int, int] | None
 ) -> dict[str, Any]:
@@ -242,7 +235,7 @@ def _convert_entry(
         )
 
     if resize is not None:
-        video = _resize_video(video, resize)
+        video = resize_video(video, resize)
     height, width = video.shape[1:3]
     tracks = points * np.array([width, height], dtype=np.float64)
     return {"name": name, "video": video, "tracks": tracks, "occluded": occluded}
