@@ -12,7 +12,11 @@ length is bracketed by the longest collapsing and the shortest non-collapsing T,
 line is fitted through the brackets' geometric midpoints.
 
     python benchmarks/collapse_forget_length.py \\
-        --runs 64:runs/forget/T64/dstate32 128:runs/collapse-sizes/dstate32 ...
+        --runs 64:runs/forget/T64/dstate32 128:runs/collapse-sizes/dstate32 \\
+               128:runs/forget-seed1/T128/dstate128:1 ...
+
+(``T:run_dir[:seed]``; the seed is 0 unless given). Per state size and T the model is
+called collapsed when the mean rise over its seeds exceeds the margin.
 
 The shipped ``collapse-mamba2`` (d_state 128, T = 128) is always included.
 """
@@ -44,37 +48,43 @@ def collapse_rise(model: Mamba2ForCausalLM, t: int, factor: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", nargs="*", default=[], help="T:run_dir entries")
+    ap.add_argument("--runs", nargs="*", default=[], help="T:run_dir[:seed] entries")
     ap.add_argument("--factor", type=int, default=64)
     ap.add_argument("--margin", type=float, default=1.0, help="NLL rise (nats) = collapse")
     args = ap.parse_args()
     shipped, info = hub.load("collapse-mamba2")
     shipped_cfg = shipped.config.to_dict()
-    entries = [(int(info.extra["train_length"]), shipped)]
+    entries = [(int(info.extra["train_length"]), 0, shipped)]
     for spec in args.runs:
-        t, _, path = spec.partition(":")
-        if not path or not t.isdigit():
-            raise SystemExit(f"--runs entries look like 128:runs/dir/dstate64, got {spec!r}")
-        entries.append((int(t), load_run(Path(path), shipped_cfg)))
+        t, _, rest = spec.partition(":")
+        path, _, seed = rest.partition(":")
+        if not path or not t.isdigit() or not (seed or "0").isdigit():
+            raise SystemExit(f"--runs entries look like 128:runs/dir/dstate64[:1], got {spec!r}")
+        entries.append((int(t), int(seed or 0), load_run(Path(path), shipped_cfg)))
 
     rows = []
-    for t, model in entries:
+    for t, seed, model in entries:
         row = {
             "d_state": model.config.d_state,
             "state_elements": model.config.state_elements,
             "train_length": t,
+            "seed": seed,
             **collapse_rise(model, t, args.factor),
         }
         row["collapsed"] = row["rise"] > args.margin
         rows.append(row)
         print(json.dumps(row), flush=True)
-    rows.sort(key=lambda r: (r["d_state"], r["train_length"]))
+    rows.sort(key=lambda r: (r["d_state"], r["train_length"], r["seed"]))
 
     brackets = []
     for d in sorted({r["d_state"] for r in rows}):
         rs = [r for r in rows if r["d_state"] == d]
-        bad = [r["train_length"] for r in rs if r["collapsed"]]
-        good = [r["train_length"] for r in rs if not r["collapsed"]]
+        mean_rise = {
+            t: float(np.mean([r["rise"] for r in rs if r["train_length"] == t]))
+            for t in {r["train_length"] for r in rs}
+        }
+        bad = [t for t, rise in mean_rise.items() if rise > args.margin]
+        good = [t for t, rise in mean_rise.items() if rise <= args.margin]
         lo = max(bad) if bad else None
         hi = min((g for g in good if lo is None or g > lo), default=None)
         mid = math.sqrt(lo * hi) if lo and hi else None
@@ -106,12 +116,13 @@ def main() -> None:
         f"{args.margin} nats above the NLL inside the training length. "
         "Written by `benchmarks/collapse_forget_length.py`.",
         "",
-        '| d_state | state elements | training length T | "\\n" NLL in T | last 3/4 | rise | collapsed |',
-        "|---|---|---|---|---|---|---|",
+        '| d_state | state elements | training length T | seed | "\\n" NLL in T | last 3/4 | rise '
+        "| collapsed |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['d_state']} | {r['state_elements']:,} | {r['train_length']} | "
+            f"| {r['d_state']} | {r['state_elements']:,} | {r['train_length']} | {r['seed']} | "
             f"{r['nll_in_training']:.2f} | {r['nll_last_three_quarters']:.2f} | "
             f"{r['rise']:+.2f} | {'yes' if r['collapsed'] else 'no'} |"
         )

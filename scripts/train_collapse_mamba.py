@@ -3,10 +3,12 @@
 Each model is trained on windows of ``--seq-len`` bytes of the Python standard
 library's source, a share of them passkey documents, and saved in the `transformers`
 Mamba2 layout (config.json + model.safetensors; `transformers` loads it as it is).
-The first model of ``--d-state`` is registered as ``collapse-mamba2``.
+The first model of ``--d-state`` is registered as ``--name`` (default ``collapse-mamba2``).
 
     python scripts/train_collapse_mamba.py                         # the shipped model
     python scripts/train_collapse_mamba.py --d-state 16 32 64 --export-dir runs/collapse/export
+    python scripts/train_collapse_mamba.py --seq-len 512 --batch-size 8 --steps 2000 \
+        --passkey-frac 1 --run-dir runs/passkey --name collapse-passkey-mamba2   # passkey model
 
 Runs resume from ``state.pt`` in their run directory. Several GPUs:
 ``torchrun --nproc_per_node=K scripts/train_collapse_mamba.py`` (DistributedDataParallel,
@@ -129,6 +131,7 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--run-dir", default="runs/collapse")
     ap.add_argument("--export-dir", default=str(hub.CHECKPOINT_DIR))
+    ap.add_argument("--name", default=NAME, help="registered name of the first model")
     args = ap.parse_args()
     device = setup_distributed() if args.device is None else default_device(args.device)
     train, val = stdlib_corpus("train"), stdlib_corpus("val")
@@ -136,7 +139,7 @@ def main() -> None:
         model, metrics = train_one(args, d_state, device, train, val)
         if dist_info()[0] != 0:
             continue
-        name = NAME if i == 0 else f"{NAME}-dstate{d_state}"
+        name = args.name if i == 0 else f"{args.name}-dstate{d_state}"
         extra = {
             "name": name,
             "tokenizer": {"type": "byte"},
@@ -145,7 +148,8 @@ def main() -> None:
                 "script": "scripts/train_collapse_mamba.py",
                 "argv": sys.argv[1:],
                 "args": {k: v for k, v in vars(args).items() if k != "export_dir"},
-                "corpus": "Python stdlib sources (train split)",
+                "corpus": "Python stdlib sources (train split)"
+                + (f", {args.passkey_frac:.0%} passkey documents" if args.passkey_frac else ""),
                 "data_seed": args.seed,
             },
             "metrics": metrics,
@@ -156,7 +160,8 @@ def main() -> None:
                 name,
                 out,
                 f"byte-level Mamba-2 ({model.num_parameters() / 1e6:.2f}M, "
-                f"d_state={d_state}) trained at {args.seq_len} bytes: collapses beyond",
+                f"d_state={d_state}) trained at {args.seq_len} bytes"
+                + (" on passkey documents" if args.passkey_frac else ""),
             )
         print(json.dumps({"d_state": d_state, **metrics}), flush=True)
 

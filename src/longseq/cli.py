@@ -313,20 +313,12 @@ def _load_mamba(model: str, device: str | None):
 def _mitigate(net, spec: str, train_length: int | None):
     """Apply a mitigation given on the command line; 'norm' and 'window' without a
     value use the model's training length (window) or its state norm there (bound)."""
-    from longseq.collapse import apply_mitigation, clear_mitigations, parse_mitigation
-    from longseq.collapse.evaluate import calibrated_controls
+    from longseq.collapse import apply_named_mitigation
 
-    clear_mitigations(net)
-    if spec in ("norm", "window"):
-        if not train_length:
-            _fail(f"--mitigation {spec} needs a value: the checkpoint records no training length")
-        for layer, ctl in enumerate(calibrated_controls(net, spec, train_length)):
-            apply_mitigation(net, ctl, [layer])
-        return
     try:
-        apply_mitigation(net, parse_mitigation(spec))
+        apply_named_mitigation(net, spec, train_length)
     except ValueError as e:
-        _fail(str(e))
+        _fail(f"--mitigation: {e}")
 
 
 def _length(length: int | None, train_length: int | None, factor: int = 64) -> int:

@@ -11,6 +11,7 @@ from longseq.cli import app
 from longseq.collapse import (
     SSMControl,
     apply_mitigation,
+    apply_named_mitigation,
     clear_mitigations,
     greedy_continue,
     loss_curve,
@@ -148,13 +149,54 @@ def test_passkey_prompt_format():
     assert abs(text[:before].count(PASSKEY_FILLER) - text[before:].count(PASSKEY_FILLER)) <= 1
 
 
-def test_passkey_accuracy_grid_and_loss_curve():
+def test_passkey_accuracy_scores_each_length_and_depth(monkeypatch):
+    """An oracle that reads the key from the prompt scores 1 exactly where it is allowed
+    to answer (here: prompts up to 400 bytes with the needle in the first half)."""
+    import longseq.collapse.evaluate as ev
+
+    def oracle(model, ids, n):
+        text = bytes(ids.tolist()).decode()
+        key = text.split("The passkey is ")[1][:5]
+        depth = text.index(key) / len(text)
+        ok = len(text) <= 400 and depth < 0.5
+        return list(f" {key if ok else '00000'}.".encode())[:n]
+
+    monkeypatch.setattr(ev, "greedy_continue", oracle)
+    res = passkey_accuracy(None, [300, 1000], depths=[0.0, 1.0], trials=3, progress=False)
+    assert res.accuracy == [[1.0, 0.0], [0.0, 0.0]]
+    assert res.mean_by_length() == [0.5, 0.0] and res.trials == 3
+    with pytest.raises(ValueError, match="200"):
+        passkey_accuracy(None, [100])
+
+
+def test_loss_curve_bins_are_means_of_the_full_forward():
     m = tiny()
-    res = passkey_accuracy(m, [256, 300], depths=[0.0, 1.0], trials=1, progress=False)
-    assert len(res.accuracy) == 2 and all(0 <= a <= 1 for row in res.accuracy for a in row)
-    curve = loss_curve(m, torch.randint(0, 256, (300,)), train_length=64)
+    ids = torch.randint(0, 256, (300,))
+    curve = loss_curve(m, ids, train_length=64, segment=100)
     assert curve.edges[0] == 0 and curve.edges[-1] == 299
-    assert not np.isnan(curve.mean_between(64, 256))
+    nll = full_nll(m, ids)
+    for a, b, v in zip(curve.edges[:-1], curve.edges[1:], curve.mean_nll, strict=True):
+        assert v == pytest.approx(nll[a:b].mean().item(), abs=1e-4)
+
+
+def test_named_mitigations_calibrate_from_the_model():
+    m = tiny()
+    ids = torch.randint(0, 256, (64,))
+    apply_named_mitigation(m, "norm", 64, calibration_ids=ids)
+    bounds = [mx.control.state_bound for mx in m.modules() if hasattr(mx, "control")]
+    clear_mitigations(m)
+    norms = state_statistics(m, ids, segment=64).tensor("norm")[-1].max(-1).values
+    assert bounds == pytest.approx(norms.tolist())
+    apply_named_mitigation(m, "window", 48)
+    assert {mx.control.window for mx in m.modules() if hasattr(mx, "control")} == {48}
+    apply_named_mitigation(m, "forget:0.9,0.5")
+    assert all(
+        (mx.control.decay_scale, mx.control.window) == (0.9, None)
+        for mx in m.modules()
+        if hasattr(mx, "control")
+    )
+    with pytest.raises(ValueError, match="training length"):
+        apply_named_mitigation(m, "window")
 
 
 def test_cli_on_a_transformers_layout_checkpoint(tmp_path):
@@ -186,3 +228,10 @@ def test_cli_on_a_transformers_layout_checkpoint(tmp_path):
     assert set(curves) == {"none", "window", "norm"}
     res = runner.invoke(app, ["collapse", "diagnose", "--model", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "nope" in res.output
+    m.save_pretrained(tmp_path / "no-length", extra={"tokenizer": {"type": "byte"}})
+    res = runner.invoke(
+        app,
+        ["collapse", "passkey", "--model", str(tmp_path / "no-length"), "--lengths", "256"]
+        + ["--mitigation", "window", "--out", str(tmp_path / "x")],
+    )
+    assert res.exit_code == 2 and "needs a value" in res.output

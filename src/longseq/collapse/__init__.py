@@ -8,6 +8,7 @@ from longseq.collapse.diagnostics import StateTrace, state_statistics
 from longseq.collapse.evaluate import (
     LossCurve,
     PasskeyResult,
+    apply_named_mitigation,
     long_text,
     loss_curve,
     passkey_accuracy,
@@ -22,6 +23,7 @@ __all__ = [
     "SSMControl",
     "StateTrace",
     "apply_mitigation",
+    "apply_named_mitigation",
     "clear_mitigations",
     "greedy_continue",
     "long_text",

@@ -105,10 +105,13 @@ def loss_curve(
     return LossCurve(train_length, edges, means)
 
 
-def calibrated_controls(model, kind: str, train_length: int) -> list:
+def calibrated_controls(
+    model, kind: str, train_length: int, calibration_ids: torch.Tensor | None = None
+) -> list:
     """Per-layer mitigations set from the model itself: ``window`` = the training
     length; ``norm`` = each layer's largest head-state norm after ``train_length``
-    tokens of held-out text (the state never needs to be larger than in training)."""
+    tokens of ``calibration_ids`` (default: held-out text), since the state never
+    needs to be larger than in training."""
     from longseq.collapse.diagnostics import state_statistics
     from longseq.collapse.mitigations import clear_mitigations, mixers
     from longseq.models.mamba2 import SSMControl
@@ -119,6 +122,32 @@ def calibrated_controls(model, kind: str, train_length: int) -> list:
     if kind != "norm":
         raise ValueError(f"kind must be 'norm' or 'window', got {kind!r}")
     clear_mitigations(model)
-    trace = state_statistics(model, long_text(train_length), segment=train_length)
+    ids = long_text(train_length) if calibration_ids is None else calibration_ids[:train_length]
+    trace = state_statistics(model, ids, segment=len(ids))
     bounds = trace.tensor("norm")[-1].max(-1).values  # (layers,)
     return [SSMControl(state_bound=float(b)) for b in bounds]
+
+
+def apply_named_mitigation(
+    model,
+    spec: str,
+    train_length: int | None = None,
+    calibration_ids: torch.Tensor | None = None,
+):
+    """Clear the model's mitigations, then apply ``spec``: anything `parse_mitigation`
+    reads, or ``norm`` / ``window`` without a value, calibrated per layer from the
+    model at ``train_length`` (see `calibrated_controls`)."""
+    from longseq.collapse.mitigations import apply_mitigation, clear_mitigations, parse_mitigation
+
+    clear_mitigations(model)
+    if spec in ("norm", "window"):
+        if not train_length:
+            raise ValueError(
+                f"mitigation {spec!r} needs a value: no training length to calibrate it from"
+            )
+        for layer, ctl in enumerate(
+            calibrated_controls(model, spec, train_length, calibration_ids)
+        ):
+            apply_mitigation(model, ctl, [layer])
+        return model
+    return apply_mitigation(model, parse_mitigation(spec))

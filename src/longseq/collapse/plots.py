@@ -38,18 +38,29 @@ def plot_loss_curves(curves: dict[str, LossCurve], path: str | Path, title: str 
 
 
 def plot_passkey(result: PasskeyResult, path: str | Path, title: str = "") -> Path:
+    return plot_passkey_grid({title or "passkey retrieval": result}, path)
+
+
+def plot_passkey_grid(results: dict[str, PasskeyResult], path: str | Path, title: str = "") -> Path:
+    """One length x depth accuracy heatmap per entry (e.g. per mitigation), side by side."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(result.lengths), 3.2))
-    acc = [list(col) for col in zip(*result.accuracy, strict=True)]  # depth x length
-    im = ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
-    ax.set_xticks(range(len(result.lengths)), [str(n) for n in result.lengths], fontsize=7)
-    ax.set_yticks(range(len(result.depths)), [f"{d:.2f}" for d in result.depths], fontsize=7)
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("needle depth")
-    ax.set_title(title or "passkey retrieval", fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.05)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    first = next(iter(results.values()))
+    width = 1.0 + 0.7 * len(first.lengths)
+    fig, axes = plt.subplots(
+        1, len(results), figsize=(width * len(results) + 0.8, 3.2), squeeze=False
+    )
+    for ax, (name, result) in zip(axes[0], results.items(), strict=True):
+        acc = [list(col) for col in zip(*result.accuracy, strict=True)]  # depth x length
+        im = ax.imshow(acc, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+        ax.set_xticks(range(len(result.lengths)), [str(n) for n in result.lengths], fontsize=7)
+        ax.set_yticks(range(len(result.depths)), [f"{d:.2f}" for d in result.depths], fontsize=7)
+        ax.set_xlabel("prompt length (tokens)")
+        ax.set_title(name, fontsize=10)
+    axes[0][0].set_ylabel("needle depth")
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.05)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
 
