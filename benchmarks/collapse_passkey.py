@@ -4,8 +4,9 @@
 The model (default: the shipped ``collapse-passkey-mamba2``, trained on passkey documents
 of its training length T) is asked for the key in the paper's prompt format at lengths
 T, 2T, ... and needle depths 0 ... 1, without a mitigation and with each of the three
-training-free ones: forget-more with the paper's values, state normalization calibrated
-on a passkey prompt of length T, and the sliding window r = T.
+training-free ones: forget-more with the paper's values (and with its decay scale
+alone, B unscaled), state normalization with each layer's bound calibrated on 32
+passkey prompts of length T (other keys than the test prompts'), and the sliding window r = T.
 
     python benchmarks/collapse_passkey.py [--model NAME_OR_DIR] [--factors 1 2 4 8 16]
 """
@@ -34,14 +35,18 @@ def main() -> None:
     ap.add_argument("--factors", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     ap.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--trials", type=int, default=4, help="prompts per (length, depth)")
-    ap.add_argument("--mitigations", nargs="+", default=["none", "forget", "norm", "window"])
+    ap.add_argument(
+        "--mitigations", nargs="+", default=["none", "forget", "forget:0.9999,1", "norm", "window"]
+    )
+    ap.add_argument("--calibration", type=int, default=32, help="prompts to set norm bounds")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, _, extra = hub.load_mamba2(args.model)
     t = int(extra["train_length"])
     lengths = [f * t for f in args.factors]
-    calib = passkey_prompt(t, 0.5, np.random.default_rng(12345)).ids
+    rng = np.random.default_rng(12345)  # calibration prompts, not the test prompts (seed 0)
+    calib = [passkey_prompt(t, float(rng.uniform()), rng).ids for _ in range(args.calibration)]
 
     results, seconds = {}, {}
     for spec in args.mitigations:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -106,12 +107,17 @@ def loss_curve(
 
 
 def calibrated_controls(
-    model, kind: str, train_length: int, calibration_ids: torch.Tensor | None = None
+    model,
+    kind: str,
+    train_length: int,
+    calibration_ids: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    every: int = 16,
 ) -> list:
     """Per-layer mitigations set from the model itself: ``window`` = the training
-    length; ``norm`` = each layer's largest head-state norm after ``train_length``
-    tokens of ``calibration_ids`` (default: held-out text), since the state never
-    needs to be larger than in training."""
+    length; ``norm`` = each layer's largest head-state norm at any position (read every
+    ``every`` tokens) within the first ``train_length`` tokens of each calibration
+    input (default: held-out text), since the state never needs to be larger than it
+    is inside the training length."""
     from longseq.collapse.diagnostics import state_statistics
     from longseq.collapse.mitigations import clear_mitigations, mixers
     from longseq.models.mamba2 import SSMControl
@@ -121,10 +127,15 @@ def calibrated_controls(
         return [SSMControl(window=train_length)] * n_layers
     if kind != "norm":
         raise ValueError(f"kind must be 'norm' or 'window', got {kind!r}")
+    if calibration_ids is None:
+        calibration_ids = [long_text(train_length)]
+    elif isinstance(calibration_ids, torch.Tensor):
+        calibration_ids = [calibration_ids]
     clear_mitigations(model)
-    ids = long_text(train_length) if calibration_ids is None else calibration_ids[:train_length]
-    trace = state_statistics(model, ids, segment=len(ids))
-    bounds = trace.tensor("norm")[-1].max(-1).values  # (layers,)
+    bounds = torch.zeros(n_layers)
+    for ids in calibration_ids:
+        norm = state_statistics(model, ids[:train_length], segment=every).tensor("norm")
+        bounds = torch.maximum(bounds, norm.amax(dim=(0, 2)))  # over positions and heads
     return [SSMControl(state_bound=float(b)) for b in bounds]
 
 
@@ -132,7 +143,7 @@ def apply_named_mitigation(
     model,
     spec: str,
     train_length: int | None = None,
-    calibration_ids: torch.Tensor | None = None,
+    calibration_ids: torch.Tensor | Sequence[torch.Tensor] | None = None,
 ):
     """Clear the model's mitigations, then apply ``spec``: anything `parse_mitigation`
     reads, or ``norm`` / ``window`` without a value, calibrated per layer from the
