@@ -57,9 +57,9 @@ def plot_passkey_grid(results: dict[str, PasskeyResult], path: str | Path, title
         ax.set_xlabel("prompt length (tokens)")
         ax.set_title(name, fontsize=10)
     axes[0][0].set_ylabel("needle depth")
-    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.05)
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02, pad=0.01)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, y=1.06)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
