@@ -106,7 +106,7 @@ def main() -> None:
         fit = {"slope_k_tokens_per_M": float(slope), "intercept_k_tokens": float(intercept)}
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"factor": args.factor, "margin": args.margin, "rows": rows}
+    record = {"factor": args.factor, "margin": args.margin, "runs": args.runs, "rows": rows}
     record |= {"brackets": brackets, "fit": fit, "paper": PAPER}
     (RESULTS / "forget_length.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [

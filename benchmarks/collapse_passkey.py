@@ -18,13 +18,11 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from longseq import hub
-from longseq.collapse import apply_named_mitigation, passkey_accuracy
+from longseq.collapse import apply_named_mitigation, passkey_accuracy, passkey_calibration
 from longseq.collapse.plots import plot_passkey_grid
-from longseq.data.text import passkey_prompt
 
 RESULTS = Path(__file__).parent / "results" / "collapse"
 
@@ -45,8 +43,7 @@ def main() -> None:
     model, _, extra = hub.load_mamba2(args.model)
     t = int(extra["train_length"])
     lengths = [f * t for f in args.factors]
-    rng = np.random.default_rng(12345)  # calibration prompts, not the test prompts (seed 0)
-    calib = [passkey_prompt(t, float(rng.uniform()), rng).ids for _ in range(args.calibration)]
+    calib = passkey_calibration(t, args.calibration)
 
     results, seconds = {}, {}
     for spec in args.mitigations:

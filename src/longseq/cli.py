@@ -310,13 +310,14 @@ def _load_mamba(model: str, device: str | None):
     return net, extra.get("train_length")
 
 
-def _mitigate(net, spec: str, train_length: int | None):
+def _mitigate(net, spec: str, train_length: int | None, calibration=None):
     """Apply a mitigation given on the command line; 'norm' and 'window' without a
-    value use the model's training length (window) or its state norm there (bound)."""
+    value use the model's training length (window) or its state norm there (bound,
+    read on ``calibration`` inputs, default held-out text)."""
     from longseq.collapse import apply_named_mitigation
 
     try:
-        apply_named_mitigation(net, spec, train_length)
+        apply_named_mitigation(net, spec, train_length, calibration)
     except ValueError as e:
         _fail(f"--mitigation: {e}")
 
@@ -383,7 +384,11 @@ def collapse_passkey(
         None, help="prompt lengths (default: 1, 2, 4, ... 64 x training length)"
     ),
     trials: int = typer.Option(4, min=1, help="prompts per (length, depth)"),
-    mitigation: str = typer.Option("none"),
+    mitigation: str = typer.Option(
+        "none",
+        help="none | forget[:D,B] | norm[:BOUND] | window[:TOKENS]; a bare 'norm' is "
+        "calibrated on passkey prompts of the training length",
+    ),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("collapse-passkey")),
     device: str = typer.Option(None),
@@ -391,11 +396,12 @@ def collapse_passkey(
     """Passkey retrieval accuracy by prompt length and needle depth: heatmap + JSON."""
     import json as _json
 
-    from longseq.collapse import passkey_accuracy
+    from longseq.collapse import passkey_accuracy, passkey_calibration
     from longseq.collapse.plots import plot_passkey
 
     net, t_train = _load_mamba(model, device)
-    _mitigate(net, mitigation, t_train)
+    calibration = passkey_calibration(t_train) if t_train and t_train >= 200 else None
+    _mitigate(net, mitigation, t_train, calibration)
     if not lengths:
         base = _length(None, t_train, 1)
         lengths = [base * k for k in (1, 2, 4, 8, 16, 32, 64)]

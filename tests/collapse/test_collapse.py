@@ -17,6 +17,7 @@ from longseq.collapse import (
     loss_curve,
     parse_mitigation,
     passkey_accuracy,
+    passkey_calibration,
     per_position_nll,
     state_statistics,
 )
@@ -147,6 +148,10 @@ def test_passkey_prompt_format():
     assert 900 <= len(text) <= 1000 and len(s.key) == 5
     before = text.index("The passkey is")
     assert abs(text[:before].count(PASSKEY_FILLER) - text[before:].count(PASSKEY_FILLER)) <= 1
+    cal = passkey_calibration(1000, n=3)
+    assert len(cal) == 3 and all(900 <= len(c) <= 1000 for c in cal)
+    assert all(torch.equal(a, b) for a, b in zip(cal, passkey_calibration(1000, n=3), strict=True))
+    assert len({bytes(c.tolist()) for c in cal}) == 3
 
 
 def test_passkey_accuracy_scores_each_length_and_depth(monkeypatch):
@@ -205,11 +210,11 @@ def test_named_mitigations_calibrate_from_the_model():
 
 def test_cli_on_a_transformers_layout_checkpoint(tmp_path):
     m = tiny()
-    m.save_pretrained(tmp_path / "ck", extra={"tokenizer": {"type": "byte"}, "train_length": 64})
+    m.save_pretrained(tmp_path / "ck", extra={"tokenizer": {"type": "byte"}, "train_length": 256})
     runner = CliRunner()
     for cmd in (
         ["diagnose", "--length", "256", "--segment", "64"],
-        ["passkey", "--lengths", "256", "--trials", "1"],
+        ["passkey", "--lengths", "256", "--trials", "1", "--mitigation", "norm"],
         [
             "loss-curve",
             "--length",

@@ -12,6 +12,7 @@ from longseq.collapse.evaluate import (
     long_text,
     loss_curve,
     passkey_accuracy,
+    passkey_calibration,
 )
 from longseq.collapse.mitigations import apply_mitigation, clear_mitigations, parse_mitigation
 from longseq.collapse.streaming import greedy_continue, per_position_nll
@@ -30,6 +31,7 @@ __all__ = [
     "loss_curve",
     "parse_mitigation",
     "passkey_accuracy",
+    "passkey_calibration",
     "per_position_nll",
     "state_statistics",
 ]

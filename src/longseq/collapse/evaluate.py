@@ -56,6 +56,13 @@ def passkey_accuracy(
     return PasskeyResult(list(lengths), list(depths), acc, trials)
 
 
+def passkey_calibration(length: int, n: int = 32, seed: int = 12345) -> list[torch.Tensor]:
+    """``n`` passkey prompts of ``length`` bytes at random depths, with their own keys
+    (another seed than `passkey_accuracy`'s prompts): inputs to calibrate state bounds on."""
+    rng = np.random.default_rng(seed)
+    return [passkey_prompt(length, float(rng.uniform()), rng).ids for _ in range(n)]
+
+
 def long_text(length: int, prompt: str = "text") -> torch.Tensor:
     """``length`` bytes of held-out stdlib source, or of "\\n" repeated (``prompt="newline"``)."""
     if prompt == "newline":
