@@ -46,6 +46,33 @@ def collapse_rise(model: Mamba2ForCausalLM, t: int, factor: int) -> dict:
     return {"nll_in_training": inside, "nll_last_three_quarters": beyond, "rise": beyond - inside}
 
 
+def plot(rows: list[dict], fit: dict | None, path: Path) -> None:
+    """Each (state size, T) read: red cross = collapsed, green dot = stable; the fit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    for collapsed, style, label in ((True, "rx", "collapsed"), (False, "go", "stable")):
+        pts = [(r["state_elements"] / 1e6, r["train_length"]) for r in rows]
+        pts = [p for p, r in zip(pts, rows, strict=True) if r["collapsed"] == collapsed]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, ms=7, mfc="none", label=label)
+    if fit:
+        s = np.linspace(0, max(r["state_elements"] for r in rows) / 1e6 * 1.05, 50)
+        t = 1e3 * (fit["slope_k_tokens_per_M"] * s + fit["intercept_k_tokens"])
+        ax.plot(s, t, "k--", lw=1, label="fit through bracket midpoints")
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("state size (million elements)")
+    ax.set_ylabel("training length T (bytes)")
+    ax.set_title('collapse on "\\n" x 64T by state size and training length', fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", nargs="*", default=[], help="T:run_dir[:seed] entries")
@@ -141,6 +168,7 @@ def main() -> None:
             f"{PAPER['slope_k_tokens_per_M']} S {PAPER['intercept_k_tokens']:+.3f}.",
         ]
     (RESULTS / "forget_length.md").write_text("\n".join(lines) + "\n")
+    plot(rows, fit, RESULTS / "forget_length.png")
     print("\n".join(lines))
 
 
