@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/power_bench.py
 	$(PY) benchmarks/shuffle_bench.py
 	$(PY) benchmarks/mamba2_bench.py
+	$(PY) benchmarks/collapse_passkey.py
 	$(PY) benchmarks/kltrace_bench.py
 	$(PY) benchmarks/streaming_bench.py
 
