@@ -206,6 +206,8 @@ def test_named_mitigations_calibrate_from_the_model():
     )
     with pytest.raises(ValueError, match="training length"):
         apply_named_mitigation(m, "window")
+    with pytest.raises(ValueError, match="at least one"):
+        apply_named_mitigation(m, "norm", 64, calibration_ids=[])
 
 
 def test_cli_on_a_transformers_layout_checkpoint(tmp_path):

@@ -138,6 +138,8 @@ def calibrated_controls(
         calibration_ids = [long_text(train_length)]
     elif isinstance(calibration_ids, torch.Tensor):
         calibration_ids = [calibration_ids]
+    if not calibration_ids or min(len(ids) for ids in calibration_ids) < 1:
+        raise ValueError("calibration_ids must hold at least one non-empty input")
     clear_mitigations(model)
     bounds = torch.zeros(n_layers)
     for ids in calibration_ids:
@@ -151,7 +153,7 @@ def apply_named_mitigation(
     spec: str,
     train_length: int | None = None,
     calibration_ids: torch.Tensor | Sequence[torch.Tensor] | None = None,
-):
+) -> torch.nn.Module:
     """Clear the model's mitigations, then apply ``spec``: anything `parse_mitigation`
     reads, or ``norm`` / ``window`` without a value, calibrated per layer from the
     model at ``train_length`` (see `calibrated_controls`)."""
