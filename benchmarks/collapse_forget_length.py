@@ -60,9 +60,11 @@ def plot(rows: list[dict], fit: dict | None, path: Path) -> None:
         if pts:
             ax.plot(*zip(*pts, strict=True), style, ms=7, mfc="none", label=label)
     if fit:
-        s = np.linspace(0, max(r["state_elements"] for r in rows) / 1e6 * 1.05, 50)
+        sizes = [r["state_elements"] / 1e6 for r in rows]
+        s = np.linspace(min(sizes) / 2, max(sizes) * 1.05, 50)
         t = 1e3 * (fit["slope_k_tokens_per_M"] * s + fit["intercept_k_tokens"])
-        ax.plot(s, t, "k--", lw=1, label="fit through bracket midpoints")
+        keep = t >= min(r["train_length"] for r in rows) / 2
+        ax.plot(s[keep], t[keep], "k--", lw=1, label="fit through bracket midpoints")
     ax.set_yscale("log", base=2)
     ax.set_xlabel("state size (million elements)")
     ax.set_ylabel("training length T (bytes)")
