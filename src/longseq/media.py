@@ -71,6 +71,17 @@ def _require_pillow():
     return Image
 
 
+def require_cv2():
+    """The OpenCV module, or an ImportError with the install hint (optical flow, resizing)."""
+    try:
+        import cv2
+    except ImportError as err:
+        raise ImportError(
+            "OpenCV is required: install opencv-python-headless (pip install 'longseq[flow]')"
+        ) from err
+    return cv2
+
+
 def _require_imageio():
     try:
         import imageio.v2 as iio
@@ -200,9 +211,7 @@ def frame_strip(frames: np.ndarray, n: int = 8, scale: int = 1) -> np.ndarray:
 def resize_video(video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(T, H, W, 3) uint8 frames resized to ``size = (h, w)`` with OpenCV: area averaging
     when shrinking, bilinear otherwise."""
-    from longseq.kltrace.classical import _require_cv2
-
-    cv2 = _require_cv2()
+    cv2 = require_cv2()
     h, w = size
     shrink = h < video.shape[1] or w < video.shape[2]
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR

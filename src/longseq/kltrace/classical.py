@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from longseq.media import require_cv2
+
 FlowFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 # Farneback parameters chosen for small (32-128 px) frames: three pyramid levels at
@@ -29,16 +31,6 @@ FARNEBACK_PARAMS: dict[str, Any] = {
 }
 
 DIS_PRESETS = ("ultrafast", "fast", "medium")
-
-
-def _require_cv2() -> Any:
-    try:
-        import cv2
-    except ImportError as err:
-        raise ImportError(
-            "OpenCV is required: install opencv-python-headless (pip install 'longseq[flow]')"
-        ) from err
-    return cv2
 
 
 def _to_gray(cv2: Any, frame: np.ndarray, name: str) -> np.ndarray:
@@ -64,7 +56,7 @@ def farneback_flow(frame0: np.ndarray, frame1: np.ndarray) -> np.ndarray:
 
     Frames are (H, W, 3) uint8 RGB (or (H, W) gray); parameters are ``FARNEBACK_PARAMS``.
     """
-    cv2 = _require_cv2()
+    cv2 = require_cv2()
     g0, g1 = _gray_pair(cv2, frame0, frame1)
     flow = cv2.calcOpticalFlowFarneback(g0, g1, None, **FARNEBACK_PARAMS)
     return flow.astype(np.float32, copy=False)
@@ -77,7 +69,7 @@ def dis_flow(frame0: np.ndarray, frame1: np.ndarray, preset: str = "medium") -> 
     """
     if preset not in DIS_PRESETS:
         raise ValueError(f"preset must be one of {DIS_PRESETS}, got {preset!r}")
-    cv2 = _require_cv2()
+    cv2 = require_cv2()
     g0, g1 = _gray_pair(cv2, frame0, frame1)
     code = {
         "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from longseq.kltrace.classical import _require_cv2
-from longseq.media import resize_video
+from longseq.media import require_cv2, resize_video
 
 QUERY_MODES = ("first", "strided")
 
@@ -185,7 +184,7 @@ def sample_queries_first(
 
 def _decode_frames(frames: Sequence[Any], where: str) -> np.ndarray:
     """Decode a list of encoded (e.g. JPEG) frames into (T, H, W, 3) uint8 RGB."""
-    cv2 = _require_cv2()
+    cv2 = require_cv2()
     out = []
     for i, buf in enumerate(frames):
         arr = np.frombuffer(bytes(buf), dtype=np.uint8)
