@@ -9,8 +9,16 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from longseq.collapse.diagnostics import state_statistics
+from longseq.collapse.mitigations import (
+    apply_mitigation,
+    clear_mitigations,
+    mixers,
+    parse_mitigation,
+)
 from longseq.collapse.streaming import greedy_continue, per_position_nll
 from longseq.data.text import ByteTokenizer, passkey_prompt, stdlib_corpus
+from longseq.models.mamba2 import SSMControl
 from longseq.utils import progress_bar
 
 
@@ -125,10 +133,6 @@ def calibrated_controls(
     ``every`` tokens) within the first ``train_length`` tokens of each calibration
     input (default: held-out text), since the state never needs to be larger than it
     is inside the training length."""
-    from longseq.collapse.diagnostics import state_statistics
-    from longseq.collapse.mitigations import clear_mitigations, mixers
-    from longseq.models.mamba2 import SSMControl
-
     n_layers = len(mixers(model))
     if kind == "window":
         return [SSMControl(window=train_length)] * n_layers
@@ -157,8 +161,6 @@ def apply_named_mitigation(
     """Clear the model's mitigations, then apply ``spec``: anything `parse_mitigation`
     reads, or ``norm`` / ``window`` without a value, calibrated per layer from the
     model at ``train_length`` (see `calibrated_controls`)."""
-    from longseq.collapse.mitigations import apply_mitigation, clear_mitigations, parse_mitigation
-
     clear_mitigations(model)
     if spec in ("norm", "window"):
         if not train_length:
