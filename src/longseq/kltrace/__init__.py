@@ -1,6 +1,6 @@
 """KL-tracing: zero-shot optical flow from an autoregressive frame-pair model."""
 
-from longseq.kltrace.classical import FLOW_METHODS, dis_flow, farneback_flow, track_with_flow
+from longseq.flow import FLOW_METHODS, dis_flow, farneback_flow, track_with_flow
 from longseq.kltrace.evaluate import METHODS, calibrate, evaluate_methods, synthetic_set
 from longseq.kltrace.metrics import load_tapvid, sample_queries_first, tapvid_metrics
 from longseq.kltrace.tracing import (

@@ -2,7 +2,7 @@
 smoothness at chunk seams, and caption alignment.
 
 Videos are (T, H, W, 3) uint8 RGB arrays. Optical flow defaults to DIS
-(:func:`longseq.kltrace.classical.dis_flow`); any ``flow_fn(frame0, frame1) -> (H, W, 2)``
+(:func:`longseq.flow.dis_flow`); any ``flow_fn(frame0, frame1) -> (H, W, 2)``
 forward flow in pixels ``(dx, dy)`` can be passed instead.
 """
 
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from longseq.kltrace.classical import FlowFn, bilinear_sample, dis_flow
+from longseq.flow import FlowFn, bilinear_sample, dis_flow
 
 if TYPE_CHECKING:
     from longseq.models.frame_encoder import FrameEncoder

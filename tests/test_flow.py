@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from longseq.kltrace import classical
-from longseq.kltrace.classical import FLOW_METHODS, bilinear_sample, track_with_flow
+from longseq import flow as classical
+from longseq.flow import FLOW_METHODS, bilinear_sample, track_with_flow
 
 
 @pytest.fixture(scope="module")
