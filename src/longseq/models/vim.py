@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from longseq.models.config import ConfigDict
 from longseq.models.mamba2 import Mamba2Config, Mamba2Mixer, RMSNorm
-from longseq.shuffle import LayerwiseShuffle
+from longseq.models.shuffle import LayerwiseShuffle
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longseq.models.config import ConfigDict
-from longseq.shuffle import LayerwiseShuffle
+from longseq.models.shuffle import LayerwiseShuffle
 
 
 @dataclass

@@ -3,6 +3,6 @@
 from longseq.shuffle import shuffle_probabilities, LayerwiseShuffle
 """
 
-from longseq.shuffle.layerwise import SCHEDULES, LayerwiseShuffle, shuffle_probabilities
+from longseq.models.shuffle import SCHEDULES, LayerwiseShuffle, shuffle_probabilities
 
 __all__ = ["SCHEDULES", "LayerwiseShuffle", "shuffle_probabilities"]

@@ -1,5 +1,8 @@
 """Stochastic layer-wise token shuffle (ShuffleMamba), as a plug-in for any block stack.
 
+A layer the models build on (``Vim``, ``ViT``); :mod:`longseq.shuffle` re-exports it with
+the training and the experiment.
+
 During training, layer l of L (0-based) fires with probability
 
     p_l = p_max * l / (L - 1)      ("linear", deeper layers more often; the paper's choice)

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from longseq.models.shuffle import LayerwiseShuffle, shuffle_probabilities
 from longseq.models.vim import Vim
 from longseq.models.vit import ViTBlock
-from longseq.shuffle import LayerwiseShuffle, shuffle_probabilities
 
 
 def test_linear_and_constant_schedules():
