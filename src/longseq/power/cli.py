@@ -1,0 +1,152 @@
+"""The ``longseq power`` commands (Power-SMC)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from longseq import hub
+from longseq.cliutils import console, fail
+
+app = typer.Typer(
+    help="Power-SMC: sample p(y|x)^alpha with sequential Monte Carlo.",
+    no_args_is_help=True,
+)
+
+
+@app.command("demo")
+def power_demo(
+    model: str = typer.Option("power-arith-gpt", help="shipped checkpoint name or directory"),
+    problems: int = typer.Option(48, min=1, help="held-out problems"),
+    alpha: float = typer.Option(4.0, help="power exponent"),
+    particles: int = typer.Option(16, min=1, help="SMC particles / best-of-N samples"),
+    block_size: int = typer.Option(4, min=1, help="SMC resampling check interval (tokens)"),
+    ramp_tokens: int = typer.Option(16, min=0, help="SMC exponent ramp length (tokens)"),
+    mh_blocks: int = typer.Option(4, min=1, help="MH: blocks the answer is built in"),
+    mh_steps: int = typer.Option(10, min=0, help="MH: steps after each block"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option(None, help="cpu, cuda, ... (default: cuda when present)"),
+    json_out: Path = typer.Option(None, "--json", help="also write the table as JSON here"),
+) -> None:
+    """Accuracy and wall time of temperature 1, temperature 1/alpha, best-of-N, MH and
+    Power-SMC on held-out 3-term additions, with the shipped model."""
+    from longseq.data.arith import ArithTask, CharTokenizer
+    from longseq.power.evaluate import evaluate_methods
+    from longseq.utils import default_device
+
+    if alpha <= 0:
+        fail(f"--alpha must be > 0, got {alpha}")
+    try:
+        dev = default_device(device)
+        lm_model, _, extra = hub.load_causal_lm(model, dev)
+    except (hub.CheckpointError, ValueError) as e:
+        fail(str(e))
+    task_cfg = {k: v for k, v in extra.get("task", {}).items() if k != "name"}
+    if extra.get("task", {}).get("name") != "arith":
+        fail(f"{model!r} was not trained on the arithmetic task; the demo needs one that was")
+    task, tok = ArithTask(**task_cfg), CharTokenizer(extra["tokenizer"]["chars"])
+    probs = task.sample_problems(problems, "test", seed=seed + 777)
+    console.print(
+        f"[bold]Power-SMC demo[/]: {problems} held-out problems like "
+        f"[cyan]{probs[0].prompt}[/] (answer {probs[0].answer}); model {model}, "
+        f"alpha={alpha:g}, device {dev}"
+    )
+    res = evaluate_methods(
+        lm_model,
+        tok,
+        task,
+        probs,
+        alpha=alpha,
+        n_particles=particles,
+        block_size=block_size,
+        ramp_tokens=ramp_tokens,
+        mh_blocks=mh_blocks,
+        mh_steps=mh_steps,
+        seed=seed,
+    )
+    base = next(r.seconds for r in res if r.method == "temp-1")
+    table = Table(title="held-out accuracy (one answer per problem)")
+    for col in ("method", "settings", "accuracy", "wall s", "x temp-1 time"):
+        table.add_column(col, justify="right" if col not in ("method", "settings") else "left")
+    for r in res:
+        table.add_row(
+            r.method,
+            r.settings,
+            f"{100 * r.accuracy:.1f}%",
+            f"{r.seconds:.2f}",
+            f"{r.seconds / base:.1f}x",
+        )
+    console.print(table)
+    if json_out:
+        json_out.write_text(json.dumps([r.to_dict() for r in res], indent=2))
+        console.print(f"wrote {json_out}")
+
+
+@app.command("sample")
+def power_sample(
+    prompt: str = typer.Argument(..., help="prompt text, e.g. '47+85+23='"),
+    model: str = typer.Option(
+        "power-arith-gpt", help="shipped name, our checkpoint dir, or a transformers model dir"
+    ),
+    method: str = typer.Option("smc", help="smc | temp | best-of-n | mh"),
+    alpha: float = typer.Option(4.0, help="power exponent (temp uses temperature 1/alpha)"),
+    particles: int = typer.Option(16, min=1),
+    max_new_tokens: int = typer.Option(64, min=1),
+    block_size: int = typer.Option(4, min=1),
+    ramp_tokens: int = typer.Option(16, min=0, help="exponent ramp length (0 = constant)"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option(None),
+    show: int = typer.Option(8, min=0, help="particles to list (smc)"),
+) -> None:
+    """Sample one completion of PROMPT (and, for smc, show the weighted particles)."""
+    import torch
+
+    from longseq.power import best_of_n, mh_power_sample, power_smc, sample
+    from longseq.utils import default_device
+
+    if method not in ("smc", "temp", "best-of-n", "mh"):
+        fail(f"--method must be one of smc, temp, best-of-n, mh; got {method!r}")
+    try:
+        dev = default_device(device)
+        lm_model, codec, _ = hub.load_causal_lm(model, dev)
+        ids = torch.tensor(codec.encode(prompt), dtype=torch.long)
+        kw = dict(max_new_tokens=max_new_tokens, eos_token_id=codec.eos_token_id, seed=seed)
+        if method == "smc":
+            out = power_smc(
+                lm_model,
+                ids,
+                alpha=alpha,
+                n_particles=particles,
+                block_size=block_size,
+                ramp_tokens=ramp_tokens,
+                progress=True,
+                **kw,
+            )
+            text = codec.decode(out.sample[len(ids) :])
+        elif method == "temp":
+            out = sample(lm_model, ids, n=1, temperature=1 / alpha, **kw)
+            text = codec.decode(out.sequences[0, len(ids) :])
+        elif method == "best-of-n":
+            out = best_of_n(lm_model, ids, n=particles, **kw)
+            text = codec.decode(out.sequences[len(ids) :])
+        else:
+            out = mh_power_sample(lm_model, ids, alpha=alpha, progress=True, **kw)
+            text = codec.decode(out.sequence[len(ids) :])
+    except (hub.CheckpointError, ValueError, TypeError) as e:
+        fail(str(e))
+    console.print(f"[bold]{prompt}[/][green]{text}[/]")
+    if method == "smc" and show:
+        table = Table(title=f"particles (log Z ≈ {out.log_z:.3f}, {out.n_resamples} resamplings)")
+        for col in ("weight", "log p(y|x)", "completion"):
+            table.add_column(col)
+        order = out.log_weights.argsort(descending=True)[:show]
+        for i in order.tolist():
+            table.add_row(
+                f"{out.weights[i]:.3f}",
+                f"{out.seq_logprobs[i]:.2f}",
+                codec.decode(out.sequences[i, len(ids) :]),
+            )
+        console.print(table)
