@@ -3,21 +3,18 @@
 
 from __future__ import annotations
 
-import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import console
+from longseq.cliutils import App, console
 from longseq.collapse.cli import app as collapse_app
 from longseq.kltrace.cli import app as kltrace_app
 from longseq.power.cli import app as power_app
 from longseq.shuffle.cli import app as shuffle_app
 from longseq.streaming.cli import app as streaming_app
 
-app = typer.Typer(
-    help="longseq: research methods for long-sequence generative models.",
-    no_args_is_help=True,
-    add_completion=False,
+app = App(
+    help="longseq: research methods for long-sequence generative models.", add_completion=False
 )
 app.add_typer(power_app, name="power")
 app.add_typer(shuffle_app, name="shuffle")

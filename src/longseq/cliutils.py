@@ -1,11 +1,16 @@
-"""What every ``longseq`` command shares: the console and the one-line error exit."""
+"""What every ``longseq`` command shares: the console, the one-line error exit, and a
+`typer` app whose help reads plainly (flags without a ``<bool>`` type, arguments in
+capitals, docstring paragraphs re-flowed instead of broken where the source breaks)."""
 
 from __future__ import annotations
 
-from typing import NoReturn
+import inspect
+import re
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 console = Console()
 
@@ -14,3 +19,66 @@ def fail(msg: str) -> NoReturn:
     """Print ``error: msg`` and exit with status 2 (the status of a usage error)."""
     console.print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(2)
+
+
+def _reflow(text: str | None) -> str | None:
+    """Join the lines of each paragraph (paragraphs are separated by a blank line)."""
+    if not text:
+        return text
+    paragraphs = re.split(r"\n\s*\n", inspect.cleandoc(text))
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
+def _plain_params(params: list) -> list:
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""  # a flag takes no value: no "<bool>" beside it
+        elif isinstance(p, TyperArgument) and p.metavar is None:
+            p.metavar = p.name.upper()
+    return params
+
+
+def _usage(cmd, ctx) -> list[str]:
+    pieces = [cmd.options_metavar] if cmd.options_metavar else []
+    for p in cmd.get_params(ctx):
+        if isinstance(p, TyperArgument):
+            name = p.metavar if p.required else f"[{p.metavar}]"
+            pieces.append(name + ("..." if p.nargs != 1 else ""))
+    return pieces
+
+
+class Command(TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["help"] = _reflow(kwargs.get("help"))
+        super().__init__(*args, **kwargs)
+
+    def get_params(self, ctx):
+        return _plain_params(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx):
+        return _usage(self, ctx)
+
+
+class Group(TyperGroup):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["help"] = _reflow(kwargs.get("help"))
+        super().__init__(*args, **kwargs)
+
+    def get_params(self, ctx):
+        return _plain_params(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx):
+        return [*_usage(self, ctx), self.subcommand_metavar]
+
+
+class App(typer.Typer):
+    """A `typer.Typer` whose groups and commands render their help as above."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("cls", Group)
+        kwargs.setdefault("no_args_is_help", True)
+        super().__init__(**kwargs)
+
+    def command(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)

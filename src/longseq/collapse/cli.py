@@ -9,11 +9,10 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import console, fail
+from longseq.cliutils import App, console, fail
 
-app = typer.Typer(
+app = App(
     help="Stuffed Mamba: diagnose and fix Mamba-2 state collapse beyond the training length.",
-    no_args_is_help=True,
 )
 
 

@@ -10,11 +10,10 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import console, fail
+from longseq.cliutils import App, console, fail
 
-app = typer.Typer(
+app = App(
     help="KL-tracing: zero-shot optical flow from an autoregressive video model.",
-    no_args_is_help=True,
 )
 
 

@@ -8,11 +8,10 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import console, fail
+from longseq.cliutils import App, console, fail
 
-app = typer.Typer(
+app = App(
     help="ShuffleMamba: layer-wise token shuffle for deep Vision Mamba training.",
-    no_args_is_help=True,
 )
 
 

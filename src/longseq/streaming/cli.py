@@ -9,11 +9,10 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import console, fail
+from longseq.cliutils import App, console, fail
 
-app = typer.Typer(
+app = App(
     help="StreamingT2V: long, consistent text-to-video by autoregressive chunks.",
-    no_args_is_help=True,
 )
 
 
