@@ -5,7 +5,10 @@ capitals, docstring paragraphs re-flowed instead of broken where the source brea
 from __future__ import annotations
 
 import inspect
+import os
 import re
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
@@ -19,6 +22,31 @@ def fail(msg: str) -> NoReturn:
     """Print ``error: msg`` and exit with status 2 (the status of a usage error)."""
     console.print(f"[bold red]error:[/] {msg}")
     raise typer.Exit(2)
+
+
+def check_output_file(path: Path | None, option: str, suffixes: Iterable[str] = ()) -> None:
+    """Fail now, before any work, if ``path`` (the value of ``option``) cannot be written:
+    its folder is missing, it is a folder, or its suffix is not one of ``suffixes``."""
+    if path is None:
+        return
+    suffixes = tuple(suffixes)
+    if suffixes and path.suffix.lower() not in suffixes:
+        fail(f"{option} must end in {' or '.join(suffixes)}, got {path.name!r}")
+    if path.is_dir():
+        fail(f"{option} {path} is a folder; give a file name")
+    parent = path.parent
+    if not parent.is_dir():
+        fail(f"{option}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        fail(f"{option}: the folder {parent} is not writable")
+
+
+def write_text(path: Path, text: str, option: str) -> None:
+    """Write ``text`` to ``path``, failing with one line (not a traceback) on an OS error."""
+    try:
+        path.write_text(text)
+    except OSError as e:
+        fail(f"{option}: cannot write {path} ({e.strerror or e})")
 
 
 def _reflow(text: str | None) -> str | None:

@@ -31,7 +31,12 @@ def seed_everything(seed: int) -> torch.Generator:
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """The device asked for, else CUDA when present, else CPU."""
     if device is not None:
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError as e:
+            raise ValueError(
+                f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)"
+            ) from e
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {device!r} was asked for but CUDA is not available")
         return dev

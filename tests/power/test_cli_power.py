@@ -53,3 +53,16 @@ def test_bad_inputs_give_clean_errors():
     assert res.exit_code == 2 and "--method" in res.output
     res = runner.invoke(app, ["power", "demo", "--alpha", "-1"])
     assert res.exit_code == 2 and "alpha" in res.output
+
+
+def test_bad_output_and_device_fail_before_any_work():
+    res = runner.invoke(app, ["power", "demo", "--json", "/nonexistent/dir/x.json"])
+    assert res.exit_code == 2 and "/nonexistent/dir does not exist" in res.output
+    assert "accuracy" not in res.output  # nothing was run
+    res = runner.invoke(app, ["power", "sample", "1+1=", "--device", "bogus"])
+    assert res.exit_code == 2 and "'bogus' is not a torch device" in res.output
+
+
+def test_empty_prompt_is_rejected():
+    res = runner.invoke(app, ["power", "sample", ""])
+    assert res.exit_code == 2 and "PROMPT is empty" in res.output

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import App, console, fail
+from longseq.cliutils import App, check_output_file, console, fail, write_text
 
 app = App(
     help="Power-SMC: sample p(y|x)^alpha with sequential Monte Carlo.",
@@ -38,6 +38,7 @@ def power_demo(
 
     if alpha <= 0:
         fail(f"--alpha must be > 0, got {alpha}")
+    check_output_file(json_out, "--json")
     try:
         dev = default_device(device)
         lm_model, _, extra = hub.load_causal_lm(model, dev)
@@ -80,7 +81,7 @@ def power_demo(
         )
     console.print(table)
     if json_out:
-        json_out.write_text(json.dumps([r.to_dict() for r in res], indent=2))
+        write_text(json_out, json.dumps([r.to_dict() for r in res], indent=2), "--json")
         console.print(f"wrote {json_out}")
 
 
@@ -108,6 +109,8 @@ def power_sample(
 
     if method not in ("smc", "temp", "best-of-n", "mh"):
         fail(f"--method must be one of smc, temp, best-of-n, mh; got {method!r}")
+    if not prompt:
+        fail("PROMPT is empty: give the text to continue, e.g. '47+85+23='")
     try:
         dev = default_device(device)
         lm_model, codec, _ = hub.load_causal_lm(model, dev)
