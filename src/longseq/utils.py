@@ -14,10 +14,11 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
+from rich.text import Text
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -48,22 +49,49 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-@contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True):
-    """A rich progress bar; yields a callable ``advance(n=1)``."""
-    if not enabled:
-        yield lambda n=1: None
-        return
-    with Progress(
+class RemainingColumn(ProgressColumn):
+    """Time left at the average pace since the start, as soon as one step is done.
+
+    (rich's own column estimates the speed from the last 30 s only, so with steps slower
+    than that, such as video chunks on a CPU, it never shows more than ``-:--:--``.)"""
+
+    def render(self, task) -> Text:
+        if task.finished:
+            return Text("0:00:00", style="progress.remaining")
+        if not task.completed or task.total is None or not task.elapsed:
+            return Text("eta …", style="progress.remaining")
+        left = task.elapsed / task.completed * (task.total - task.completed)
+        h, rem = divmod(int(round(left)), 3600)
+        return Text(f"{h}:{rem // 60:02d}:{rem % 60:02d}", style="progress.remaining")
+
+
+def progress_columns() -> tuple[ProgressColumn, ...]:
+    return (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    ) as prog:
+        RemainingColumn(),
+    )
+
+
+@contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True):
+    """A rich progress bar; yields a callable ``advance(n=1, description=None)`` (a new
+    description replaces the bar's label)."""
+    if not enabled:
+        yield lambda n=1, description=None: None
+        return
+    with Progress(*progress_columns(), transient=True) as prog:
         task = prog.add_task(description, total=total)
-        yield lambda n=1: prog.advance(task, n)
+
+        def advance(n: int = 1, description: str | None = None) -> None:
+            if description is None:
+                prog.advance(task, n)
+            else:
+                prog.update(task, advance=n, description=description)
+
+        yield advance
 
 
 def warmup_cosine_lr(
