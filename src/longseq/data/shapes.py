@@ -123,11 +123,16 @@ class ShapesDataset:
     def num_classes(self) -> int:
         return len(CLASSES)
 
-    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def tensors(self, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``progress`` (optional) is called with 1 after each image is drawn."""
         rng = np.random.default_rng([self.seed, SPLIT_SEEDS[self.split]])
         labels = rng.integers(0, len(CLASSES), self.n)
-        imgs = np.stack([render(int(y), self.size, rng) for y in labels])
-        return torch.from_numpy(imgs), torch.from_numpy(labels).long()
+        imgs = []
+        for y in labels:
+            imgs.append(render(int(y), self.size, rng))
+            if progress is not None:
+                progress(1)
+        return torch.from_numpy(np.stack(imgs)), torch.from_numpy(labels).long()
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

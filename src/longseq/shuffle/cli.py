@@ -8,11 +8,12 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import App, console, fail
+from longseq.cliutils import App, check_output_file, console, fail, write_text
 
 app = App(
     help="ShuffleMamba: layer-wise token shuffle for deep Vision Mamba training.",
 )
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
 @app.command("demo")
@@ -21,13 +22,16 @@ def shuffle_demo(
     images: int = typer.Option(500, min=1, help="freshly generated test images"),
     seed: int = typer.Option(1234, help="seed of the fresh images"),
     device: str = typer.Option(None),
-    grid: Path = typer.Option(None, help="also write a PNG grid of predictions here"),
+    grid: Path = typer.Option(
+        None, help="also write a grid of predictions here (.png, .jpg, .pdf or .svg)"
+    ),
 ) -> None:
     """Classify freshly generated shape images with the shipped Vim and print accuracy."""
     from longseq.data.shapes import CLASSES, ShapesDataset
     from longseq.shuffle.train import predict
     from longseq.utils import default_device
 
+    check_output_file(grid, "--grid", GRID_SUFFIXES)
     try:
         dev = default_device(device)
         net, info = hub.load(model, dev)
@@ -93,13 +97,20 @@ def shuffle_train(
         fail(f"--schedule must be one of {SCHEDULES}, got {schedule!r}")
     if not 0 <= p_max <= 1:
         fail(f"--p-max must be in [0, 1], got {p_max}")
+    if not lr > 0:
+        fail(f"--lr must be > 0, got {lr}")
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder")
     try:
         dev = default_device(device)
         torch.manual_seed(seed)
         net = build_classifier(arch, depth, dim, patch, p_max, schedule)
     except ValueError as e:
         fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"--out: cannot create {out} ({e.strerror or e})")
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, n_train=n_train, seed=seed)
     console.print(
         f"training {arch} ({net.num_parameters() / 1e6:.2f}M params) on {dev}, "
@@ -112,7 +123,7 @@ def shuffle_train(
         arch,
         {"classes": list(CLASSES), "metrics": res, "training": {"run": out.name, **cfg.to_dict()}},
     )
-    (out / "result.json").write_text(_json.dumps(res, indent=2))
+    write_text(out / "result.json", _json.dumps(res, indent=2), "--out")
     console.print(
         f"train {100 * res['train_acc']:.1f}%  test {100 * res['test_acc']:.1f}%  "
         f"gap {100 * res['gap']:.1f}  -> {out}"

@@ -109,10 +109,12 @@ def train_classifier(
     """
     rank, world = dist_info()
     torch.manual_seed(cfg.seed)
-    data = {
-        split: ShapesDataset(split, n, cfg.img_size, seed=0).tensors()
-        for split, n in (("train", cfg.n_train), ("val", cfg.n_val), ("test", cfg.n_test))
-    }
+    sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+    with progress_bar("drawing images", sum(sizes.values()), progress and rank == 0) as advance:
+        data = {
+            split: ShapesDataset(split, n, cfg.img_size, seed=0).tensors(advance)
+            for split, n in sizes.items()
+        }
     xtr, ytr = data["train"]
     model.to(device)
     net = model
@@ -137,9 +139,10 @@ def train_classifier(
     log = open(log_path, "a") if (log_path and rank == 0) else None  # noqa: SIM115
     val_acc = None  # of the final model, once measured
     t0 = time.time()
-    with progress_bar("epochs", cfg.epochs, enabled=progress and rank == 0) as advance:
-        advance(start_epoch)
+    with progress_bar("training", total, enabled=progress and rank == 0) as advance:
+        advance(start_epoch * steps_per_epoch)
         for epoch in range(start_epoch, cfg.epochs):
+            advance(0, description=f"epoch {epoch + 1}/{cfg.epochs}")
             net.train()
             order = torch.randperm(len(xtr), generator=gen)
             tot_loss, seen = 0.0, 0
@@ -159,6 +162,7 @@ def train_classifier(
                 opt.step()
                 tot_loss += loss.item() * len(idx)
                 seen += len(idx)
+                advance()
             rec = {"epoch": epoch + 1, "loss": tot_loss / seen, "seconds": time.time() - t0}
             if rank == 0 and ((epoch + 1) % 5 == 0 or epoch + 1 == cfg.epochs):
                 rec["val_acc"] = val_acc = accuracy(model, *data["val"], device)
@@ -167,7 +171,6 @@ def train_classifier(
                 log.flush()
             if state_path is not None and rank == 0:
                 save_training_state(state_path, model, opt, epoch + 1)
-            advance()
     if log:
         log.close()
     train_acc = accuracy(model, xtr, ytr, device)
