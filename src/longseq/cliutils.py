@@ -20,13 +20,16 @@ console = Console()
 
 def fail(msg: str) -> NoReturn:
     """Print ``error: msg`` and exit with status 2 (the status of a usage error)."""
-    console.print(f"[bold red]error:[/] {msg}")
+    console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)  # one line, however long
     raise typer.Exit(2)
 
 
-def check_output_file(path: Path | None, option: str, suffixes: Iterable[str] = ()) -> None:
+def check_output_file(
+    path: Path | None, option: str, suffixes: Iterable[str] = (), create_folder: bool = False
+) -> None:
     """Fail now, before any work, if ``path`` (the value of ``option``) cannot be written:
-    its folder is missing, it is a folder, or its suffix is not one of ``suffixes``."""
+    its folder is missing (or, with ``create_folder``, cannot be made), it is a folder, or
+    its suffix is not one of ``suffixes``."""
     if path is None:
         return
     suffixes = tuple(suffixes)
@@ -35,10 +38,20 @@ def check_output_file(path: Path | None, option: str, suffixes: Iterable[str] = 
     if path.is_dir():
         fail(f"{option} {path} is a folder; give a file name")
     parent = path.parent
+    if create_folder:
+        make_folder(parent, option)
     if not parent.is_dir():
         fail(f"{option}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         fail(f"{option}: the folder {parent} is not writable")
+
+
+def make_folder(path: Path, option: str) -> None:
+    """Create the folder ``path`` (and its parents) now, or fail with one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"{option}: cannot create the folder {path} ({e.strerror or e})")
 
 
 def write_text(path: Path, text: str, option: str) -> None:

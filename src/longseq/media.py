@@ -101,6 +101,20 @@ def _suffix(path: Path) -> str:
     return suffix
 
 
+def check_video_output(path: str | Path, fps: float = 8) -> None:
+    """Raise now, before any frames are made, what :func:`write_video` would raise for
+    ``path`` and ``fps``: an unsupported suffix or fps (ValueError) or a missing library
+    (ImportError naming the extra)."""
+    suffix = _suffix(Path(path))
+    fps = float(fps)
+    if not np.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive number, got {fps}")
+    if suffix == ".gif":
+        _require_pillow()
+    else:
+        _require_imageio()
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: float = 8, scale: int = 1) -> Path:
     """Write (T, H, W, 3) uint8 RGB ``frames`` as a ``.gif`` or ``.mp4`` video.
 

@@ -40,6 +40,9 @@ def test_generate_writes_the_asked_length(tmp_path):
         (["--blending", "mean"], "--blending"),
         (["--model", "nope"], "neither a shipped checkpoint"),
         (["--model", "power-arith-gpt"], "not a StreamingT2V video model"),
+        (["--fps", "0"], "--fps must be a positive number"),
+        (["--steps", "0"], "--steps"),
+        (["--no-enhance", "--blending", "shared"], "which --no-enhance turns off"),
     ],
 )
 def test_generate_names_bad_input(tmp_path, args, message):
@@ -66,3 +69,27 @@ def test_a_prompt_outside_the_world_gets_a_note(tmp_path):
     assert res.exit_code == 0, res.output
     assert "names none of its words" in " ".join(res.output.split())  # rich wraps lines
     assert "names none" not in " ".join(generate(*args).output.split())
+
+
+def test_bad_demo_options_fail_before_any_work(tmp_path):
+    res = runner.invoke(app, ["streaming", "demo", "--frames", "0", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "--frames" in res.output
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    res = runner.invoke(app, ["streaming", "demo", "--out", str(afile)])
+    assert res.exit_code == 2 and "is a file" in res.output
+
+
+def test_a_failed_write_keeps_the_generated_frames(tmp_path, monkeypatch):
+    from longseq import media
+
+    def broken_write(path, frames, fps=8, scale=1):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(media, "write_video", broken_write)
+    out = tmp_path / "v.gif"
+    res = generate("--frames", "3", "--steps", "1", "--no-enhance", "-o", str(out))
+    assert res.exit_code == 2
+    assert "No space left on device" in res.output and "v.npy" in res.output
+    kept = np.load(tmp_path / "v.npy")
+    assert kept.shape == (3, 16, 16, 3) and kept.dtype == np.uint8

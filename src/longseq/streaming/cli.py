@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import App, console, fail
+from longseq.cliutils import App, check_output_file, console, fail, make_folder, write_text
 
 app = App(
     help="StreamingT2V: long, consistent text-to-video by autoregressive chunks.",
@@ -51,29 +51,39 @@ def streaming_generate(
     model: str = typer.Option("streaming-t2v", help="shipped name or checkpoint directory"),
     enhance: bool = typer.Option(True, help="refine with the enhancer (randomized blending)"),
     enhancer: str = typer.Option("streaming-enhancer"),
-    blending: str = typer.Option("random", help="random | shared | independent"),
+    blending: str = typer.Option(
+        None, help="random | shared | independent: how the enhancer joins chunks [default: random]"
+    ),
     apm: bool = typer.Option(True, help="use the anchor frame (long-term memory)"),
-    steps: int = typer.Option(None, help="denoising steps per chunk (default: the model's)"),
+    steps: int = typer.Option(None, min=1, help="denoising steps per chunk (default: the model's)"),
     guidance: float = typer.Option(None, help="text guidance scale (default: the model's)"),
     anchor_guidance: float = typer.Option(None, help="anchor guidance scale"),
-    fps: float = typer.Option(8.0),
+    fps: float = typer.Option(8.0, help="frames per second of the written video"),
     scale: int = typer.Option(4, help="integer upscaling of the written frames"),
     seed: int = typer.Option(0),
     device: str = typer.Option(None),
 ) -> None:
     """Generate a long video from a prompt, chunk by chunk, and write it to OUT."""
     from longseq.data.videoworld import all_captions, caption_of, parse_caption
-    from longseq.media import VIDEO_SUFFIXES, write_video
+    from longseq.media import VIDEO_SUFFIXES, check_video_output
     from longseq.streaming import BLENDINGS
 
-    if out.suffix.lower() not in VIDEO_SUFFIXES:
-        fail(f"--out must end in {' or '.join(VIDEO_SUFFIXES)}, got {out.name!r}")
     if frames < 1:
         fail(f"--frames must be >= 1, got {frames}")
+    if blending is not None and not enhance:
+        fail("--blending applies to the enhancer, which --no-enhance turns off")
+    blending = blending or "random"
     if blending not in BLENDINGS:
         fail(f"--blending must be one of {', '.join(BLENDINGS)}, got {blending!r}")
     if scale < 1:
         fail(f"--scale must be >= 1, got {scale}")
+    if not fps > 0 or fps == float("inf"):
+        fail(f"--fps must be a positive number, got {fps}")
+    check_output_file(out, "--out", VIDEO_SUFFIXES, create_folder=True)
+    try:
+        check_video_output(out, fps)
+    except (ValueError, ImportError) as e:
+        fail(str(e))
     pipe = _load_pipeline(model, enhancer if enhance else None, device)
     if hub.registry().get(model) and not parse_caption(prompt):
         console.print(
@@ -94,15 +104,41 @@ def streaming_generate(
             video = pipe.enhance(video.frames, prompt, blending=blending, seed=seed)
     except ValueError as e:
         fail(str(e))
-    write_video(out, video.frames, fps=fps, scale=scale)
+    _write_video_or_keep_frames(out, video.frames, fps, scale)
     h, w = video.frames.shape[1:3]
     console.print(f"{len(video.frames)} frames of {w}x{h} written to {out}")
 
 
+def _write_video_or_keep_frames(out: Path, frames, fps: float, scale: int) -> None:
+    """Write the video; if that fails, keep the frames (a .npy beside OUT, or in the
+    current folder) so that the generation is not lost, and fail naming both."""
+    import numpy as np
+
+    from longseq import media
+
+    try:
+        media.write_video(out, frames, fps=fps, scale=scale)
+        return
+    except (OSError, ValueError, ImportError, RuntimeError) as e:
+        error = str(e)
+    for keep in (out.with_suffix(".npy"), Path.cwd() / f"{out.stem}.npy"):
+        try:
+            np.save(keep, frames)
+            break
+        except OSError:
+            continue
+    else:
+        fail(f"cannot write {out} ({error}), nor keep the frames as .npy")
+    fail(
+        f"cannot write {out} ({error}); the {len(frames)} generated frames are kept in "
+        f"{keep} (numpy.load it, then longseq.media.write_video)"
+    )
+
+
 @app.command("demo")
 def streaming_demo(
-    frames: int = typer.Option(120),
-    out: Path = typer.Option(Path("streaming-demo")),
+    frames: int = typer.Option(120, min=2, help="length of the video in frames"),
+    out: Path = typer.Option(Path("streaming-demo"), help="output folder"),
     seed: int = typer.Option(0),
     device: str = typer.Option(None),
 ) -> None:
@@ -112,12 +148,14 @@ def streaming_demo(
     from longseq.media import frame_strip, write_image, write_video
     from longseq.streaming.evaluate import video_metrics
 
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder")
+    make_folder(out, "--out")
     pipe = _load_pipeline("streaming-t2v", "streaming-enhancer", device)
     caption = sample_clip(seed, "test").caption
     console.print(f"prompt (a caption never seen in training): [bold]{caption}[/]")
     base = pipe(caption, frames, seed=seed)
     enhanced = pipe.enhance(base.frames, caption, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
     write_video(out / "base.gif", base.frames, scale=8)
     write_video(out / "enhanced.mp4", enhanced.frames, scale=4)
     write_video(out / "enhanced.gif", enhanced.frames, scale=4)
@@ -128,5 +166,5 @@ def streaming_demo(
         metrics[name] = video_metrics(v.frames, caption, pipe.image_encoder, v.seams)
         _video_metrics_row(table, name, metrics[name])
     console.print(table)
-    (out / "metrics.json").write_text(json.dumps({"prompt": caption, **metrics}, indent=2))
+    write_text(out / "metrics.json", json.dumps({"prompt": caption, **metrics}, indent=2), "--out")
     console.print(f"videos, strip.png and metrics.json in {out}")
