@@ -34,3 +34,26 @@ def test_help_reads_plainly():
     assert any("best-of-N, MH and Power-SMC on held-out" in line for line in res.output.split("\n"))
     res = runner.invoke(app, ["streaming", "generate", "--help"], env={"COLUMNS": "200"})
     assert "generate [OPTIONS] PROMPT" in res.output
+
+
+def test_checkpoints_lists_full_sha256_and_rounded_sizes():
+    from longseq import hub
+
+    res = runner.invoke(app, ["checkpoints"])
+    assert res.exit_code == 0, res.output
+    assert "…" not in res.output
+    # the sha256 column is the last one; rich folds it over several lines at 80 columns
+    last = [line.split("│")[-2].strip() for line in res.output.splitlines() if "│" in line]
+    joined = "".join(last)
+    for name, entry in hub.registry().items():
+        assert entry["sha256"] in joined, name
+        assert hub.format_size(hub.weights_file(name).stat().st_size) in res.output
+
+
+def test_sizes_are_rounded_not_truncated():
+    from longseq.hub import format_size
+
+    assert format_size(955_150) == "1.0 MB"
+    assert format_size(1_961_422) == "2.0 MB"
+    assert format_size(1_807_088) == "1.8 MB"
+    assert format_size(12_345) == "12 kB"

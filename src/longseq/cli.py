@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-
 from longseq import hub
-from longseq.cliutils import App, console
+from longseq.cliutils import App, console, folding_table
 from longseq.collapse.cli import app as collapse_app
 from longseq.kltrace.cli import app as kltrace_app
 from longseq.power.cli import app as power_app
@@ -25,12 +23,11 @@ app.add_typer(streaming_app, name="streaming")
 
 @app.command("checkpoints")
 def checkpoints() -> None:
-    """List the checkpoints shipped with the package."""
-    table = Table(title="shipped checkpoints")
-    for col in ("name", "description", "sha256"):
-        table.add_column(col)
+    """List the checkpoints shipped with the package: size and sha256 of their weights."""
+    table = folding_table("shipped checkpoints", ("name", "size", "description", "sha256"))
     for name, entry in sorted(hub.registry().items()):
-        table.add_row(name, entry["description"], entry["sha256"][:16] + "…")
+        size = hub.format_size(hub.weights_file(name).stat().st_size)
+        table.add_row(name, size, entry["description"], entry["sha256"])
     console.print(table)
 
 

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 console = Console()
@@ -22,6 +23,16 @@ def fail(msg: str) -> NoReturn:
     """Print ``error: msg`` and exit with status 2 (the status of a usage error)."""
     console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)  # one line, however long
     raise typer.Exit(2)
+
+
+def folding_table(title: str, columns: Iterable[str], right: Iterable[str] = ()) -> Table:
+    """A table whose values fold onto more lines when the terminal is narrow, instead of
+    being cut with "…"; ``right`` names the right-aligned (numeric) columns."""
+    right = set(right)
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col, justify="right" if col in right else "left", overflow="fold")
+    return table
 
 
 def check_output_file(

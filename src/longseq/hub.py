@@ -42,6 +42,7 @@ def _architectures() -> dict[str, Any]:
     from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
     from longseq.models.gpt import GPT, GPTConfig
     from longseq.models.lras import LRAS, LRASConfig
+    from longseq.models.match_mixture import MatchMixture, MatchMixtureConfig
     from longseq.models.video_unet import VideoUNet, VideoUNetConfig
     from longseq.models.vim import Vim, VimConfig
     from longseq.models.vit import ViT, ViTConfig
@@ -50,6 +51,7 @@ def _architectures() -> dict[str, Any]:
         "frame_encoder": (FrameEncoder, FrameEncoderConfig),
         "gpt": (GPT, GPTConfig),
         "lras": (LRAS, LRASConfig),
+        "match_mixture": (MatchMixture, MatchMixtureConfig),
         "video_unet": (VideoUNet, VideoUNetConfig),
         "vim": (Vim, VimConfig),
         "vit": (ViT, ViTConfig),
@@ -61,6 +63,21 @@ def registry() -> dict[str, dict[str, Any]]:
     if not REGISTRY_FILE.exists():
         return {}
     return json.loads(REGISTRY_FILE.read_text())
+
+
+def format_size(n_bytes: int) -> str:
+    """A file size in decimal megabytes, rounded to 0.1 MB (kB below 0.1 MB)."""
+    if n_bytes < 50_000:
+        return f"{n_bytes / 1e3:.0f} kB"
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+def weights_file(name: str) -> Path:
+    """The weights file of a shipped checkpoint."""
+    reg = registry()
+    if name not in reg:
+        raise CheckpointError(f"{name!r} is not a shipped checkpoint (known: {', '.join(reg)})")
+    return CHECKPOINT_DIR / reg[name]["path"] / WEIGHTS
 
 
 def sha256_file(path: Path) -> str:

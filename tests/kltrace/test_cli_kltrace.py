@@ -66,3 +66,18 @@ def test_bench_small_writes_json(tmp_path):
     assert res.exit_code == 0, res.output
     rec = json.loads(out.read_text())
     assert set(rec) == {"kl", "rgb", "farneback", "dis"}
+
+
+def test_bench_table_fits_80_columns_without_cutting_anything():
+    from rich.console import Console
+
+    from longseq.kltrace.cli import _metrics_table
+
+    keys = ["epe", "average_pts_within_thresh", "occlusion_accuracy", "average_jaccard"]
+    m = {k: 0.123 for k in [*keys, "sec_per_point", *(f"pts_within_{d}" for d in (1, 2, 4, 8, 16))]}
+    console = Console(width=80, record=True)
+    console.print(_metrics_table({"kl": m, "rgb": m, "farneback": m, "dis": m}, "bench"))
+    text = console.export_text()
+    assert "…" not in text
+    for word in ("metric", "farneback", "ms / point", "EPE (px)", "within 16 px (%)", "12.3"):
+        assert word in text
