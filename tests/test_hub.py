@@ -122,3 +122,47 @@ def test_transformers_directory_loads(tmp_path):
         eos_token_id=codec.eos_token_id,
     )
     assert out.sequences.shape[0] == 4
+
+
+def test_saved_weights_are_readable_like_any_new_file(tmp_path):
+    import os
+
+    from longseq.models.mamba2 import Mamba2Config, Mamba2ForCausalLM
+
+    m = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    m2 = Mamba2ForCausalLM(Mamba2Config(vocab_size=7, d_model=16, n_layer=1, d_state=4, headdim=8))
+    umask = os.umask(0o022)
+    try:
+        hub.save_pretrained(m, tmp_path / "ck", "gpt")
+        m2.save_pretrained(tmp_path / "m2")
+    finally:
+        os.umask(umask)
+    for folder in ("ck", "m2"):
+        assert (tmp_path / folder / "model.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def _llama_without_tokenizer(path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(
+        vocab_size=11,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
+    with hub.quiet_transformers():
+        transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def test_transformers_folder_without_tokenizer(tmp_path, capfd):
+    path = _llama_without_tokenizer(tmp_path / "llama")
+    capfd.readouterr()
+    with pytest.raises(hub.CheckpointError, match="has no tokenizer files"):
+        hub.load_causal_lm(path)
+    model, codec, _ = hub.load_causal_lm(path, tokenizer=False)
+    assert codec is None
+    assert model(torch.tensor([[1, 2]])).logits.shape == (1, 2, 11)
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "%|" not in err  # no progress bars in our output

@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from longseq.utils import save_safetensors
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 REGISTRY_FILE = CHECKPOINT_DIR / "registry.json"
@@ -107,7 +110,7 @@ def save_pretrained(
     lm_head, wte = getattr(model, "lm_head", None), getattr(model, "wte", None)
     if lm_head is not None and wte is not None and lm_head.weight is wte.weight:
         state.pop("lm_head.weight")
-    save_file(state, str(path / WEIGHTS))
+    save_safetensors(state, path / WEIGHTS)
     cfg = {"architecture": arch, "model": model.config.to_dict(), **(extra or {})}
     (path / CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
     return path
@@ -247,11 +250,44 @@ def load_mamba2(
         return model, None, info.extra
 
 
+#: files one of which a `transformers` model folder holds when it ships its tokenizer
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
+@contextmanager
+def quiet_transformers():
+    """Silence `transformers`' warnings and its weight-loading progress bars."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
 def load_causal_lm(
-    name_or_path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, TextCodec, dict[str, Any]]:
+    name_or_path: str | Path, device: str | torch.device = "cpu", tokenizer: bool = True
+) -> tuple[torch.nn.Module, TextCodec | None, dict[str, Any]]:
     """(model, codec, extra) for a shipped checkpoint, one of our checkpoint directories,
-    or a `transformers` causal-LM directory (config.json + weights + tokenizer files)."""
+    or a `transformers` causal-LM directory (config.json + weights + tokenizer files).
+
+    With ``tokenizer=False`` a `transformers` model is loaded alone and the codec is None
+    (token ids in, token ids out); otherwise a folder without tokenizer files is an error
+    that says so."""
     path = Path(name_or_path)
     ours = str(name_or_path) in registry()
     if not ours and path.is_dir() and (path / CONFIG).exists():
@@ -271,9 +307,17 @@ def load_causal_lm(
         raise CheckpointError(
             f"{path} looks like a transformers model; install transformers>=5 to load it"
         ) from e
+    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{path} has no tokenizer files (none of {', '.join(TOKENIZER_FILES)}); copy "
+            "them from where the model came from, or load the model alone with "
+            "hub.load_causal_lm(path, tokenizer=False)"
+        )
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True) if tokenizer else None
     except (OSError, ValueError) as e:
         raise CheckpointError(f"cannot load a transformers causal LM from {path}: {e}") from e
-    return model.to(device).eval(), TextCodec(tokenizer, add_bos=False), {}
+    codec = TextCodec(tok, add_bos=False) if tok is not None else None
+    return model.to(device).eval(), codec, {}

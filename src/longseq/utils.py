@@ -44,6 +44,21 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def save_safetensors(
+    tensors: dict[str, torch.Tensor], path, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file``, leaving the file readable as any other new file.
+
+    (safetensors writes a private temporary file and renames it, so the weights would be
+    readable by their owner only, mode 600; here they get 666 less the umask.)"""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -624,14 +624,14 @@ class Mamba2ForCausalLM(nn.Module):
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write config.json (the `transformers` Mamba2Config layout, plus ``extra`` under
         ``"longseq"``) and model.safetensors; `transformers` loads it as it is."""
-        from safetensors.torch import save_file
+        from longseq.utils import save_safetensors
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         if self.config.tie_embeddings:
             state.pop("lm_head.weight", None)
-        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        save_safetensors(state, path / "model.safetensors", metadata={"format": "pt"})
         hf = self.config.to_hf()
         if extra:
             hf["longseq"] = extra
