@@ -57,3 +57,29 @@ def test_sizes_are_rounded_not_truncated():
     assert format_size(1_961_422) == "2.0 MB"
     assert format_size(1_807_088) == "1.8 MB"
     assert format_size(12_345) == "12 kB"
+
+
+def test_threads_option_sets_torch_threads():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        res = runner.invoke(app, ["--threads", "1", "checkpoints"])
+        assert res.exit_code == 0, res.output
+        assert torch.get_num_threads() == 1
+        res = runner.invoke(app, ["--threads", "0", "checkpoints"])
+        assert res.exit_code == 2
+    finally:
+        torch.set_num_threads(before)
+    assert "--threads" in runner.invoke(app, ["--help"]).output
+
+
+def test_default_threads_leave_busy_cores_alone(monkeypatch):
+    import os
+
+    from longseq import utils
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    for load, expected in ((0.0, 2), (0.4, 2), (1.0, 1), (1.7, 1), (6.0, 1)):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        assert utils.default_threads() == expected, load

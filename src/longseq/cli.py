@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import typer
+
 from longseq import hub
 from longseq.cliutils import App, console, folding_table
 from longseq.collapse.cli import app as collapse_app
@@ -19,6 +21,23 @@ app.add_typer(shuffle_app, name="shuffle")
 app.add_typer(collapse_app, name="collapse")
 app.add_typer(kltrace_app, name="kltrace")
 app.add_typer(streaming_app, name="streaming")
+
+
+@app.callback()
+def main(
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        envvar="LONGSEQ_THREADS",
+        help="CPU threads for torch (before the command: longseq --threads 1 kltrace bench). "
+        "Default: the cores not already busy (load average), at least 1; "
+        "OMP_NUM_THREADS, when set, is left alone.",
+    ),
+) -> None:
+    from longseq.utils import set_threads
+
+    set_threads(threads)
 
 
 @app.command("checkpoints")

@@ -59,6 +59,36 @@ def save_safetensors(
     os.chmod(path, 0o666 & ~umask)
 
 
+def default_threads() -> int:
+    """CPU threads for torch: the cores this process may use that are not already busy
+    (the 1-minute load average), at least 1.
+
+    Torch's default, one thread per core, is the fastest on an idle machine; when other
+    processes keep cores busy its threads wait for each other, and the small models of this
+    package then ran 3x (KL-tracing) to 100x (StreamingT2V chunks) slower than on 1 thread.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's CPU threads to ``threads``; None chooses :func:`default_threads` unless
+    ``OMP_NUM_THREADS`` already says how many (then torch's own setting stays). Returns the
+    number in force."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    elif not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(min(torch.get_num_threads(), default_threads()))
+    return torch.get_num_threads()
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
