@@ -81,6 +81,59 @@ def dis_flow(frame0: np.ndarray, frame1: np.ndarray, preset: str = "medium") -> 
     return flow.astype(np.float32, copy=False)
 
 
+def _opponent_channels(frame: np.ndarray) -> list[np.ndarray]:
+    """Luma and two opponent-colour channels (red-green, yellow-blue) of an RGB uint8
+    frame, each as (H, W) uint8 on a fixed scale, so that both frames of a pair map alike."""
+    f = frame.astype(np.float32)
+    r, g, b = f[..., 0], f[..., 1], f[..., 2]
+    channels = (
+        0.299 * r + 0.587 * g + 0.114 * b,
+        (r - g) / 2 + 128,
+        (r + g - 2 * b) / 4 + 128,
+    )
+    return [np.clip(np.round(c), 0, 255).astype(np.uint8) for c in channels]
+
+
+def photometric_error(frame0: np.ndarray, frame1: np.ndarray, flow: np.ndarray) -> float:
+    """Mean absolute RGB difference (levels, 0-255) between ``frame0`` and ``frame1``
+    sampled bilinearly at x + flow(x) (coordinates clamped to the border)."""
+    h, w = flow.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    points = np.stack([xx + flow[..., 0], yy + flow[..., 1]], axis=-1).reshape(-1, 2)
+    warped = bilinear_sample(frame1, points).reshape(np.shape(frame0))
+    return float(np.mean(np.abs(warped - np.asarray(frame0, np.float64))))
+
+
+def color_dis_flow(frame0: np.ndarray, frame1: np.ndarray, preset: str = "medium") -> np.ndarray:
+    """Forward DIS flow (H, W, 2) float32 (dx, dy) that also sees motion between colours of
+    equal luma.
+
+    OpenCV's DIS takes one 8-bit channel. This runs it on luma and on two opponent-colour
+    channels, (R - G) / 2 + 128 and (R + G - 2B) / 4 + 128, and keeps, for the pair, the
+    flow with the lowest :func:`photometric_error` on all three RGB channels (luma's on
+    ties). A red object on a gray background of the same luma is invisible to luma flow
+    but not to the red-green channel. Frames are (H, W, 3) uint8 RGB; (H, W) gray frames
+    get :func:`dis_flow`.
+    """
+    if preset not in DIS_PRESETS:
+        raise ValueError(f"preset must be one of {DIS_PRESETS}, got {preset!r}")
+    cv2 = require_cv2()
+    _gray_pair(cv2, frame0, frame1)  # checks dtype, shape and sizes
+    if np.ndim(frame0) == 2:
+        return dis_flow(frame0, frame1, preset)
+    best, best_error = None, np.inf
+    for c0, c1 in zip(_opponent_channels(frame0), _opponent_channels(frame1), strict=True):
+        if c0.min() == c0.max() and c1.min() == c1.max():
+            continue  # a flat channel sees no motion
+        flow = dis_flow(c0, c1, preset)
+        error = photometric_error(frame0, frame1, flow)
+        if error < best_error:
+            best, best_error = flow, error
+    if best is None:
+        return np.zeros((*np.shape(frame0)[:2], 2), np.float32)
+    return best
+
+
 def bilinear_sample(field: np.ndarray, points_xy: np.ndarray) -> np.ndarray:
     """Bilinearly sample ``field`` (H, W, C) at (N, 2) array-index coordinates (x=col, y=row).
 
