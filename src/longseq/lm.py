@@ -15,7 +15,9 @@ use the same attribute names. Caches of another layout fall back on their own
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
+from functools import cache as _memo
 
 import torch
 
@@ -39,14 +41,26 @@ def model_device(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def forward(model, input_ids: torch.Tensor, cache=None):
-    """One call of ``model`` with a cache; returns (last-position logits in float32, cache).
-
-    Raises a clear error when the model does not follow the calling convention or
-    returns non-finite logits.
-    """
+@_memo
+def _takes_logits_to_keep(cls: type) -> bool:
     try:
-        out = model(input_ids, cache=cache, use_cache=True)
+        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def forward(model, input_ids: torch.Tensor, cache=None, float32: bool = True):
+    """One call of ``model`` with a cache; returns (last-position logits, cache).
+
+    The logits are float32 unless ``float32=False`` (then in the model's dtype, so a
+    caller that upcasts in its own buffer avoids a second (batch, vocab) copy). Models
+    that take ``logits_to_keep`` (every `transformers` causal LM) compute the output
+    head for the last position only. Raises a clear error when the model does not
+    follow the calling convention.
+    """
+    kw = {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}
+    try:
+        out = model(input_ids, cache=cache, use_cache=True, **kw)
     except TypeError as e:
         if "cache" in str(e):
             raise TypeError(
@@ -64,7 +78,20 @@ def forward(model, input_ids: torch.Tensor, cache=None):
             f"{type(model).__name__} returned no `.cache` with use_cache=True; "
             "this sampler needs a model with a KV/state cache"
         )
-    return logits[:, -1].float(), new_cache
+    last = logits[:, -1]
+    return (last.float() if float32 else last), new_cache
+
+
+def context_length(model) -> int | None:
+    """The longest sequence (prompt + generation) the model's positions cover, read from
+    its config (``block_size``, ``max_position_embeddings`` or ``n_positions``); None when
+    the config names none (state-space models)."""
+    cfg = getattr(model, "config", None)
+    for name in ("block_size", "max_position_embeddings", "n_positions"):
+        val = getattr(cfg, name, None)
+        if isinstance(val, int) and not isinstance(val, bool) and val > 0:
+            return val
+    return None
 
 
 def check_finite(logits: torch.Tensor, where: str) -> None:

@@ -10,13 +10,20 @@
   min(1, exp(alpha * [log p(new) - log p(old)] + [log q(old) - log q(new)])).
 
 All three decode through the same particle core as Power-SMC (with resampling
-off), so measured speed differences come from the methods, not the plumbing.
+off), so measured speed differences come from the methods, not the plumbing, and
+take the same proposal and stopping controls (``min_new_tokens``, ``top_k``,
+``top_p``, ``stop_strings``, ``max_time``; see :func:`longseq.power.power_smc`).
+Truncated temperature sampling draws each token from p^(1/T) on the support;
+best-of-N ranks by the model's untruncated log p; MH targets p^alpha restricted to
+the support, like Power-SMC.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +34,8 @@ from longseq.power.smc import (
     _check_alpha,
     _eos_list,
     _validate,
+    fit_context,
+    make_controls,
     prepare_prompts,
     run_particles,
 )
@@ -36,18 +45,25 @@ from longseq.utils import progress_bar
 @dataclass
 class SampleOutput:
     """``sequences``: prompt + generation, padded after EOS; ``(n, len)`` for one prompt,
-    ``(B, n, len)`` for B prompts. ``seq_logprobs``: log p(y | x) of each."""
+    ``(B, n, len)`` for B prompts. ``seq_logprobs``: log p(y | x) of each; ``lengths``:
+    generated tokens of each (EOS or stop token included)."""
 
     sequences: torch.Tensor
     seq_logprobs: torch.Tensor
     elapsed_s: float = 0.0
+    lengths: torch.Tensor | None = None
+    stopped_by_time: bool = False
+    new_tokens_bound: int = 0  # max_new_tokens after fitting the model's context
 
 
-def _decode(model, input_ids, n, temperature, max_new_tokens, eos_token_id, seed, pad_token_id):
+def _decode(
+    model, input_ids, n, temperature, max_new_tokens, eos_token_id, seed, pad_token_id, ctl
+):
     _validate(input_ids, n, max_new_tokens, 0.0, 1, 1)
     beta = 1.0 / _check_alpha(temperature, "temperature")
     eos = _eos_list(eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    max_new_tokens = fit_context(model, input_ids.shape[-1], max_new_tokens, stacklevel=4)
     prompts, single = prepare_prompts(model, input_ids)
     gen = lm.make_generator(prompts.device, seed)
     const = lambda t: beta  # noqa: E731
@@ -64,10 +80,11 @@ def _decode(model, input_ids, n, temperature, max_new_tokens, eos_token_id, seed
         0.0,
         max_new_tokens,
         gen,
+        controls=ctl,
     )
     b = prompts.shape[0]
     seqs = torch.cat([prompts[:, None].expand(b, n, -1), r.tokens], dim=-1)
-    return seqs, r, single, gen
+    return seqs, r, single, max_new_tokens
 
 
 def sample(
@@ -79,15 +96,26 @@ def sample(
     eos_token_id: int | list[int] | None = None,
     seed: int = 0,
     pad_token_id: int | None = None,
+    *,
+    min_new_tokens: int = 0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_strings: Sequence[str] | None = None,
+    tokenizer=None,
+    max_time: float | None = None,
 ) -> SampleOutput:
-    """``n`` independent samples per prompt from softmax(logits / temperature)."""
+    """``n`` independent samples per prompt from softmax(logits / temperature), on the
+    top-k / top-p support when given (computed at temperature 1)."""
     t0 = time.perf_counter()
-    seqs, r, single, _ = _decode(
-        model, input_ids, n, temperature, max_new_tokens, eos_token_id, seed, pad_token_id
+    ctl = make_controls(top_k, top_p, min_new_tokens, stop_strings, tokenizer, max_time)
+    seqs, r, single, bound = _decode(
+        model, input_ids, n, temperature, max_new_tokens, eos_token_id, seed, pad_token_id, ctl
     )
-    out = SampleOutput(seqs, r.seq_logp, time.perf_counter() - t0)
+    out = SampleOutput(
+        seqs, r.seq_logp, time.perf_counter() - t0, r.lengths, r.stopped_by_time, bound
+    )
     if single:
-        out.sequences, out.seq_logprobs = seqs[0], r.seq_logp[0]
+        out.sequences, out.seq_logprobs, out.lengths = seqs[0], r.seq_logp[0], r.lengths[0]
     return out
 
 
@@ -99,18 +127,34 @@ def best_of_n(
     eos_token_id: int | list[int] | None = None,
     seed: int = 0,
     pad_token_id: int | None = None,
+    *,
+    min_new_tokens: int = 0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_strings: Sequence[str] | None = None,
+    tokenizer=None,
+    max_time: float | None = None,
 ) -> SampleOutput:
     """``n`` samples at temperature 1 per prompt; returns the one with the highest
     sequence log-likelihood (``sequences`` is ``(len,)``, or ``(B, len)``)."""
     t0 = time.perf_counter()
-    seqs, r, single, _ = _decode(
-        model, input_ids, n, 1.0, max_new_tokens, eos_token_id, seed, pad_token_id
+    ctl = make_controls(top_k, top_p, min_new_tokens, stop_strings, tokenizer, max_time)
+    seqs, r, single, bound = _decode(
+        model, input_ids, n, 1.0, max_new_tokens, eos_token_id, seed, pad_token_id, ctl
     )
     best = r.seq_logp.argmax(-1)
     idx = torch.arange(seqs.shape[0], device=seqs.device)
-    out = SampleOutput(seqs[idx, best], r.seq_logp[idx, best], time.perf_counter() - t0)
+    out = SampleOutput(
+        seqs[idx, best],
+        r.seq_logp[idx, best],
+        time.perf_counter() - t0,
+        r.lengths[idx, best],
+        r.stopped_by_time,
+        bound,
+    )
     if single:
         out.sequences, out.seq_logprobs = out.sequences[0], out.seq_logprobs[0]
+        out.lengths = out.lengths[0]
     return out
 
 
@@ -121,6 +165,8 @@ class MHOutput:
     acceptance_rate: float
     n_proposals: int
     elapsed_s: float = 0.0
+    tokens_decoded: int = 0  # every token proposed, over all blocks and MH steps
+    stopped_by_time: bool = False
 
 
 def mh_power_sample(
@@ -134,13 +180,21 @@ def mh_power_sample(
     seed: int = 0,
     pad_token_id: int | None = None,
     progress: bool = False,
+    *,
+    min_new_tokens: int = 0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_strings: Sequence[str] | None = None,
+    tokenizer=None,
+    max_time: float | None = None,
 ) -> MHOutput | list[MHOutput]:
     """One Metropolis-Hastings chain per prompt targeting p(y | x)^alpha.
 
     The generation is built in ``n_blocks`` blocks of ``ceil(max_new_tokens / n_blocks)``
     tokens; after each block, ``mh_steps`` MH moves resample a suffix that starts at
     a uniformly chosen position of the current generation. Chains run one after the
-    other; a batch of B prompts returns a list of B results.
+    other; a batch of B prompts returns a list of B results. ``max_time`` is checked
+    between MH steps (the chain keeps its state at that point).
     """
     alpha = _check_alpha(alpha)
     _validate(input_ids, 1, max_new_tokens, 0.0, 1, 1)
@@ -149,23 +203,40 @@ def mh_power_sample(
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
     eos = _eos_list(eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+    ctl = make_controls(top_k, top_p, min_new_tokens, stop_strings, tokenizer, max_time)
+    deadline, ctl = ctl.deadline, dataclasses.replace(ctl, deadline=None)
+    max_new_tokens = fit_context(model, input_ids.shape[-1], max_new_tokens)
     prompts, single = prepare_prompts(model, input_ids)
     gen = lm.make_generator(prompts.device, seed)
     rng = np.random.default_rng(seed)
     block = math.ceil(max_new_tokens / n_blocks)
     const = lambda t: alpha  # noqa: E731
+    decoded = 0
 
     def extend(prefix_tokens: list[int], n_new: int):
         """Propose n_new tokens after prompt + prefix: (tokens, log p, log q) lists."""
+        nonlocal decoded
         ids = torch.tensor(prefix_tokens, dtype=torch.long, device=prompts.device)
         x = torch.cat([prompt, ids])[None]
-        r = run_particles(model, x, 1, n_new, eos, pad, const, const, alpha, 0.0, n_new, gen)
-        toks = r.tokens[0, 0].tolist()
-        lp, lq = r.token_logp[0, 0].tolist(), r.token_logq[0, 0].tolist()
-        for i, tk in enumerate(toks):  # cut after EOS
-            if tk in eos:
-                return toks[: i + 1], lp[: i + 1], lq[: i + 1]
+        c = dataclasses.replace(ctl, min_new_tokens=max(0, ctl.min_new_tokens - len(ids)))
+        r = run_particles(
+            model, x, 1, n_new, eos, pad, const, const, alpha, 0.0, n_new, gen, controls=c
+        )
+        cut = int(r.lengths[0, 0])
+        decoded += cut
+        toks = r.tokens[0, 0, :cut].tolist()
+        lp, lq = r.token_logp[0, 0, :cut].tolist(), r.token_logq[0, 0, :cut].tolist()
+        if ctl.stop is not None:  # a stop string may span the prefix and the new tokens
+            end = ctl.stop.first_end(prefix_tokens + toks, len(prefix_tokens))
+            if end is not None:
+                k = end - len(prefix_tokens)
+                toks, lp, lq = toks[:k], lp[:k], lq[:k]
         return toks, lp, lq
+
+    def ended(toks: list[int]) -> bool:
+        if toks and toks[-1] in eos:
+            return True
+        return ctl.stop is not None and ctl.stop.first_end(toks, max(0, len(toks) - 1)) is not None
 
     results = []
     for prompt in prompts:
@@ -173,15 +244,23 @@ def mh_power_sample(
         toks: list[int] = []
         lps: list[float] = []
         lqs: list[float] = []
-        accepted = proposals = 0
+        accepted = proposals = decoded = 0
+        out_of_time = False
         with progress_bar("MH blocks", n_blocks, enabled=progress) as advance:
             for k in range(n_blocks):
                 target_len = min((k + 1) * block, max_new_tokens)
-                if toks and toks[-1] in eos:
+                if ended(toks):
                     break
-                t, p, q = extend(toks, target_len - len(toks))
-                toks, lps, lqs = toks + t, lps + p, lqs + q
+                if deadline is not None and time.perf_counter() >= deadline:
+                    out_of_time = True
+                    break
+                if len(toks) < target_len:
+                    t, p, q = extend(toks, target_len - len(toks))
+                    toks, lps, lqs = toks + t, lps + p, lqs + q
                 for _ in range(mh_steps):
+                    if deadline is not None and time.perf_counter() >= deadline:
+                        out_of_time = True
+                        break
                     i = int(rng.integers(len(toks)))
                     t, p, q = extend(toks[:i], target_len - i)
                     log_acc = alpha * (sum(p) - sum(lps[i:])) + (sum(lqs[i:]) - sum(q))
@@ -200,6 +279,8 @@ def mh_power_sample(
                 acceptance_rate=accepted / max(proposals, 1),
                 n_proposals=proposals,
                 elapsed_s=time.perf_counter() - t0,
+                tokens_decoded=decoded,
+                stopped_by_time=out_of_time,
             )
         )
     return results[0] if single else results

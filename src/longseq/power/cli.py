@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from longseq import hub
+from longseq import hub, lm
 from longseq.cliutils import App, check_output_file, console, fail, write_text
 
 app = App(
@@ -91,20 +91,33 @@ def power_sample(
     model: str = typer.Option(
         "power-arith-gpt", help="shipped name, our checkpoint dir, or a transformers model dir"
     ),
-    method: str = typer.Option("smc", help="smc | temp | best-of-n | mh"),
+    method: str = typer.Option("smc", help="smc | temp (temperature 1/alpha) | best-of-n | mh"),
     alpha: float = typer.Option(4.0, help="power exponent (temp uses temperature 1/alpha)"),
     particles: int = typer.Option(16, min=1),
-    max_new_tokens: int = typer.Option(64, min=1),
+    max_new_tokens: int = typer.Option(
+        None,
+        min=1,
+        help="default: 256, or what the model's context leaves if less; larger values "
+        "are lowered to that, with a note",
+    ),
     block_size: int = typer.Option(4, min=1),
     ramp_tokens: int = typer.Option(16, min=0, help="exponent ramp length (0 = constant)"),
+    top_k: int = typer.Option(None, min=1, help="restrict each token to the k most probable"),
+    top_p: float = typer.Option(None, help="restrict each token to the nucleus of mass top_p"),
+    min_new_tokens: int = typer.Option(0, min=0, help="no EOS before this many new tokens"),
+    stop: list[str] = typer.Option(None, help="stop string (repeatable)"),
+    max_time: float = typer.Option(None, help="stop decoding after this many seconds"),
     seed: int = typer.Option(0),
     device: str = typer.Option(None),
     show: int = typer.Option(8, min=0, help="particles to list (smc)"),
 ) -> None:
     """Sample one completion of PROMPT (and, for smc, show the weighted particles)."""
+    import warnings
+
     import torch
 
     from longseq.power import best_of_n, mh_power_sample, power_smc, sample
+    from longseq.power.smc import ContextClampWarning
     from longseq.utils import default_device
 
     if method not in ("smc", "temp", "best-of-n", "mh"):
@@ -115,31 +128,55 @@ def power_sample(
         dev = default_device(device)
         lm_model, codec, _ = hub.load_causal_lm(model, dev)
         ids = torch.tensor(codec.encode(prompt), dtype=torch.long)
-        kw = dict(max_new_tokens=max_new_tokens, eos_token_id=codec.eos_token_id, seed=seed)
-        if method == "smc":
-            out = power_smc(
-                lm_model,
-                ids,
-                alpha=alpha,
-                n_particles=particles,
-                block_size=block_size,
-                ramp_tokens=ramp_tokens,
-                progress=True,
-                **kw,
-            )
-            text = codec.decode(out.sample[len(ids) :])
-        elif method == "temp":
-            out = sample(lm_model, ids, n=1, temperature=1 / alpha, **kw)
-            text = codec.decode(out.sequences[0, len(ids) :])
-        elif method == "best-of-n":
-            out = best_of_n(lm_model, ids, n=particles, **kw)
-            text = codec.decode(out.sequences[len(ids) :])
-        else:
-            out = mh_power_sample(lm_model, ids, alpha=alpha, progress=True, **kw)
-            text = codec.decode(out.sequence[len(ids) :])
-    except (hub.CheckpointError, ValueError, TypeError) as e:
+        if max_new_tokens is None:
+            ctx = lm.context_length(lm_model)
+            max_new_tokens = 256 if ctx is None else max(1, min(256, ctx - len(ids)))
+        kw = dict(
+            max_new_tokens=max_new_tokens,
+            eos_token_id=codec.eos_token_id,
+            seed=seed,
+            top_k=top_k,
+            top_p=top_p,
+            min_new_tokens=min_new_tokens,
+            stop_strings=stop or None,
+            tokenizer=codec,
+            max_time=max_time,
+        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ContextClampWarning)
+            if method == "smc":
+                out = power_smc(
+                    lm_model,
+                    ids,
+                    alpha=alpha,
+                    n_particles=particles,
+                    block_size=block_size,
+                    ramp_tokens=ramp_tokens,
+                    progress=True,
+                    **kw,
+                )
+                text = codec.decode(out.sample[len(ids) :])
+            elif method == "temp":
+                out = sample(lm_model, ids, n=1, temperature=1 / alpha, **kw)
+                text = codec.decode(out.sequences[0, len(ids) :])
+            elif method == "best-of-n":
+                out = best_of_n(lm_model, ids, n=particles, **kw)
+                text = codec.decode(out.sequences[len(ids) :])
+            else:
+                out = mh_power_sample(lm_model, ids, alpha=alpha, progress=True, **kw)
+                text = codec.decode(out.sequence[len(ids) :])
+    except (hub.CheckpointError, ValueError, TypeError, RuntimeError) as e:
         fail(str(e))
+    for w in caught:
+        if issubclass(w.category, ContextClampWarning):
+            console.print(f"[yellow]note:[/] {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     console.print(f"[bold]{prompt}[/][green]{text}[/]")
+    if getattr(out, "stopped_by_time", False):
+        console.print(
+            f"[yellow]note:[/] --max-time {max_time:g} s ran out; the output is cut there"
+        )
     if method == "smc" and show:
         table = Table(title=f"particles (log Z ≈ {out.log_z:.3f}, {out.n_resamples} resamplings)")
         for col in ("weight", "log p(y|x)", "completion"):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 
 from longseq import lm
+from longseq.power.proposal import propose
+from longseq.power.stopping import StopStrings
 from longseq.utils import progress_bar
 
 
@@ -47,10 +50,13 @@ class PowerSMCOutput:
     log_z: float | torch.Tensor  # log normalizing-constant estimate, log sum_y p(y|x)^alpha
     sample: torch.Tensor  # one sequence drawn from the final weights
     seq_logprobs: torch.Tensor  # log p(y | x) of each particle's generation
+    lengths: torch.Tensor | None = None  # generated tokens per particle (EOS/stop included)
     n_resamples: int = 0  # resampling events (summed over prompts and rounds)
     rows_copied: int = 0  # cache rows rewritten by resampling (all rows when cache_reorder="copy")
     ess_history: list[float] = field(default_factory=list)  # mean ESS/N at each check
     elapsed_s: float = 0.0
+    stopped_by_time: bool = False  # max_time ran out: live particles were truncated there
+    new_tokens_bound: int = 0  # max_new_tokens after fitting the model's context
 
     @property
     def weights(self) -> torch.Tensor:
@@ -65,9 +71,75 @@ class _Round:
     seq_logp: torch.Tensor  # (B, N)
     token_logp: torch.Tensor  # (B, N, L) log p of each generated token (0 on padding)
     token_logq: torch.Tensor  # (B, N, L) log q of each generated token (0 on padding)
+    lengths: torch.Tensor  # (B, N) generated tokens, EOS or stop token included
     n_resamples: int
     rows_copied: int
     ess_history: list[float]
+    stopped_by_time: bool = False
+
+
+@dataclass
+class Controls:
+    """Proposal and stopping controls shared by every sampler (see :func:`power_smc`)."""
+
+    top_k: int | None = None
+    top_p: float | None = None
+    min_new_tokens: int = 0
+    stop: StopStrings | None = None
+    deadline: float | None = None  # time.perf_counter() value after which decoding stops
+
+
+def make_controls(
+    top_k=None, top_p=None, min_new_tokens=0, stop_strings=None, tokenizer=None, max_time=None
+) -> Controls:
+    """Check the public control arguments and bundle them; the clock starts now."""
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1
+    ):
+        raise ValueError(f"top_k must be an integer >= 1 or None, got {top_k!r}")
+    if top_p is not None and (
+        isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0.0 < top_p <= 1.0
+    ):
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if isinstance(min_new_tokens, bool) or not isinstance(min_new_tokens, int | np.integer):
+        raise ValueError(f"min_new_tokens must be an integer >= 0, got {min_new_tokens!r}")
+    if min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens must be an integer >= 0, got {min_new_tokens!r}")
+    if max_time is not None and (
+        isinstance(max_time, bool)
+        or not isinstance(max_time, int | float)
+        or not (max_time > 0 and math.isfinite(max_time))
+    ):
+        raise ValueError(f"max_time must be a number of seconds > 0 or None, got {max_time!r}")
+    stop = StopStrings(stop_strings, tokenizer) if stop_strings else None
+    deadline = time.perf_counter() + max_time if max_time is not None else None
+    return Controls(top_k, top_p, int(min_new_tokens), stop, deadline)
+
+
+def fit_context(model, prompt_len: int, max_new_tokens: int, stacklevel: int = 3) -> int:
+    """``max_new_tokens``, lowered (with a warning) so that prompt + generation fits
+    the model's context; a ValueError when the prompt alone fills it."""
+    ctx = lm.context_length(model)
+    if ctx is None or prompt_len + max_new_tokens <= ctx:
+        return max_new_tokens
+    if prompt_len >= ctx:
+        raise ValueError(
+            f"the prompt has {prompt_len} tokens and the model's context (block size) is "
+            f"{ctx}: no room for max_new_tokens={max_new_tokens} new tokens"
+        )
+    room = ctx - prompt_len
+    warnings.warn(
+        f"max_new_tokens={max_new_tokens} does not fit the model's context: the prompt "
+        f"has {prompt_len} tokens and the block size is {ctx}, so at most {room} new "
+        "tokens are generated",
+        ContextClampWarning,
+        stacklevel=stacklevel,
+    )
+    return room
+
+
+class ContextClampWarning(UserWarning):
+    """max_new_tokens was lowered to fit the model's context."""
 
 
 def alpha_schedule(alpha: float, ramp_tokens: int) -> Callable[[int], float]:
@@ -163,17 +235,21 @@ def run_particles(
     generator: torch.Generator,
     cache_reorder: str = "inplace",
     progress: bool = False,
+    controls: Controls | None = None,
 ) -> _Round:
     """Decode ``n`` particles per prompt as one batch of B*n rows (the SMC core).
 
-    Token t is drawn from softmax(proposal_exponent(t) * log p); weights target
-    p^target_exponent(t), and at the end p^final_exponent. With kappa = 0 nothing is
-    resampled, which is plain (tempered) sampling with importance weights.
+    Token t is drawn from q ∝ p^proposal_exponent(t) on the support the controls leave;
+    weights target p^target_exponent(t) restricted to that support, and at the end
+    p^final_exponent. With kappa = 0 nothing is resampled, which is plain (tempered)
+    sampling with importance weights. Decoding stops early once every row has ended
+    (EOS or a stop string) or the controls' deadline has passed.
     """
+    ctl = controls or Controls()
     device = prompts.device
     b = prompts.shape[0]
     m = b * n
-    logits, cache = lm.forward(model, prompts)  # prompt prefilled once per prompt
+    logits, cache = lm.forward(model, prompts, float32=False)  # prompt prefilled once
     lm.check_finite(logits, "for the prompt")
     logits = logits.repeat_interleave(n, dim=0)
     cache = lm.repeat_cache(cache, n)
@@ -182,37 +258,47 @@ def run_particles(
     token_logp = torch.zeros((m, max_new_tokens), device=device)
     token_logq = torch.zeros((m, max_new_tokens), device=device)
     seq_logp = torch.zeros(m, device=device)
+    lengths = torch.zeros(m, dtype=torch.long, device=device)
     finished = torch.zeros(m, dtype=torch.bool, device=device)
     log_w = torch.zeros(m, device=device)
     log_z = torch.zeros(b, device=device, dtype=torch.float64)
     a_prev = target_exponent(0)
     n_resamples, rows_copied, ess_hist = 0, 0, []
-    steps = max_new_tokens
+    steps, timed_out = max_new_tokens, False
+    can_end = bool(eos) or ctl.stop is not None
     with progress_bar("decoding", max_new_tokens, enabled=progress) as advance:
         for t in range(max_new_tokens):
             a_t, b_t = target_exponent(t), proposal_exponent(t)
-            logp = logits.log_softmax(-1)  # (m, V), float32
             if a_t != a_prev:  # exponent ramp: reweight the prefix (finished ones too)
                 log_w += (a_t - a_prev) * seq_logp
-            scores = b_t * logp
-            lse = scores.logsumexp(-1)
-            tok = lm.gumbel_sample(scores, generator)
-            tok = torch.where(finished, pad_token_id, tok)
-            lp_tok = logp.gather(-1, tok[:, None])[:, 0]
-            lq_tok = b_t * lp_tok - lse
+            banned = eos_t if eos and t < ctl.min_new_tokens else None
+            tok, lp_tok, log_norm = propose(logits, b_t, generator, ctl.top_k, ctl.top_p, banned)
             live = ~finished
-            log_w += torch.where(live, a_t * lp_tok - lq_tok, 0.0)
+            tok = torch.where(live, tok, pad_token_id)
+            lq_tok = b_t * lp_tok - log_norm
+            log_w += torch.where(live, (a_t - b_t) * lp_tok + log_norm, 0.0)
             lp_tok = torch.where(live, lp_tok, 0.0)
             seq_logp += lp_tok
+            lengths += live
             tokens[:, t] = tok
             token_logp[:, t] = lp_tok
             token_logq[:, t] = torch.where(live, lq_tok, 0.0)
             if eos:
-                finished |= torch.isin(tok, eos_t)
+                finished |= torch.isin(tok, eos_t) & live
+            if ctl.stop is not None:
+                hit = ctl.stop.check(tokens, t, ~finished)
+                if hit is not None:
+                    finished |= hit
             a_prev = a_t
             advance()
             last = t + 1 == max_new_tokens
-            if (t + 1) % block_size == 0 and not last:
+            if not last and can_end and bool(finished.all()):
+                last, steps = True, t + 1
+            if not last and ctl.deadline is not None and time.perf_counter() >= ctl.deadline:
+                last, steps, timed_out = True, t + 1, True
+            if last:
+                break
+            if (t + 1) % block_size == 0:
                 if not bool(torch.isfinite(log_w).all()):
                     raise ValueError(f"model returned NaN or infinite logits by token {t}")
                 lw = log_w.view(b, n)
@@ -232,7 +318,7 @@ def run_particles(
                     n_resamples += int(need.sum())
                     rows_copied += len(dst) if cache_reorder == "inplace" else m
                     if cache_reorder == "inplace":
-                        for x in (tokens, token_logp, token_logq, seq_logp, finished):
+                        for x in (tokens, token_logp, token_logq, seq_logp, lengths, finished):
                             x.index_copy_(0, dst_t, x.index_select(0, src_t))
                         lm.copy_rows_(cache, dst_t, src_t)
                     else:  # naive: every row rebuilt as a full copy
@@ -241,13 +327,10 @@ def run_particles(
                         tokens, token_logp, token_logq = (
                             x.index_select(0, full) for x in (tokens, token_logp, token_logq)
                         )
-                        seq_logp, finished = seq_logp[full], finished[full]
+                        seq_logp, lengths, finished = seq_logp[full], lengths[full], finished[full]
                         cache = lm.select_cache(cache, full)
-                if eos and bool(finished.all()):
-                    steps = t + 1
-                    break
-            if not last:  # the rows may have been reordered: read the tokens back
-                logits, cache = lm.forward(model, tokens[:, t : t + 1], cache)
+            # the rows may have been reordered: read the tokens back
+            logits, cache = lm.forward(model, tokens[:, t : t + 1], cache, float32=False)
     if not bool(torch.isfinite(log_w).all()):
         raise ValueError("model returned NaN or infinite logits during decoding")
     if final_exponent != a_prev:  # the ramp had not reached the target exponent
@@ -261,9 +344,11 @@ def run_particles(
         seq_logp=seq_logp.view(b, n),
         token_logp=token_logp[:, :steps].view(b, n, steps),
         token_logq=token_logq[:, :steps].view(b, n, steps),
+        lengths=lengths.view(b, n),
         n_resamples=n_resamples,
         rows_copied=rows_copied,
         ess_history=ess_hist,
+        stopped_by_time=timed_out,
     )
 
 
@@ -296,6 +381,13 @@ def power_smc(
     pad_token_id: int | None = None,
     cache_reorder: str = "inplace",
     progress: bool = False,
+    *,
+    min_new_tokens: int = 0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_strings: Sequence[str] | None = None,
+    tokenizer=None,
+    max_time: float | None = None,
 ) -> PowerSMCOutput:
     """Sample from p(y | x)^alpha / Z with sequential Monte Carlo.
 
@@ -306,6 +398,8 @@ def power_smc(
         alpha: power exponent (paper default 4); must be > 0.
         n_particles: particles per prompt and round (paper default 64).
         max_new_tokens: generation length bound; particles that reach it are truncated.
+            Lowered, with a :class:`ContextClampWarning`, when prompt + generation
+            would not fit the model's context (``block_size``/``max_position_embeddings``).
         eos_token_id: token id(s) that end a particle (absorbing); None for none.
         kappa: resample when ESS < kappa * N (paper: 0.5).
         block_size: check the ESS every this many tokens (paper default 64).
@@ -317,6 +411,20 @@ def power_smc(
         pad_token_id: token written after EOS (default: the first EOS id, else 0).
         cache_reorder: ``"inplace"`` (copy-on-write rows) or ``"copy"`` (naive full copy).
         progress: show a progress bar over tokens.
+        min_new_tokens: EOS is not allowed before this many new tokens. Target:
+            p^alpha restricted to sequences at least this long (p itself unchanged).
+        top_k, top_p: restrict every token to the top-k / nucleus support of the
+            model's next-token distribution (see :mod:`longseq.power.proposal`).
+            Target: p^alpha restricted to sequences whose every token lies in its
+            support, renormalized; weights use the model's untruncated p, so the
+            restriction is exact, not a change of temperature.
+        stop_strings: a particle ends when its generated text contains one of these
+            (decoded with ``tokenizer``); the stop string ends a sequence like EOS.
+        tokenizer: decodes tokens for ``stop_strings``.
+        max_time: seconds; when they run out, decoding stops after the current token
+            and every live particle is truncated there, as if max_new_tokens had been
+            that length (``stopped_by_time`` says so). Rounds after the deadline
+            generate one token.
     """
     alpha = _check_alpha(alpha)
     _validate(input_ids, n_particles, max_new_tokens, kappa, block_size, n_rounds)
@@ -326,8 +434,10 @@ def power_smc(
         raise ValueError(f"cache_reorder must be 'inplace' or 'copy', got {cache_reorder!r}")
     eos = _eos_list(eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
-    prompts, single = prepare_prompts(model, input_ids)
     t0 = time.perf_counter()
+    ctl = make_controls(top_k, top_p, min_new_tokens, stop_strings, tokenizer, max_time)
+    max_new_tokens = fit_context(model, input_ids.shape[-1], max_new_tokens)
+    prompts, single = prepare_prompts(model, input_ids)
     gen = lm.make_generator(prompts.device, seed)
     sched = alpha_schedule(alpha, ramp_tokens)
     rounds = [
@@ -346,6 +456,7 @@ def power_smc(
             gen,
             cache_reorder,
             progress,
+            ctl,
         )
         for _ in range(n_rounds)
     ]
@@ -361,6 +472,7 @@ def power_smc(
     pick = torch.multinomial(log_w.exp().float(), 1, generator=gen)[:, 0]
     sample = seqs[torch.arange(b, device=seqs.device), pick]
     seq_logp = torch.cat([r.seq_logp for r in rounds], dim=1)
+    lengths = torch.cat([r.lengths for r in rounds], dim=1)
     elapsed = time.perf_counter() - t0
     out = PowerSMCOutput(
         sequences=seqs,
@@ -368,12 +480,15 @@ def power_smc(
         log_z=log_z,
         sample=sample,
         seq_logprobs=seq_logp,
+        lengths=lengths,
         n_resamples=sum(r.n_resamples for r in rounds),
         rows_copied=sum(r.rows_copied for r in rounds),
         ess_history=[e for r in rounds for e in r.ess_history],
         elapsed_s=elapsed,
+        stopped_by_time=any(r.stopped_by_time for r in rounds),
+        new_tokens_bound=max_new_tokens,
     )
     if single:
         out.sequences, out.log_weights, out.sample = seqs[0], out.log_weights[0], sample[0]
-        out.seq_logprobs, out.log_z = seq_logp[0], float(log_z[0])
+        out.seq_logprobs, out.log_z, out.lengths = seq_logp[0], float(log_z[0]), lengths[0]
     return out
