@@ -1,13 +1,37 @@
 import numpy as np
 import pytest
 
-from longseq.data.videoworld import sample_clip
-from longseq.media import resize_video
-from longseq.streaming.evaluate import video_metrics
-from longseq.streaming.metrics import mawe
-
 pytest.importorskip("cv2")
 pytest.importorskip("scenedetect")
+
+from longseq.data import videoworld as vw  # noqa: E402
+from longseq.media import resize_video  # noqa: E402
+from longseq.streaming.evaluate import real_clip_metrics, video_metrics  # noqa: E402
+from longseq.streaming.metrics import (  # noqa: E402
+    appearance_drift,
+    mawe,
+    palette_error,
+    seam_flow_std,
+    seam_jumps,
+)
+
+CAPTION = "a triangle bounces quickly"
+BASE = {
+    "mawe",
+    "warp_error",
+    "flow_magnitude",
+    "scuts",
+    "frame_change",
+    "object_drift",
+    "background_drift",
+    "reappear_drift",
+    "n_reappear",
+    "object_visible",
+    "object_palette_error",
+    "background_palette_error",
+    "palette_error",
+}
+SEAMS = {"seam_change", "within_change", "seam_jump_ratio", "seam_share_above_p95", "n_seams"}
 
 
 def test_resize_video_keeps_constant_colours_and_shape():
@@ -17,15 +41,90 @@ def test_resize_video_keeps_constant_colours_and_shape():
     np.testing.assert_array_equal(resize_video(v, (16, 16)), v)
 
 
-def test_video_metrics_are_the_metrics_at_the_flow_size():
-    clip = sample_clip(2)
-    v = clip.render(30, 16)
-    m = video_metrics(v, clip.caption, seams=[10, 20])
-    ref = mawe(resize_video(v, (64, 64)))
-    assert m["mawe"] == pytest.approx(ref["mawe"]) and m["scuts"] == 0
-    assert set(m) == {"mawe", "warp_error", "flow_magnitude", "scuts", "seam_flow_std"}
-    # a hard cut to another clip (another background colour) is counted
-    other = sample_clip(9)
+def test_video_metrics_are_the_metrics_of_each_function():
+    v = vw.clip_for_caption(CAPTION, seed=0).render(40, 16)
+    seams = [8, 16, 24, 32]
+    m = video_metrics(v, CAPTION, seams=seams)
+    assert set(m) == BASE | SEAMS | {"seam_flow_std"}
+    assert all(isinstance(x, float) for x in m.values())
+    big = resize_video(v, (64, 64))
+    ref = mawe(big)
+    assert m["mawe"] == pytest.approx(ref["mawe"]) and m["warp_error"] == pytest.approx(
+        ref["warp_error"]
+    )
+    assert m["seam_flow_std"] == pytest.approx(seam_flow_std(big, seams))
+    for key, value in seam_jumps(v, seams).items():
+        assert m[key] == value
+    for key, value in palette_error(v).summary().items():
+        assert m[key] == value
+    assert m["object_drift"] == appearance_drift(v).summary()["object_drift"] == 0
+    assert m["scuts"] == 0
+    # without seams, no seam metrics; the flow size changes MAWE only
+    small = video_metrics(v, flow_size=32)
+    assert set(small) == BASE
+    assert small["palette_error"] == m["palette_error"] and small["mawe"] != m["mawe"]
+
+
+def test_video_metrics_see_a_generator_that_recolours_each_chunk():
+    real = vw.clip_for_caption(CAPTION, seed=1).render(48, 16)
+    seams = list(range(8, 48, 8))
+    scales = ([1.0, 1.0, 1.0], [1.2, 0.9, 0.8], [0.85, 1.0, 1.2])
+    chunks = [
+        np.clip(np.round(real[s : s + 8] * np.array(scales[k % 3])), 0, 255).astype(np.uint8)
+        for k, s in enumerate(range(0, 48, 8))
+    ]
+    good = video_metrics(real, seams=seams)
+    bad = video_metrics(np.concatenate(chunks), seams=seams)
+    assert good["palette_error"] < 1 and bad["palette_error"] > 5
+    assert good["object_drift"] == 0 and bad["object_drift"] > 5
+    assert bad["seam_jump_ratio"] > 3 * good["seam_jump_ratio"]
+    assert bad["seam_share_above_p95"] == 1.0
+
+
+def test_video_metrics_count_a_hard_cut_to_another_clip():
+    clip, other = vw.sample_clip(2), vw.sample_clip(9)
     assert other.attrs["bg_color"] != clip.attrs["bg_color"]
-    cut = np.concatenate([v, other.render(30, 16)])
+    cut = np.concatenate([clip.render(30, 16), other.render(30, 16)])
     assert video_metrics(cut, clip.caption)["scuts"] == 1
+
+
+def test_video_metrics_reject_a_bad_flow_size():
+    v = vw.sample_clip(0).render(4, 16)
+    with pytest.raises(ValueError, match="flow_size"):
+        video_metrics(v, flow_size=4)
+    with pytest.raises(ValueError, match="flow_size"):
+        video_metrics(v, flow_size=32.0)
+
+
+def test_real_clip_metrics_render_the_world_at_the_generators_size():
+    captions = list(vw.HELD_OUT[:2])
+    rows = real_clip_metrics(captions, 40, 16, seams=[10, 20, 30])
+    assert len(rows) == 2
+    for seed, (caption, row) in enumerate(zip(captions, rows, strict=True)):
+        video = vw.clip_for_caption(caption, seed=seed).render(40, 16)
+        assert row == video_metrics(video, caption, seams=[10, 20, 30])
+        # what a generator's numbers are read against
+        assert row["palette_error"] < 1 and row["object_drift"] == 0 and row["scuts"] == 0
+    other = real_clip_metrics(captions[:1], 40, 16, seeds=[5], flow_size=32)[0]
+    video = vw.clip_for_caption(captions[0], seed=5).render(40, 16)
+    assert other == video_metrics(video, captions[0], flow_size=32)
+    with pytest.raises(ValueError, match="one seed per caption"):
+        real_clip_metrics(captions, 40, 16, seeds=[1])
+
+
+def test_video_metrics_align_text_only_with_a_caption_and_an_encoder():
+    import torch
+
+    from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
+
+    torch.manual_seed(0)
+    config = FrameEncoderConfig(size=16, channels=[8], dim=8, attributes={"shape": list(vw.SHAPES)})
+    encoder = FrameEncoder(config)
+    with torch.no_grad():
+        encoder.heads["shape"].weight.zero_()
+        encoder.heads["shape"].bias.zero_()
+        encoder.heads["shape"].bias[vw.SHAPES.index("triangle")] = 30.0
+    v = vw.clip_for_caption(CAPTION, seed=0).render(8, 16)
+    assert video_metrics(v, CAPTION, encoder)["text_alignment"] == pytest.approx(1.0, abs=1e-6)
+    assert "text_alignment" not in video_metrics(v, None, encoder)
+    assert "text_alignment" not in video_metrics(v, CAPTION)

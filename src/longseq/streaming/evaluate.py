@@ -1,30 +1,106 @@
-"""All the metrics of one generated video, as the benchmark and the CLI report them."""
+"""All the metrics of one generated video, as the benchmark and the CLI report them, and
+the same metrics of the world's own clips at the generator's resolution."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from longseq.data.videoworld import clip_for_caption
 from longseq.media import resize_video
-from longseq.streaming.metrics import mawe, scene_cuts, seam_flow_std, text_alignment
+from longseq.streaming.metrics import (
+    MAWE_COEFF,
+    MIN_HIDDEN,
+    SCENE_MIN_LEN,
+    appearance_drift,
+    frame_changes,
+    mawe_score,
+    palette_error,
+    scene_cuts,
+    seam_flow_std,
+    seam_jumps,
+    text_alignment,
+    warp_errors,
+)
 
 
 def video_metrics(
     frames: np.ndarray,
-    caption: str,
+    caption: str | None = None,
     frame_encoder: Any = None,
-    seams: list[int] | None = None,
+    seams: Sequence[int] | None = None,
     flow_size: int = 64,
+    min_scene_len: int = SCENE_MIN_LEN,
+    mawe_coeff: float = MAWE_COEFF,
+    min_hidden: int = MIN_HIDDEN,
 ) -> dict[str, float]:
-    """MAWE (with its warp error and mean flow magnitude), SCuts, text alignment (with a
-    frame encoder) and the flow-magnitude std at ``seams``. Flow-based metrics run on the
-    video resized to ``flow_size`` pixels, so videos of different resolutions compare."""
+    """Every metric of one (T, H, W, 3) uint8 video, as a flat dict of floats.
+
+    - ``mawe``, ``warp_error``, ``flow_magnitude``: :func:`~longseq.streaming.metrics.mawe`
+      (coefficient ``mawe_coeff``) on the video resized to ``flow_size`` pixels, so that
+      videos of different resolutions compare;
+    - ``scuts``: :func:`~longseq.streaming.metrics.scene_cuts` with ``min_scene_len``;
+    - ``frame_change``: the mean change between consecutive frames (levels, 0-255);
+    - ``object_drift``, ``background_drift``, ``reappear_drift``, ``n_reappear``,
+      ``object_visible``: :func:`~longseq.streaming.metrics.appearance_drift` (re-appearances
+      after ``min_hidden`` frames out of view), at the video's own size;
+    - ``object_palette_error``, ``background_palette_error``, ``palette_error``:
+      :func:`~longseq.streaming.metrics.palette_error`, at the video's own size;
+    - with ``seams`` (first frames of chunks): ``seam_change``, ``within_change``,
+      ``seam_jump_ratio``, ``seam_share_above_p95``, ``n_seams``
+      (:func:`~longseq.streaming.metrics.seam_jumps`, at the video's own size) and
+      ``seam_flow_std`` (at ``flow_size``);
+    - with a ``caption`` and a ``frame_encoder``: ``text_alignment``, on the attributes
+      the caption names that the encoder knows.
+
+    Colour metrics are in levels (4.0 is 4/255).
+    """
+    if isinstance(flow_size, bool) or not isinstance(flow_size, (int, np.integer)):
+        raise ValueError(f"flow_size must be an integer number of pixels, got {flow_size!r}")
+    if flow_size < 8:
+        raise ValueError(f"flow_size must be >= 8 pixels, got {flow_size}")
+    frames = np.asarray(frames)
     big = resize_video(frames, (flow_size, flow_size))
-    out: dict[str, float] = dict(mawe(big))
-    out["scuts"] = float(scene_cuts(big))
-    if frame_encoder is not None:
-        out["text_alignment"] = text_alignment(frames, caption, frame_encoder)
+    errors, magnitudes = warp_errors(big)  # one flow per pair, shared by MAWE and seams
+    out: dict[str, float] = mawe_score(errors, magnitudes, c=mawe_coeff)
+    out["scuts"] = float(scene_cuts(frames, min_scene_len=min_scene_len))
+    out["frame_change"] = float(frame_changes(frames).mean())
+    out.update(appearance_drift(frames, min_hidden=min_hidden).summary())
+    out.update(palette_error(frames).summary())
     if seams:
-        out["seam_flow_std"] = seam_flow_std(big, seams)
+        out.update(seam_jumps(frames, seams))
+        out["seam_flow_std"] = seam_flow_std(big, seams, magnitudes=magnitudes)
+    if frame_encoder is not None and caption:
+        out["text_alignment"] = text_alignment(frames, caption, frame_encoder)
     return out
+
+
+def real_clip_metrics(
+    captions: Sequence[str],
+    n_frames: int,
+    size: int,
+    seeds: Sequence[int] | None = None,
+    seams: Sequence[int] | None = None,
+    frame_encoder: Any = None,
+    **kwargs: Any,
+) -> list[dict[str, float]]:
+    """:func:`video_metrics` of the world's own clips, the reference a generator's numbers
+    are read against.
+
+    Clip i is ``clip_for_caption(captions[i], seed=seeds[i])`` (seeds default to 0, 1,
+    ...: the benchmark's prompt index) rendered for ``n_frames`` frames at ``size`` x
+    ``size``, the generator's resolution. ``seams`` (the generator's chunk starts, the
+    same for every clip) give the seam metrics of videos without seams: a seam-jump ratio
+    near 1. Other keyword arguments go to :func:`video_metrics`.
+    """
+    captions = list(captions)
+    seeds = list(range(len(captions))) if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(captions):
+        raise ValueError(f"seeds must give one seed per caption: {len(seeds)} for {len(captions)}")
+    rows = []
+    for caption, seed in zip(captions, seeds, strict=True):
+        video = clip_for_caption(caption, seed=seed).render(n_frames, size)
+        rows.append(video_metrics(video, caption, frame_encoder, seams, **kwargs))
+    return rows
