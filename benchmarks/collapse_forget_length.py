@@ -135,15 +135,16 @@ def main() -> None:
         fit = {"slope_k_tokens_per_M": float(slope), "intercept_k_tokens": float(intercept)}
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"factor": args.factor, "margin": args.margin, "runs": args.runs, "rows": rows}
+    record = {"factor": args.factor, "margin": args.margin, "runs": args.runs}
+    record |= {"nll_weighting": "token", "rows": rows}
     record |= {"brackets": brackets, "fit": fit, "paper": PAPER}
     (RESULTS / "forget_length.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# Forget length versus state size",
         "",
         f'Read on "\\n" x {args.factor}T; collapsed = NLL over the last 3/4 more than '
-        f"{args.margin} nats above the NLL inside the training length. "
-        "Written by `benchmarks/collapse_forget_length.py`.",
+        f"{args.margin} nats above the NLL inside the training length (nats/token, every "
+        "token weighing the same). Written by `benchmarks/collapse_forget_length.py`.",
         "",
         '| d_state | state elements | training length T | seed | "\\n" NLL in T | last 3/4 | rise '
         "| collapsed |",

@@ -1,13 +1,9 @@
-"""State-collapse toolkit: streaming exactness, mitigations, diagnostics, passkey, CLI."""
-
-import json
+"""State-collapse toolkit: streaming exactness, mitigations, diagnostics, passkey."""
 
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from longseq.cli import app
 from longseq.collapse import (
     SSMControl,
     apply_mitigation,
@@ -47,13 +43,14 @@ def test_streamed_nll_equals_one_forward(segment):
     )
 
 
-def test_window_streaming_with_receptive_context_is_exact():
+@pytest.mark.parametrize("segment", [1, 7, 33, 1000])
+def test_window_streaming_through_the_cache_is_exact(segment):
     m = tiny()
     apply_mitigation(m, SSMControl(window=20))
     ids = torch.randint(0, 256, (200,))
-    torch.testing.assert_close(per_position_nll(m, ids, 33), full_nll(m, ids), atol=1e-4, rtol=1e-4)
-    with pytest.raises(ValueError, match="without a cache"):
-        m(ids[None], use_cache=True)
+    torch.testing.assert_close(
+        per_position_nll(m, ids, segment), full_nll(m, ids), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_window_changes_the_model_only_beyond_the_window():
@@ -129,10 +126,15 @@ def test_parse_mitigation():
     assert parse_mitigation("forget:0.99,0.5").b_scale == 0.5
     assert parse_mitigation("norm:3").state_bound == 3.0
     assert parse_mitigation("window:64").window == 64
+    assert parse_mitigation("dt:0.5").dt_scale == 0.5
+    assert parse_mitigation("a:2").a_scale == 2.0
+    assert parse_mitigation("bclip:0.3").b_clip == 0.3
     for bad, msg in (
         ("blur", "unknown"),
         ("window:x", "bad mitigation"),
         ("forget:1.5", "decay_scale"),
+        ("dt:0", "dt_scale"),
+        ("bclip:-1", "b_clip"),
     ):
         with pytest.raises(ValueError, match=msg):
             parse_mitigation(bad)
@@ -179,9 +181,17 @@ def test_loss_curve_bins_are_means_of_the_full_forward():
     ids = torch.randint(0, 256, (300,))
     curve = loss_curve(m, ids, train_length=64, segment=100)
     assert curve.edges[0] == 0 and curve.edges[-1] == 299
+    assert {1, 2, 4, 8, 16, 32, 64, 128, 256} <= set(curve.edges)
     nll = full_nll(m, ids)
-    for a, b, v in zip(curve.edges[:-1], curve.edges[1:], curve.mean_nll, strict=True):
-        assert v == pytest.approx(nll[a:b].mean().item(), abs=1e-4)
+    for a, b, v, c in zip(
+        curve.edges[:-1], curve.edges[1:], curve.mean_nll, curve.counts, strict=True
+    ):
+        assert v == pytest.approx(nll[a:b].mean().item(), abs=1e-4) and c == b - a
+    # ranges are means over their tokens, not over their (log-spaced) bins
+    for lo, hi in ((0, 64), (64, 256), (76, 299)):
+        assert curve.mean_between(lo, hi) == pytest.approx(nll[lo:hi].mean().item(), abs=1e-4)
+    with pytest.raises(ValueError, match="at least 2"):
+        loss_curve(m, ids[:1], train_length=64)
 
 
 def test_named_mitigations_calibrate_from_the_model():
@@ -189,13 +199,20 @@ def test_named_mitigations_calibrate_from_the_model():
     a, b = torch.randint(0, 256, (80,)), torch.full((64,), 10)
     apply_named_mitigation(m, "norm", 64, calibration_ids=[a, b])
     bounds = [mx.control.state_bound for mx in m.modules() if hasattr(mx, "control")]
+    apply_named_mitigation(m, "norm:layer", 64, calibration_ids=[a, b])
+    layer_bounds = [mx.control.state_bound for mx in m.modules() if hasattr(mx, "control")]
     clear_mitigations(m)
-    # the largest head-state norm at any reading inside the training length, over inputs
-    per_input = [
-        state_statistics(m, x[:64], segment=16).tensor("norm").amax(dim=(0, 2)) for x in (a, b)
-    ]
-    assert bounds == pytest.approx(torch.maximum(*per_input).tolist())
-    assert bounds != pytest.approx(per_input[0].tolist())
+    # each head's largest state norm at any reading inside the training length, over inputs
+    per_input = [state_statistics(m, x[:64], segment=16).tensor("norm").amax(dim=0) for x in (a, b)]
+    expected = torch.maximum(*per_input)  # (layers, heads)
+    assert len(bounds[0]) == m.config.nheads
+    assert torch.tensor(bounds).flatten().tolist() == pytest.approx(expected.flatten().tolist())
+    assert torch.tensor(bounds).flatten().tolist() != pytest.approx(per_input[0].flatten().tolist())
+    assert layer_bounds == pytest.approx(expected.amax(-1).tolist())
+    apply_named_mitigation(m, "dt", 64, read_length=256)
+    assert {mx.control.dt_scale for mx in m.modules() if hasattr(mx, "control")} == {0.25}
+    with pytest.raises(ValueError, match="length of the input"):
+        apply_named_mitigation(m, "dt", 64)
     apply_named_mitigation(m, "window", 48)
     assert {mx.control.window for mx in m.modules() if hasattr(mx, "control")} == {48}
     apply_named_mitigation(m, "forget:0.9,0.5")
@@ -208,41 +225,3 @@ def test_named_mitigations_calibrate_from_the_model():
         apply_named_mitigation(m, "window")
     with pytest.raises(ValueError, match="at least one"):
         apply_named_mitigation(m, "norm", 64, calibration_ids=[])
-
-
-def test_cli_on_a_transformers_layout_checkpoint(tmp_path):
-    m = tiny()
-    m.save_pretrained(tmp_path / "ck", extra={"tokenizer": {"type": "byte"}, "train_length": 256})
-    runner = CliRunner()
-    for cmd in (
-        ["diagnose", "--length", "256", "--segment", "64"],
-        ["passkey", "--lengths", "256", "--trials", "1", "--mitigation", "norm"],
-        [
-            "loss-curve",
-            "--length",
-            "512",
-            "--mitigation",
-            "none",
-            "--mitigation",
-            "window",
-            "--mitigation",
-            "norm",
-        ],
-    ):
-        out = tmp_path / cmd[0]
-        res = runner.invoke(
-            app, ["collapse", *cmd, "--model", str(tmp_path / "ck"), "--out", str(out)]
-        )
-        assert res.exit_code == 0, res.output
-        assert any(out.glob("*.png")) and any(out.glob("*.json"))
-    curves = json.loads((tmp_path / "loss-curve" / "loss_text.json").read_text())
-    assert set(curves) == {"none", "window", "norm"}
-    res = runner.invoke(app, ["collapse", "diagnose", "--model", str(tmp_path / "nope")])
-    assert res.exit_code == 2 and "nope" in res.output
-    m.save_pretrained(tmp_path / "no-length", extra={"tokenizer": {"type": "byte"}})
-    res = runner.invoke(
-        app,
-        ["collapse", "passkey", "--model", str(tmp_path / "no-length"), "--lengths", "256"]
-        + ["--mitigation", "window", "--out", str(tmp_path / "x")],
-    )
-    assert res.exit_code == 2 and "needs a value" in res.output

@@ -12,6 +12,9 @@ from longseq.models.mamba2 import (
     segsum,
     ssd_chunked,
     ssd_naive,
+    ssd_window_scan,
+    ssd_window_step,
+    ssd_windowed,
 )
 from longseq.power import power_smc
 
@@ -31,6 +34,62 @@ def test_chunked_scan_matches_recurrence(chunk, with_state):
     y2, f2 = ssd_naive(x, dt, A, B, C, s0)
     torch.testing.assert_close(y1, y2, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(f1, f2, atol=1e-4, rtol=1e-4)
+
+
+def scan_inputs(l=61, ngroups=2, seed=0):
+    torch.manual_seed(seed)
+    b, h, p, n = 2, 4, 3, 5
+    x, C = torch.randn(b, l, h, p), torch.randn(b, l, h, n)
+    B = torch.randn(b, l, ngroups, n).repeat_interleave(h // ngroups, dim=2)
+    dt, A = torch.rand(b, l, h), -torch.tensor([1e-4, 0.05, 0.5, 3.0])  # slow to fast decays
+    return x, dt, A, B, C
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 64])
+def test_bounded_scan_renormalizes_after_every_token(chunk):
+    """Per-head state bounds give the token-by-token recurrence for any chunk size, also
+    when the sequence is split and continued from the carried state."""
+    x, dt, A, B, C = scan_inputs()
+    bound = torch.tensor([0.5, 1.0, 2.0, 1e6])  # the last head is never capped
+    y_ref, s_ref = ssd_naive(x, dt, A, B, C, log_decay_offset=-0.01, state_bound=bound)
+    y, s = ssd_chunked(x, dt, A, B, C, chunk, log_decay_offset=-0.01, state_bound=bound)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s, s_ref, atol=1e-5, rtol=1e-5)
+    y1, s1 = ssd_chunked(x[:, :23], dt[:, :23], A, B[:, :23], C[:, :23], chunk, None, -0.01, bound)
+    y2, _ = ssd_chunked(x[:, 23:], dt[:, 23:], A, B[:, 23:], C[:, 23:], chunk, s1, -0.01, bound)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y_ref, atol=1e-5, rtol=1e-5)
+    assert (s_ref.flatten(2).norm(dim=-1) <= bound + 1e-5).all()
+    free, _ = ssd_naive(x, dt, A, B, C, log_decay_offset=-0.01)
+    assert (free - y_ref).abs().max() > 0.1  # the bounds bind
+
+
+@pytest.mark.parametrize("window", [1, 4, 16, 50])
+@pytest.mark.parametrize("chunk", [4, 16])
+def test_window_scan_matches_the_references(window, chunk):
+    """The chunked window scan = the quadratic windowed SSD = a difference of stored
+    states, in one call, and streamed in segments and single steps through its ring
+    buffer."""
+    x, dt, A, B, C = scan_inputs()
+    y_ref, _ = ssd_naive(x, dt, A, B, C, log_decay_offset=-0.01, window=window)
+    torch.testing.assert_close(
+        ssd_windowed(x, dt, A, B, C, window, -0.01), y_ref, atol=1e-5, rtol=1e-5
+    )
+    y, _ = ssd_window_scan(x, dt, A, B, C, window, chunk, None, -0.01, ngroups=2)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    pieces, past, t = [], None, 0
+    for size in (3, 1, 1, 17, 1, 30, 1, 7):
+        if size == 1 and past is not None:
+            yt, past = ssd_window_step(past, x[:, t], dt[:, t], A, B[:, t], C[:, t], -0.01)
+            pieces.append(yt[:, None])
+        else:
+            sl = slice(t, t + size)
+            yt, past = ssd_window_scan(
+                x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], window, chunk, past, -0.01, 2
+            )
+            pieces.append(yt)
+        t += size
+    torch.testing.assert_close(torch.cat(pieces, 1), y_ref, atol=1e-5, rtol=1e-5)
+    assert past.xdt.shape[1] == window and past.B.shape[2] == 2
 
 
 def test_segsum():

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import App, console, fail
+from longseq.cliutils import App, console, fail, make_folder
 
 app = App(
     help="Stuffed Mamba: diagnose and fix Mamba-2 state collapse beyond the training length.",
@@ -27,24 +26,42 @@ def _load_mamba(model: str, device: str | None):
     return net, extra.get("train_length")
 
 
-def _mitigate(net, spec: str, train_length: int | None, calibration=None):
-    """Apply a mitigation given on the command line; 'norm' and 'window' without a
-    value use the model's training length (window) or its state norm there (bound,
-    read on ``calibration`` inputs, default held-out text)."""
+def _mitigate(net, spec: str, train_length: int | None, calibration=None, read_length=None):
+    """Apply a mitigation given on the command line; 'norm', 'window' and 'dt' without a
+    value use the model's training length (window), its state norms there (bounds, read
+    on ``calibration`` inputs, default held-out text) or its ratio to ``read_length``
+    (dt)."""
     from longseq.collapse import apply_named_mitigation
 
     try:
-        apply_named_mitigation(net, spec, train_length, calibration)
+        apply_named_mitigation(net, spec, train_length, calibration, read_length)
     except ValueError as e:
         fail(f"--mitigation: {e}")
 
 
 def _length(length: int | None, train_length: int | None, factor: int = 64) -> int:
-    if length:
+    if length is not None:
         return length
     if not train_length:
         fail("--length is needed: the checkpoint records no training length")
     return factor * train_length
+
+
+def _check_length(length: int | None, least: int) -> None:
+    if length is not None and length < least:
+        fail(f"--length must be >= {least} tokens, got {length}")
+
+
+def _out_dir(out: Path) -> Path:
+    """Create the output folder before any work, or stop with a one-line error."""
+    make_folder(out, "--out")
+    return out
+
+
+MITIGATION_HELP = (
+    "none | forget[:D,B] | norm[:BOUND] | norm:layer | window[:TOKENS] | dt[:SCALE] | "
+    "a:SCALE | bclip:VALUE"
+)
 
 
 @app.command("diagnose")
@@ -53,27 +70,33 @@ def collapse_diagnose(
     length: int = typer.Option(None, help="tokens (default 64 x training length)"),
     prompt: str = typer.Option("text", help="text | newline"),
     segment: int = typer.Option(256, min=1, help="tokens between state readings"),
-    mitigation: str = typer.Option(
-        "none", help="none | forget[:D,B] | norm[:BOUND] | window[:TOKENS]"
+    histogram_at: list[int] = typer.Option(
+        None, help="positions for state-value histograms (default: training length and end)"
     ),
+    mitigation: str = typer.Option("none", help=MITIGATION_HELP),
     out: Path = typer.Option(Path("collapse-diagnose"), help="output directory"),
     device: str = typer.Option(None),
 ) -> None:
-    """Per-layer, per-head state statistics versus position: JSON + plot."""
+    """Per-layer, per-head state statistics versus position: JSON + plots."""
     from longseq.collapse import long_text, state_statistics
-    from longseq.collapse.plots import plot_state_trace
+    from longseq.collapse.plots import plot_state_histograms, plot_state_trace
 
+    _check_length(length, 1)
+    if prompt not in ("text", "newline"):
+        fail(f"--prompt must be 'text' or 'newline', got {prompt!r}")
+    _out_dir(out)
     net, t_train = _load_mamba(model, device)
-    _mitigate(net, mitigation, t_train)
     n = _length(length, t_train)
+    _mitigate(net, mitigation, t_train, read_length=n)
+    hist = histogram_at or [p for p in (t_train, n) if p]
     try:
-        trace = state_statistics(net, long_text(n, prompt), segment)
+        trace = state_statistics(net, long_text(n, prompt), segment, histogram_at=hist)
     except ValueError as e:
         fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
     trace.to_json(out / "state_trace.json")
     plot_state_trace(trace, out / "state_trace.png", t_train)
-    norm = trace.tensor("norm").max(-1).values  # (segments, layers)
+    plot_state_histograms(trace, out / "state_hist.png")
+    norm = trace.tensor("norm").max(-1).values  # (readings, layers)
     table = Table(title=f"largest head state norm ({prompt}, mitigation {mitigation})")
     table.add_column("position")
     for layer in range(norm.shape[1]):
@@ -91,20 +114,28 @@ def collapse_diagnose(
             str(trace.positions[i]), *[f"{v:.2f}" for v in norm[i].tolist()], f"{trace.nll[i]:.3f}"
         )
     console.print(table)
-    console.print(f"wrote {out / 'state_trace.json'} and {out / 'state_trace.png'}")
+    console.print(
+        f"wrote {out / 'state_trace.json'}, {out / 'state_trace.png'} and {out / 'state_hist.png'}"
+    )
+
+
+#: passkey prompts need at least this many tokens (the fixed text around the needle)
+PASSKEY_MIN = 256
 
 
 @app.command("passkey")
 def collapse_passkey(
-    model: str = typer.Option("collapse-mamba2"),
+    model: str = typer.Option(
+        "collapse-passkey-mamba2", help="shipped name or transformers Mamba2 dir"
+    ),
     lengths: list[int] = typer.Option(
-        None, help="prompt lengths (default: 1, 2, 4, ... 64 x training length)"
+        None, help="prompt lengths (default: 1, 2, 4, 8 x training length, at least 256)"
     ),
     trials: int = typer.Option(4, min=1, help="prompts per (length, depth)"),
     mitigation: str = typer.Option(
         "none",
-        help="none | forget[:D,B] | norm[:BOUND] | window[:TOKENS]; a bare 'norm' is "
-        "calibrated on passkey prompts of the training length",
+        help=MITIGATION_HELP + "; a bare 'norm' is calibrated on passkey prompts of the "
+        "training length, a bare 'dt' scales dt by training length / prompt length",
     ),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("collapse-passkey")),
@@ -113,20 +144,40 @@ def collapse_passkey(
     """Passkey retrieval accuracy by prompt length and needle depth: heatmap + JSON."""
     import json as _json
 
-    from longseq.collapse import passkey_accuracy, passkey_calibration
+    from longseq.collapse import apply_named_mitigation, passkey_accuracy, passkey_calibration
     from longseq.collapse.plots import plot_passkey
 
+    if lengths and min(lengths) < 200:
+        fail(f"--lengths must be >= 200 tokens (the prompt's fixed text), got {min(lengths)}")
+    _out_dir(out)
     net, t_train = _load_mamba(model, device)
+    hint = (
+        "collapse-passkey-mamba2 is trained on passkey prompts: "
+        "longseq collapse passkey --model collapse-passkey-mamba2"
+    )
+    if t_train and t_train < 200:
+        console.print(
+            f"[yellow]note:[/] {model} was trained on {t_train}-token windows, shorter than a "
+            f"passkey prompt, so it has likely never seen one; {hint}"
+        )
     calibration = passkey_calibration(t_train) if t_train and t_train >= 200 else None
-    _mitigate(net, mitigation, t_train, calibration)
+    on_length = None
+    if mitigation == "dt":  # the scale depends on the prompt length
+
+        def on_length(n: int) -> None:
+            apply_named_mitigation(net, "dt", t_train, read_length=n)
+
+        if not t_train:
+            fail("--mitigation: mitigation 'dt' needs a value: no training length")
+    else:
+        _mitigate(net, mitigation, t_train, calibration)
     if not lengths:
-        base = _length(None, t_train, 1)
-        lengths = [base * k for k in (1, 2, 4, 8, 16, 32, 64)]
+        base = max(_length(None, t_train, 1), PASSKEY_MIN)
+        lengths = [base * k for k in (1, 2, 4, 8)]
     try:
-        res = passkey_accuracy(net, lengths, trials=trials, seed=seed)
+        res = passkey_accuracy(net, lengths, trials=trials, seed=seed, on_length=on_length)
     except ValueError as e:
         fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
     (out / "passkey.json").write_text(_json.dumps(res.to_dict(), indent=2))
     plot_passkey(res, out / "passkey.png", f"passkey, mitigation {mitigation}")
     table = Table(title=f"passkey accuracy (mitigation {mitigation})")
@@ -136,7 +187,15 @@ def collapse_passkey(
     for n, row in zip(res.lengths, res.accuracy, strict=True):
         table.add_row(str(n), *[f"{100 * a:.0f}%" for a in row])
     console.print(table)
+    if max(max(row) for row in res.accuracy) == 0:
+        console.print(
+            f"[yellow]note:[/] {model} found no key at any length or depth: it may not do "
+            f"passkey retrieval at all; {hint}"
+        )
     console.print(f"wrote {out / 'passkey.json'} and {out / 'passkey.png'}")
+
+
+DEFAULT_CURVES = ("none", "forget", "norm", "window", "dt")
 
 
 @app.command("loss-curve")
@@ -145,39 +204,63 @@ def collapse_loss_curve(
     length: int = typer.Option(None, help="tokens (default 64 x training length)"),
     prompt: str = typer.Option("text", help="text | newline"),
     mitigation: list[str] = typer.Option(
-        ["none", "forget", "norm", "window"], help="one curve per mitigation (repeat the option)"
+        list(DEFAULT_CURVES),
+        help="one curve per mitigation (repeat the option): " + MITIGATION_HELP,
     ),
     out: Path = typer.Option(Path("collapse-loss")),
     device: str = typer.Option(None),
 ) -> None:
     """Per-position loss far beyond the training length, one curve per mitigation."""
-    import json as _json
-
-    from longseq.collapse import long_text, loss_curve
-    from longseq.collapse.plots import plot_loss_curves
-
+    _check_length(length, 2)
+    if prompt not in ("text", "newline"):
+        fail(f"--prompt must be 'text' or 'newline', got {prompt!r}")
+    _out_dir(out)
     net, t_train = _load_mamba(model, device)
     n = _length(length, t_train)
-    try:
-        ids = long_text(n, prompt)
-    except ValueError as e:
-        fail(str(e))
+    curves = _curves(net, model, prompt, n, t_train or n, mitigation)
+    _write_curves(curves, out, model, prompt, t_train or n, n)
+    console.print(f"wrote {out / f'loss_{prompt}.png'} and {out / f'loss_{prompt}.json'}")
+
+
+def _curves(net, model: str, prompt: str, n: int, t: int, specs, step=(0, 0)) -> dict:
+    """One loss curve per mitigation, each announced as it starts (it can take minutes)."""
+    from longseq.collapse import long_text, loss_curve
+
+    ids = long_text(n, prompt)
+    done, total = step if step != (0, 0) else (0, len(specs))
     curves = {}
-    for spec in mitigation:
-        _mitigate(net, spec, t_train)
-        curves[spec] = loss_curve(net, ids, t_train or n)
-    out.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        done += 1
+        console.print(
+            f"\\[{done}/{total}] {model}: {prompt} prompt, {n:,} tokens, {spec}", soft_wrap=True
+        )
+        _mitigate(net, spec, t, read_length=n)
+        curves[spec] = loss_curve(net, ids, t, progress=console.is_terminal)
+    return curves
+
+
+def _write_curves(curves: dict, out: Path, model: str, prompt: str, t: int, n: int) -> None:
+    import json as _json
+
+    from longseq.collapse.plots import plot_loss_curves
+
     (out / f"loss_{prompt}.json").write_text(
         _json.dumps({k: c.to_dict() for k, c in curves.items()}, indent=2)
     )
     plot_loss_curves(curves, out / f"loss_{prompt}.png", f"{model}: {prompt} prompt")
-    _print_loss_table(curves, t_train or n, n, prompt)
-    console.print(f"wrote {out / f'loss_{prompt}.png'}")
+    _print_loss_table(curves, t, n, prompt)
+
+
+#: the unit of every loss this toolkit prints (byte-level models: a token is a byte)
+NLL_UNIT = "nats/token"
 
 
 def _print_loss_table(curves: dict, t: int, n: int, prompt: str) -> None:
     ranges = [(0, t)] + [(t * 4**k, min(t * 4 ** (k + 1), n)) for k in range(4) if t * 4**k < n]
-    table = Table(title=f"mean NLL (nats/token) by position, {prompt} prompt, training length {t}")
+    table = Table(
+        title=f"mean NLL ({NLL_UNIT}, every token weighing the same) by position, {prompt} "
+        f"prompt, training length {t}"
+    )
     table.add_column("mitigation")
     for lo, hi in ranges:
         table.add_column(f"{lo}-{hi}", justify="right")
@@ -193,26 +276,17 @@ def collapse_demo(
     device: str = typer.Option(None),
 ) -> None:
     """Per-position loss of a Mamba-2 up to 64x its training length, without and with
-    each of the three mitigations (text and all-newline prompts); plots written to OUT."""
-    from longseq.collapse import long_text, loss_curve
-    from longseq.collapse.plots import plot_loss_curves
-
+    each mitigation and the Delta-t baseline (text and all-newline prompts); plots and
+    JSON written to OUT."""
+    _out_dir(out)
     net, t_train = _load_mamba(model, device)
     n = _length(None, t_train)
-    out.mkdir(parents=True, exist_ok=True)
     console.print(
         f"[bold]State collapse demo[/]: {model}, trained on {t_train}-token windows, "
-        f"read for {n} tokens ({n // t_train}x)"
+        f"read for {n} tokens ({n // t_train}x), {2 * len(DEFAULT_CURVES)} loss curves"
     )
-    for prompt in ("text", "newline"):
-        ids = long_text(n, prompt)
-        curves = {}
-        for spec in ("none", "forget", "norm", "window"):
-            _mitigate(net, spec, t_train)
-            curves[spec] = loss_curve(net, ids, t_train)
-        plot_loss_curves(curves, out / f"loss_{prompt}.png", f"{model}: {prompt} prompt")
-        (out / f"loss_{prompt}.json").write_text(
-            json.dumps({k: c.to_dict() for k, c in curves.items()}, indent=2)
-        )
-        _print_loss_table(curves, t_train, n, prompt)
+    for i, prompt in enumerate(("text", "newline")):
+        step = (i * len(DEFAULT_CURVES), 2 * len(DEFAULT_CURVES))
+        curves = _curves(net, model, prompt, n, t_train, DEFAULT_CURVES, step)
+        _write_curves(curves, out, model, prompt, t_train, n)
     console.print(f"plots and JSON in {out}")

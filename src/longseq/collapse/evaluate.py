@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,7 +16,7 @@ from longseq.collapse.mitigations import (
     mixers,
     parse_mitigation,
 )
-from longseq.collapse.streaming import greedy_continue, per_position_nll
+from longseq.collapse.streaming import greedy_continue, segment_nll, stream_logits
 from longseq.data.text import ByteTokenizer, passkey_prompt, stdlib_corpus
 from longseq.models.mamba2 import SSMControl
 from longseq.utils import progress_bar
@@ -43,8 +43,12 @@ def passkey_accuracy(
     trials: int = 4,
     seed: int = 0,
     progress: bool = True,
+    on_length: Callable[[int], object] | None = None,
 ) -> PasskeyResult:
-    """Greedy-decode the 5-digit key after prompts of each length and needle depth."""
+    """Greedy-decode the 5-digit key after prompts of each length and needle depth.
+
+    ``on_length(length)`` is called before the prompts of each length (to set a
+    mitigation that depends on it); the prompts do not depend on it."""
     if not lengths or min(lengths) < 200:
         raise ValueError(f"lengths must be >= 200 bytes (the prompt's fixed text), got {lengths}")
     tok = ByteTokenizer()
@@ -52,6 +56,8 @@ def passkey_accuracy(
     acc = []
     with progress_bar("passkey", len(lengths) * len(depths) * trials, progress) as advance:
         for length in lengths:
+            if on_length is not None:
+                on_length(length)
             row = []
             for depth in depths:
                 ok = 0
@@ -84,41 +90,65 @@ def long_text(length: int, prompt: str = "text") -> torch.Tensor:
 
 @dataclass
 class LossCurve:
+    """Mean NLL of the positions in log-spaced bins [edges[i], edges[i + 1]), and how
+    many tokens each bin holds."""
+
     train_length: int
     edges: list[int]  # log-spaced position bins
     mean_nll: list[float]  # per bin
+    counts: list[int]  # tokens per bin
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def mean_between(self, lo: int, hi: int) -> float:
-        vals = [
-            v
-            for a, b, v in zip(self.edges[:-1], self.edges[1:], self.mean_nll, strict=True)
-            if a >= lo and b <= hi and not math.isnan(v)
-        ]
-        return float(np.mean(vals)) if vals else float("nan")
+        """Mean NLL over the positions in [lo, hi), every token weighing the same (bins
+        that lie inside the range only)."""
+        total = weight = 0.0
+        for a, b, v, c in zip(
+            self.edges[:-1], self.edges[1:], self.mean_nll, self.counts, strict=True
+        ):
+            if a >= lo and b <= hi and c:
+                total += v * c
+                weight += c
+        return total / weight if weight else float("nan")
+
+
+def log_bins(n: int, bins_per_octave: int = 4) -> list[int]:
+    """Bin edges 0, 1, 2, ... 2^(k / bins_per_octave) ..., n: every power of two is an edge."""
+    edges = {
+        int(round(2 ** (k / bins_per_octave)))
+        for k in range(int(bins_per_octave * math.log2(max(n, 2))) + 1)
+    }
+    return [0] + sorted(e for e in edges | {n} if 0 < e <= n)
 
 
 def loss_curve(
-    model, ids: torch.Tensor, train_length: int, bins_per_octave: int = 4, segment: int = 1024
+    model,
+    ids: torch.Tensor,
+    train_length: int,
+    bins_per_octave: int = 4,
+    segment: int = 1024,
+    progress: bool = False,
 ) -> LossCurve:
-    """Per-position NLL of ``ids`` averaged in log-spaced bins (memory flat in length)."""
-    nll = per_position_nll(model, ids, segment)
-    n = len(nll)
-    edges = sorted(
-        {
-            int(round(2 ** (k / bins_per_octave)))
-            for k in range(int(bins_per_octave * math.log2(max(n, 2))) + 1)
-        }
-        | {n}
-    )
-    edges = [0] + [e for e in edges if e <= n]
-    means = [
-        float(nll[a:b].mean()) if b > a else float("nan")
-        for a, b in zip(edges[:-1], edges[1:], strict=True)
-    ]
-    return LossCurve(train_length, edges, means)
+    """Per-position NLL of ``ids`` averaged in log-spaced bins, binned while streaming:
+    memory does not grow with the length."""
+    ids = ids.reshape(-1)
+    n = len(ids) - 1
+    if n < 1:
+        raise ValueError(f"a loss curve needs at least 2 tokens, got {len(ids)}")
+    edges = torch.tensor(log_bins(n, bins_per_octave))
+    sums = torch.zeros(len(edges) - 1, dtype=torch.float64)
+    counts = torch.zeros(len(edges) - 1, dtype=torch.long)
+    with progress_bar("loss curve", n, progress) as advance:
+        for start, logits in stream_logits(model, ids, segment):
+            nll = segment_nll(logits, ids[start + 1 : start + 1 + len(logits)]).cpu()
+            where = torch.bucketize(torch.arange(start, start + len(nll)), edges, right=True) - 1
+            sums.index_add_(0, where, nll.double())
+            counts.index_add_(0, where, torch.ones_like(where))
+            advance(len(nll))
+    means = torch.where(counts > 0, sums / counts.clamp_min(1), torch.nan)
+    return LossCurve(train_length, edges.tolist(), means.tolist(), counts.tolist())
 
 
 def calibrated_controls(
@@ -127,17 +157,25 @@ def calibrated_controls(
     train_length: int,
     calibration_ids: torch.Tensor | Sequence[torch.Tensor] | None = None,
     every: int = 16,
+    per_head: bool = True,
+    read_length: int | None = None,
 ) -> list:
     """Per-layer mitigations set from the model itself: ``window`` = the training
-    length; ``norm`` = each layer's largest head-state norm at any position (read every
-    ``every`` tokens) within the first ``train_length`` tokens of each calibration
-    input (default: held-out text), since the state never needs to be larger than it
-    is inside the training length."""
+    length; ``norm`` = each head's (``per_head=False``: each layer's) largest state norm
+    at any position (read every ``every`` tokens) within the first ``train_length``
+    tokens of each calibration input (default: held-out text), since the state never
+    needs to be larger than it is inside the training length; ``dt`` = Delta-t scaled by
+    train_length / read_length, which stretches the decays seen in training over the
+    whole input (the LongMamba-style baseline)."""
     n_layers = len(mixers(model))
     if kind == "window":
         return [SSMControl(window=train_length)] * n_layers
+    if kind == "dt":
+        if not read_length:
+            raise ValueError("mitigation 'dt' needs the length of the input to scale dt for")
+        return [SSMControl(dt_scale=min(1.0, train_length / read_length))] * n_layers
     if kind != "norm":
-        raise ValueError(f"kind must be 'norm' or 'window', got {kind!r}")
+        raise ValueError(f"kind must be 'norm', 'window' or 'dt', got {kind!r}")
     if calibration_ids is None:
         calibration_ids = [long_text(train_length)]
     elif isinstance(calibration_ids, torch.Tensor):
@@ -145,11 +183,18 @@ def calibrated_controls(
     if not calibration_ids or min(len(ids) for ids in calibration_ids) < 1:
         raise ValueError("calibration_ids must hold at least one non-empty input")
     clear_mitigations(model)
-    bounds = torch.zeros(n_layers)
+    bounds = None
     for ids in calibration_ids:
         norm = state_statistics(model, ids[:train_length], segment=every).tensor("norm")
-        bounds = torch.maximum(bounds, norm.amax(dim=(0, 2)))  # over positions and heads
-    return [SSMControl(state_bound=float(b)) for b in bounds]
+        top = norm.amax(dim=0)  # (layers, heads): over positions
+        bounds = top if bounds is None else torch.maximum(bounds, top)
+    if per_head:
+        return [SSMControl(state_bound=tuple(b.tolist())) for b in bounds]
+    return [SSMControl(state_bound=float(b.max())) for b in bounds]
+
+
+#: named mitigations calibrated from the model (see `apply_named_mitigation`)
+CALIBRATED = ("norm", "norm:head", "norm:layer", "window", "dt")
 
 
 def apply_named_mitigation(
@@ -157,19 +202,29 @@ def apply_named_mitigation(
     spec: str,
     train_length: int | None = None,
     calibration_ids: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    read_length: int | None = None,
 ) -> torch.nn.Module:
     """Clear the model's mitigations, then apply ``spec``: anything `parse_mitigation`
-    reads, or ``norm`` / ``window`` without a value, calibrated per layer from the
-    model at ``train_length`` (see `calibrated_controls`)."""
+    reads, or one calibrated per layer from the model at ``train_length`` (see
+    `calibrated_controls`): ``norm`` (= ``norm:head``, bounds per head), ``norm:layer``
+    (one bound per layer), ``window`` (r = train_length) or ``dt`` (Delta-t scaled by
+    train_length / read_length)."""
     clear_mitigations(model)
-    if spec in ("norm", "window"):
+    if spec in CALIBRATED:
         if not train_length:
             raise ValueError(
                 f"mitigation {spec!r} needs a value: no training length to calibrate it from"
             )
-        for layer, ctl in enumerate(
-            calibrated_controls(model, spec, train_length, calibration_ids)
-        ):
+        kind = spec.partition(":")[0]
+        controls = calibrated_controls(
+            model,
+            kind,
+            train_length,
+            calibration_ids,
+            per_head=spec != "norm:layer",
+            read_length=read_length,
+        )
+        for layer, ctl in enumerate(controls):
             apply_mitigation(model, ctl, [layer])
         return model
     return apply_mitigation(model, parse_mitigation(spec))

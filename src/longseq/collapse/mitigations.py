@@ -3,6 +3,7 @@
 from longseq.collapse import apply_mitigation, parse_mitigation
 apply_mitigation(model, parse_mitigation("forget:0.9999,0.75"))   # every layer
 apply_mitigation(model, SSMControl(window=256), layers=[0, 1])
+apply_mitigation(model, SSMControl(dt_scale=0.5, b_clip=1.0), layers=[3])
 clear_mitigations(model)
 """
 
@@ -42,16 +43,12 @@ def clear_mitigations(model: torch.nn.Module) -> torch.nn.Module:
     return apply_mitigation(model, None)
 
 
-def window_of(model: torch.nn.Module) -> int | None:
-    """The sliding window in force (the largest over layers), or None."""
-    wins = [m.control.window for m in mixers(model) if m.control and m.control.window]
-    return max(wins) if wins else None
-
-
 def parse_mitigation(spec: str | None) -> SSMControl | None:
-    """``none`` | ``forget[:DECAY_SCALE[,B_SCALE]]`` | ``norm:BOUND`` | ``window:TOKENS``.
+    """``none`` | ``forget[:DECAY_SCALE[,B_SCALE]]`` | ``norm:BOUND`` | ``window:TOKENS``
+    | ``dt:SCALE`` | ``a:SCALE`` | ``bclip:VALUE``.
 
-    ``forget`` alone uses the paper's values (0.9999, 0.75)."""
+    ``forget`` alone uses the paper's values (0.9999, 0.75); ``dt`` scales dt after the
+    softplus, ``a`` scales A, ``bclip`` clamps B to [-VALUE, VALUE]."""
     if spec is None or spec in ("", "none"):
         return None
     kind, _, arg = spec.partition(":")
@@ -65,8 +62,15 @@ def parse_mitigation(spec: str | None) -> SSMControl | None:
             return SSMControl(state_bound=float(arg))
         if kind == "window":
             return SSMControl(window=int(arg))
+        if kind == "dt":
+            return SSMControl(dt_scale=float(arg))
+        if kind == "a":
+            return SSMControl(a_scale=float(arg))
+        if kind == "bclip":
+            return SSMControl(b_clip=float(arg))
     except ValueError as e:
         raise ValueError(f"bad mitigation {spec!r}: {e}") from e
     raise ValueError(
-        f"unknown mitigation {spec!r}: use none, forget[:DECAY,B], norm:BOUND or window:TOKENS"
+        f"unknown mitigation {spec!r}: use none, forget[:DECAY,B], norm:BOUND, window:TOKENS, "
+        "dt:SCALE, a:SCALE or bclip:VALUE"
     )

@@ -66,21 +66,51 @@ def plot_passkey_grid(results: dict[str, PasskeyResult], path: str | Path, title
 
 
 def plot_state_trace(trace: StateTrace, path: str | Path, train_length: int | None = None) -> Path:
+    """Six panels versus position, one line per layer: largest head-state norm, cosine
+    similarity with the previous reading (mean over heads), mean decay a_t, mean |B| and
+    |C|, and the RMS of the conv state's x channels."""
     plt = _plt()
-    norm = trace.tensor("norm")  # (segments, layers, heads)
-    decay = trace.tensor("decay")
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for layer in range(norm.shape[1]):
-        axes[0].plot(trace.positions, norm[:, layer].max(-1).values, label=f"layer {layer}")
-        axes[1].plot(trace.positions, decay[:, layer].mean(-1), label=f"layer {layer}")
-    axes[0].set_ylabel("largest head state norm")
-    axes[1].set_ylabel("mean decay a_t")
-    for ax in axes:
+    panels = [
+        ("largest head state norm", trace.tensor("norm").amax(-1)),
+        ("cos(state, previous reading)", trace.tensor("cos_prev").mean(-1)),
+        ("mean decay a_t", trace.tensor("decay").mean(-1)),
+        ("mean |B|", trace.tensor("B_abs").mean(-1)),
+        ("mean |C|", trace.tensor("C_abs").mean(-1)),
+        ("conv state RMS (x channels)", trace.tensor("conv_rms")[..., 0]),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6))
+    for ax, (label, values) in zip(axes.flat, panels, strict=True):
+        for layer in range(values.shape[1]):
+            ax.plot(trace.positions, values[:, layer], label=f"layer {layer}")
+        ax.set_ylabel(label)
         ax.set_xscale("log")
         ax.set_xlabel("position (tokens)")
         if train_length:
             ax.axvline(train_length, color="grey", ls="--", lw=1)
-        ax.legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_state_histograms(trace: StateTrace, path: str | Path) -> Path:
+    """One panel per layer: the histogram of all its state values at each chosen
+    position (log counts)."""
+    plt = _plt()
+    hists = trace.histograms
+    n_layers = len(hists[0]["counts"]) if hists else 1
+    fig, axes = plt.subplots(1, n_layers, figsize=(3.2 * n_layers, 2.8), squeeze=False)
+    for layer, ax in enumerate(axes[0]):
+        for h in hists:
+            edges, counts = h["edges"][layer], h["counts"][layer]
+            ax.stairs(counts, edges, label=f"t = {h['position']:,}")
+        ax.set_yscale("log")
+        ax.set_xlabel("state value")
+        ax.set_title(f"layer {layer}", fontsize=9)
+    axes[0][0].set_ylabel("count")
+    if hists:
+        axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,9 +1,9 @@
 """Run a Mamba-2 LM over very long inputs with memory that does not grow with length.
 
-Without a sliding window the recurrent state is carried from segment to segment by
-the model's cache. With the sliding-window mitigation the model keeps no state: each
-segment is run with the tokens before it that are still inside the model's receptive
-field (layers x (window + d_conv - 1)), which gives exactly the same outputs.
+Segments of the input go through the model one after another, the model's cache
+carrying everything between them: the recurrent state, or, under the sliding-window
+mitigation, the window state and each layer's ring buffer of its last r SSM inputs.
+Either way the cost per token and the memory do not depend on how much came before.
 """
 
 from __future__ import annotations
@@ -12,16 +12,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from longseq.collapse.mitigations import window_of
 from longseq.lm import model_device
-
-
-def receptive_context(model) -> int | None:
-    w = window_of(model)
-    if w is None:
-        return None
-    cfg = model.config
-    return cfg.n_layer * (w + cfg.d_conv - 1)
 
 
 @torch.no_grad()
@@ -31,22 +22,14 @@ def stream_logits(
     """Yield (start, logits of ids[start : start + segment]) for consecutive segments of a
     1-d token tensor; ``on_segment(start, cache)`` is called after each one."""
     model.eval()
-    device = model_device(model)
-    ids = ids.to(device).reshape(-1)
-    ctx = receptive_context(model)
+    ids = ids.to(model_device(model)).reshape(-1)
     cache = None
     for start in range(0, len(ids), segment):
-        piece = ids[start : start + segment]
-        if ctx is None:
-            out = model(piece[None], cache=cache, use_cache=True)
-            cache = out.cache
-            logits = out.logits[0]
-        else:
-            lo = max(0, start - ctx)
-            logits = model(ids[lo : start + len(piece)][None]).logits[0, start - lo :]
+        out = model(ids[start : start + segment][None], cache=cache, use_cache=True)
+        cache = out.cache
         if on_segment is not None:
             on_segment(start, cache)
-        yield start, logits
+        yield start, out.logits[0]
 
 
 @torch.no_grad()
@@ -55,33 +38,27 @@ def per_position_nll(model, ids: torch.Tensor, segment: int = 1024) -> torch.Ten
     ids = ids.reshape(-1)
     out = []
     for start, logits in stream_logits(model, ids, segment):
-        targets = ids[start + 1 : start + 1 + len(logits)].to(logits.device)
-        lp = logits[: len(targets)].float().log_softmax(-1)
-        out.append(-lp.gather(-1, targets[:, None])[:, 0].cpu())
+        out.append(segment_nll(logits, ids[start + 1 : start + 1 + len(logits)]).cpu())
     return torch.cat(out)
 
 
+def segment_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """NLL of ``targets`` under the first len(targets) rows of ``logits`` (float32)."""
+    lp = logits[: len(targets)].float().log_softmax(-1)
+    return -lp.gather(-1, targets.to(logits.device)[:, None])[:, 0]
+
+
 @torch.no_grad()
-def greedy_continue(model, ids: torch.Tensor, n: int) -> list[int]:
-    """Greedy decoding of ``n`` tokens after a 1-d prompt, streaming the prompt."""
-    ids = ids.reshape(-1)
-    ctx = receptive_context(model)
-    if ctx is None:
-        device = model_device(model)
-        state = {}
-        for _, seg_logits in stream_logits(model, ids, 4096, lambda _, c: state.update(cache=c)):
-            logits = seg_logits[-1]
-        cache = state["cache"]
-        new = []
-        for _ in range(n):
-            tok = int(logits.argmax())
-            new.append(tok)
-            out = model(torch.tensor([[tok]], device=device), cache=cache, use_cache=True)
-            cache, logits = out.cache, out.logits[0, -1]
-        return new
-    seq = ids.tolist()
+def greedy_continue(model, ids: torch.Tensor, n: int, segment: int = 4096) -> list[int]:
+    """Greedy decoding of ``n`` tokens after a 1-d prompt: the prompt is streamed in
+    segments, then each new token is one recurrent step."""
     device = model_device(model)
+    held: dict = {}
+    for _, seg_logits in stream_logits(model, ids, segment, lambda _, c: held.update(cache=c)):
+        logits = seg_logits[-1]
+    cache, new = held["cache"], []
     for _ in range(n):
-        tail = torch.tensor(seq[-(ctx + 1) :], device=device)
-        seq.append(int(model(tail[None]).logits[0, -1].argmax()))
-    return seq[len(ids) :]
+        new.append(int(logits.argmax()))
+        out = model(torch.tensor([[new[-1]]], device=device), cache=cache, use_cache=True)
+        cache, logits = out.cache, out.logits[0, -1]
+    return new

@@ -169,12 +169,63 @@ def segsum(a: torch.Tensor) -> torch.Tensor:
     return x.masked_fill(~torch.ones_like(below).tril(0), -torch.inf)
 
 
-def _bound(state: torch.Tensor, bound: float | None) -> torch.Tensor:
-    """Rescale each head's state (.., p, n) whose Frobenius norm exceeds ``bound``."""
+def _bound(state: torch.Tensor, bound: torch.Tensor | float | None) -> torch.Tensor:
+    """Rescale each head's state (.., h, p, n) whose Frobenius norm exceeds its bound
+    (a number, or one per head: a (h,) tensor)."""
     if bound is None:
         return state
-    norm = state.flatten(-2).norm(dim=-1)[..., None, None]
-    return state * torch.clamp(bound / norm.clamp_min(1e-30), max=1.0)
+    norm = state.flatten(-2).norm(dim=-1)  # (.., h)
+    return state * torch.clamp(bound / norm.clamp_min(1e-30), max=1.0)[..., None, None]
+
+
+def _bounded_chunk(
+    state: torch.Tensor, xdt: torch.Tensor, B: torch.Tensor, a: torch.Tensor, bound: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token state normalization inside one chunk, without materializing the states.
+
+    h_i = s_i (exp(a_i) h_{i-1} + u_i), u_i = xdt_i B_i^T, s_i = min(1, bound / |pre-clip|).
+    Every h_i is c_i h_0 + sum_s w_is u_s, so its norm follows from the Gram matrix of the
+    inputs (<u_s, u_t> = (xdt_s . xdt_t)(B_s . B_t)) and <h_0, u_t>: a loop over tokens on
+    (b, h, q) numbers, in float64. Returns log s (b, h, q) and the state at the chunk end.
+
+    state (b, h, p, n)   xdt (b, q, h, p)   B (b, q, h, n)   a (b, h, q)   bound (h,)
+    """
+    q = xdt.shape[1]
+    x64, b64, h64 = xdt.double(), B.double(), state.double()
+    gram = torch.einsum("bihp,bjhp->bhij", x64, x64) * torch.einsum("bihn,bjhn->bhij", b64, b64)
+    cross = torch.einsum("bihp,bhpn,bihn->bhi", x64, h64, b64)  # <h_0, u_i>
+    bound2 = bound.double().pow(2)
+    e = a.double().exp()  # (b, h, q)
+    # the states without normalization: norms of all q at once; loop from the first overflow
+    cum = a.double().cumsum(-1)
+    decay = torch.exp(segsum(a.double()))  # (b, h, q, q): exp(sum_{s<k<=i} a_k), 0 above
+    free2 = (
+        torch.exp(2 * cum) * h64.pow(2).sum((-2, -1))[..., None]
+        + 2 * torch.exp(cum) * torch.einsum("bhis,bhs->bhi", decay, cross)
+        + torch.einsum("bhis,bhst,bhit->bhi", decay, gram, decay)
+    )
+    over = (free2 > bound2[:, None]).flatten(0, 1).any(0)  # (q,)
+    log_s = torch.zeros_like(e)
+    if not over.any():
+        w, c = decay[..., -1, :], torch.exp(cum[..., -1])
+    else:
+        first = int(over.nonzero()[0])
+        if first:  # unclipped so far
+            w = torch.cat([decay[..., first - 1, :first], e.new_zeros(*e.shape[:2], q - first)], -1)
+            c, norm2 = torch.exp(cum[..., first - 1]), free2[..., first - 1]
+        else:
+            w, c, norm2 = torch.zeros_like(e), torch.ones_like(e[..., 0]), h64.pow(2).sum((-2, -1))
+        for i in range(first, q):
+            dot = c * cross[..., i] + (w * gram[..., i]).sum(-1)  # <h_{i-1}, u_i>
+            pre2 = e[..., i] ** 2 * norm2 + 2 * e[..., i] * dot + gram[..., i, i]
+            s = torch.clamp(bound2 / pre2.clamp_min(1e-60), max=1.0).sqrt()
+            norm2 = s * s * pre2
+            c = s * e[..., i] * c
+            w = w * (s * e[..., i])[..., None]
+            w[..., i] = s
+            log_s[..., i] = s.log()
+    end = c[..., None, None] * h64 + torch.einsum("bhi,bihp,bihn->bhpn", w, x64, b64)
+    return log_s.to(a.dtype), end.to(state.dtype)
 
 
 def ssd_chunked(
@@ -186,14 +237,16 @@ def ssd_chunked(
     chunk_size: int,
     initial_state: torch.Tensor | None = None,
     log_decay_offset: float = 0.0,
-    state_bound: float | None = None,
+    state_bound: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The SSD scan in chunks: quadratic inside a chunk, recurrent across chunks.
 
     x: (b, l, h, p)   dt: (b, l, h)   A: (h,)   B, C: (b, l, h, n) (already per head)
     initial_state: (b, h, p, n) or None.  Returns y (b, l, h, p) and the final state.
     ``log_decay_offset`` is added to every log-decay dt*A (log of a decay scale);
-    ``state_bound`` renormalizes the state at chunk boundaries.
+    ``state_bound`` (a number or one per head) renormalizes every head's state after
+    every token, exactly as :func:`ssd_step` does: the result does not depend on
+    ``chunk_size`` or on where a sequence is split.
     """
     b, l, h, p = x.shape
     q = chunk_size
@@ -207,30 +260,41 @@ def ssd_chunked(
     x, B, C = (t.reshape(b, nc, q, *t.shape[2:]) for t in (x, B, C))
     dt = dt.reshape(b, nc, q, h)
     a = a.reshape(b, nc, q, h).permute(0, 3, 1, 2)  # (b, h, c, q)
-    a_cum = a.cumsum(-1)  # (b, h, c, q)
     xdt = x * dt[..., None]  # (b, c, q, h, p)
-
-    # 1. inside each chunk: y_l = sum_{s<=l} exp(sum_{s<k<=l} a_k) (C_l . B_s) dt_s x_s
-    decay = torch.exp(segsum(a))  # (b, h, c, q, q)
-    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * decay
-    y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
-
-    # 2. each chunk's contribution to the state at its end
-    to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, h, c, q)
-    chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, to_end, xdt)
-
-    # 3. states at chunk starts, by the recurrence across chunks
     state = x.new_zeros(b, h, p, B.shape[-1]) if initial_state is None else initial_state
-    chunk_decay = torch.exp(a_cum[..., -1])  # (b, h, c)
-    starts = []
-    for c in range(nc):
-        starts.append(state)
-        state = _bound(chunk_decay[:, :, c, None, None] * state + chunk_states[:, c], state_bound)
-    starts = torch.stack(starts, dim=1)  # (b, c, h, p, n)
 
-    # 4. the start state read out inside each chunk: exp(a_cum_l) C_l . H_c
-    from_start = torch.exp(a_cum)  # (b, h, c, q)
-    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, starts, from_start)
+    if state_bound is not None:
+        # the normalization factors s_t, chunk by chunk (each needs the state before it);
+        # then h_t = s_t (a_t h_{t-1} + u_t) is the plain scan with decays s_t a_t, inputs s_t u_t
+        bound = torch.as_tensor(state_bound, dtype=torch.float32, device=x.device).expand(h)
+        starts, log_s = [], []
+        for c in range(nc):
+            starts.append(state)
+            ls, state = _bounded_chunk(state, xdt[:, c], B[:, c], a[:, :, c], bound)
+            log_s.append(ls)
+        log_s = torch.stack(log_s, 2)  # (b, h, c, q)
+        a = a + log_s
+        xdt = xdt * log_s.exp().permute(0, 2, 3, 1)[..., None]
+        starts = torch.stack(starts, dim=1)
+        a_cum = a.cumsum(-1)
+    else:
+        a_cum = a.cumsum(-1)  # (b, h, c, q)
+        # each chunk's contribution to the state at its end
+        to_end = torch.exp(a_cum[..., -1:] - a_cum)  # (b, h, c, q)
+        chunk_states = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, to_end, xdt)
+        # states at chunk starts, by the recurrence across chunks
+        chunk_decay = torch.exp(a_cum[..., -1])  # (b, h, c)
+        starts = []
+        for c in range(nc):
+            starts.append(state)
+            state = chunk_decay[:, :, c, None, None] * state + chunk_states[:, c]
+        starts = torch.stack(starts, dim=1)  # (b, c, h, p, n)
+
+    # inside each chunk: y_l = sum_{s<=l} exp(sum_{s<k<=l} a_k) (C_l . B_s) dt_s x_s
+    scores = torch.einsum("bclhn,bcshn->bhcls", C, B) * torch.exp(segsum(a))
+    y = torch.einsum("bhcls,bcshp->bclhp", scores, xdt)
+    # plus the start state read out inside each chunk: exp(a_cum_l) C_l . H_c
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, starts, torch.exp(a_cum))
     y = y.reshape(b, nc * q, h, p)[:, :l]
     return y, state
 
@@ -244,14 +308,15 @@ def ssd_windowed(
     window: int,
     log_decay_offset: float = 0.0,
 ) -> torch.Tensor:
-    """SSD output of the state of the last ``window`` tokens only:
+    """Reference for :func:`ssd_window_scan` (quadratic in the window): the SSD output of
+    the state of the last ``window`` tokens only,
 
         h_t^(r) = h_t - (a_{t-r+1} ... a_t) h_{t-r}
         y_t     = C_t . h_t^(r) = sum_{t-r < s <= t} exp(sum_{s<k<=t} a_k) (C_t . B_s) dt_s x_s
 
-    computed in chunks of ``window`` tokens: each chunk reads itself (causally) and
-    the part of the previous chunk that is still inside the window. Shapes as in
-    :func:`ssd_chunked`; returns y (b, l, h, p)."""
+    in chunks of ``window`` tokens: each chunk reads itself (causally) and the part of
+    the previous chunk that is still inside the window. Shapes as in :func:`ssd_chunked`;
+    returns y (b, l, h, p)."""
     b, l, h, p = x.shape
     r = window
     pad = (-l) % r
@@ -277,6 +342,175 @@ def ssd_windowed(
     return y.reshape(b, nc * r, h, p)[:, :l]
 
 
+@dataclass
+class WindowState:
+    """What the sliding window keeps of one layer: its last r SSM inputs (a ring buffer,
+    oldest at ``head``), the state of the window h_t - (a_{t-r+1}..a_t) h_{t-r}, and the
+    sum of the window's log-decays. Size: r x (nheads x (headdim + 1) + ngroups x d_state)
+    numbers per sequence, whatever the length of the stream."""
+
+    xdt: torch.Tensor  # (b, r, h, p)   dt_s x_s
+    B: torch.Tensor  # (b, r, g, n)
+    log_decay: torch.Tensor  # (b, r, h)   log a_s
+    state: torch.Tensor  # (b, h, p, n)
+    log_decay_sum: torch.Tensor  # (b, h) float64: sum of log a over the window
+    head: int = 0
+
+    @classmethod
+    def empty(cls, b: int, r: int, h: int, p: int, g: int, n: int, like: torch.Tensor):
+        z = like.new_zeros
+        f64 = torch.zeros(b, h, dtype=torch.float64, device=like.device)
+        return cls(z(b, r, h, p), z(b, r, g, n), z(b, r, h), z(b, h, p, n), f64)
+
+    def chronological(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(t.roll(-self.head, dims=1) for t in (self.xdt, self.B, self.log_decay))
+
+    def index_select(self, index: torch.Tensor) -> WindowState:
+        return WindowState(
+            *(t.index_select(0, index) for t in (self.xdt, self.B, self.log_decay)),
+            self.state.index_select(0, index),
+            self.log_decay_sum.index_select(0, index),
+            self.head,
+        )
+
+
+def _window_chunks(xdt, a, B, C, sxdt, sa, sB, before, state):
+    """Chunks of q tokens of the windowed scan (see :func:`ssd_window_scan`).
+
+    xdt (b, c, q, h, p), a (b, h, c, q), B/C (b, c, q, h, n): the chunks' own inputs;
+    sxdt, sa, sB (same shapes): the inputs r tokens earlier, which leave the window one
+    per token over the chunk; before (b, h, c) float64: the log-decay sum of the window
+    that ends just before each chunk; state (b, h, p, n): the window state before the
+    first chunk. Returns y (b, c, q, h, p) and the window state after the last chunk."""
+    q = a.shape[-1]
+    a_cum = a.cumsum(-1)  # (b, h, c, q)
+    # log-decay from leaving source j to the chunk start, then to query i
+    leave = before[..., None] - sa.double().cumsum(-1)  # (b, h, c, q)
+    gone = torch.ones(q, q, dtype=torch.bool, device=a.device).tril()  # j <= i has left
+    log_w = a_cum.double()[..., :, None] + leave[..., None, :]  # (b, h, c, i, j)
+    w_leave = torch.exp(log_w.masked_fill(~gone, -torch.inf)).to(a.dtype)
+    own = torch.einsum("bclhn,bcshn->bhcls", C, B) * torch.exp(segsum(a))
+    left = torch.einsum("bclhn,bcshn->bhcls", C, sB) * w_leave
+    y = torch.einsum("bhcls,bcshp->bclhp", own, xdt) - torch.einsum(
+        "bhcls,bcshp->bclhp", left, sxdt
+    )
+    # each chunk's change to the window state at its end: its inputs in, q old ones out
+    to_end = torch.exp(a_cum[..., -1:] - a_cum)
+    left_to_end = torch.exp(leave + a_cum[..., -1:].double()).to(a.dtype)
+    change = torch.einsum("bclhn,bhcl,bclhp->bchpn", B, to_end, xdt) - torch.einsum(
+        "bclhn,bhcl,bclhp->bchpn", sB, left_to_end, sxdt
+    )
+    chunk_decay = torch.exp(a_cum[..., -1])  # (b, h, c)
+    starts = []
+    for c in range(a.shape[2]):
+        starts.append(state)
+        state = chunk_decay[:, :, c, None, None] * state + change[:, c]
+    starts = torch.stack(starts, dim=1)  # (b, c, h, p, n)
+    y = y + torch.einsum("bclhn,bchpn,bhcl->bclhp", C, starts, torch.exp(a_cum))
+    return y, state
+
+
+def ssd_window_scan(
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    window: int,
+    chunk_size: int = 64,
+    past: WindowState | None = None,
+    log_decay_offset: float = 0.0,
+    ngroups: int = 1,
+) -> tuple[torch.Tensor, WindowState]:
+    """The sliding window by state difference, in chunks, at a cost per token that does
+    not depend on the window r:
+
+        W_t = h_t - (a_{t-r+1} ... a_t) h_{t-r} = sum_{t-r < s <= t} exp(sum_{s<k<=t} a_k) u_s
+        y_t = C_t . W_t
+
+    Inside a chunk of q <= r tokens, W_t is the window state before the chunk, decayed,
+    plus the chunk's own inputs up to t, minus the inputs that left the window since the
+    chunk began (those r tokens before the chunk's first t' <= t). ``past`` carries the
+    last r inputs and W from a previous call (None: an empty stream). Shapes as in
+    :func:`ssd_chunked` (B, C per head; ``ngroups`` of them are distinct); returns y and
+    the :class:`WindowState` after the last token."""
+    b, l, h, p = x.shape
+    n, r, rep = B.shape[-1], window, h // ngroups
+    xdt = x * dt[..., None]
+    a = dt * A + log_decay_offset  # (b, l, h)
+    if past is None:
+        past = WindowState.empty(b, r, h, p, ngroups, n, x)
+    old_xdt, old_B, old_a = past.chronological()
+    ext_xdt = torch.cat([old_xdt, xdt], 1)  # (b, r + l, h, p): position t's leaver is at t
+    ext_B = torch.cat([old_B, B[:, :, ::rep]], 1)
+    ext_a = torch.cat([old_a, a], 1)
+    cum = F.pad(ext_a.double().cumsum(1), (0, 0, 1, 0))  # cum[m] = sum of ext_a[:m]
+    q = min(chunk_size, r)
+    ys, state, pos = [], past.state, 0
+    for size, qq in ((l - l % q, q), (l % q, l % q)):  # full chunks, then the rest
+        if not size:
+            continue
+        nc = size // qq
+        part = slice(pos, pos + size)
+
+        def chunks(t, qq=qq, nc=nc):
+            return t.reshape(b, nc, qq, *t.shape[2:])
+
+        starts = torch.arange(pos, pos + size, qq, device=x.device)
+        before = (cum[:, starts + r] - cum[:, starts]).permute(0, 2, 1)  # (b, h, c)
+        y, state = _window_chunks(
+            chunks(xdt[:, part]),
+            chunks(a[:, part]).permute(0, 3, 1, 2),
+            chunks(B[:, part]),
+            chunks(C[:, part]),
+            chunks(ext_xdt[:, part]),
+            chunks(ext_a[:, part]).permute(0, 3, 1, 2),
+            chunks(ext_B[:, part].repeat_interleave(rep, dim=2)),
+            before,
+            state,
+        )
+        ys.append(y.reshape(b, size, h, p))
+        pos += size
+    keep = slice(l, l + r)
+    new = WindowState(
+        ext_xdt[:, keep].clone(),
+        ext_B[:, keep].clone(),
+        ext_a[:, keep].clone(),
+        state,
+        cum[:, l + r] - cum[:, l],
+    )
+    return torch.cat(ys, 1), new
+
+
+def ssd_window_step(
+    past: WindowState,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    log_decay_offset: float = 0.0,
+) -> tuple[torch.Tensor, WindowState]:
+    """One token of the sliding window, O(1) in r: W_t = a_t W_{t-1} + u_t
+    - (a_{t-r+1} ... a_t) u_{t-r}, with u_{t-r} and the window's log-decay sum read from
+    (and the new input written into) ``past``'s ring buffer, in place. Shapes as in
+    :func:`ssd_step`; returns y (b, h, p) and ``past``."""
+    h = x.shape[1]
+    rep = h // past.B.shape[2]
+    i = past.head
+    xdt, a = x * dt[..., None], dt * A + log_decay_offset  # (b, h, p), (b, h)
+    old_u = past.xdt[:, i, :, :, None] * past.B[:, i].repeat_interleave(rep, 1)[:, :, None, :]
+    past.log_decay_sum = past.log_decay_sum + a.double() - past.log_decay[:, i].double()
+    past.state = (
+        torch.exp(a)[..., None, None] * past.state
+        + xdt[..., None] * B[:, :, None, :]
+        - torch.exp(past.log_decay_sum).to(x.dtype)[..., None, None] * old_u
+    )
+    past.xdt[:, i], past.B[:, i], past.log_decay[:, i] = xdt, B[:, ::rep], a
+    past.head = (i + 1) % past.xdt.shape[1]
+    return torch.einsum("bhpn,bhn->bhp", past.state, C), past
+
+
 def ssd_step(
     state: torch.Tensor,
     x: torch.Tensor,
@@ -285,9 +519,10 @@ def ssd_step(
     B: torch.Tensor,
     C: torch.Tensor,
     log_decay_offset: float = 0.0,
-    state_bound: float | None = None,
+    state_bound: torch.Tensor | float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One recurrent step. state (b, h, p, n), x (b, h, p), dt (b, h), B/C (b, h, n)."""
+    """One recurrent step. state (b, h, p, n), x (b, h, p), dt (b, h), B/C (b, h, n);
+    ``state_bound`` (a number or one per head) caps each head's state norm."""
     decay = torch.exp(dt * A + log_decay_offset)[..., None, None]
     state = decay * state + (dt[..., None] * x)[..., None] * B[:, :, None, :]
     state = _bound(state, state_bound)
@@ -295,13 +530,18 @@ def ssd_step(
     return y, state
 
 
-def ssd_naive(x, dt, A, B, C, initial_state=None, log_decay_offset=0.0, window=None):
-    """Token-by-token reference of :func:`ssd_chunked` / :func:`ssd_windowed` (for tests)."""
+def ssd_naive(
+    x, dt, A, B, C, initial_state=None, log_decay_offset=0.0, window=None, state_bound=None
+):
+    """Token-by-token reference of :func:`ssd_chunked` / :func:`ssd_window_scan` (for
+    tests): the window as a difference of stored states."""
     b, l, h, p = x.shape
     state = x.new_zeros(b, h, p, B.shape[-1]) if initial_state is None else initial_state
     ys, states, logd = [], [], []
     for t in range(l):
-        y, state = ssd_step(state, x[:, t], dt[:, t], A, B[:, t], C[:, t], log_decay_offset)
+        y, state = ssd_step(
+            state, x[:, t], dt[:, t], A, B[:, t], C[:, t], log_decay_offset, state_bound
+        )
         states.append(state)
         logd.append(dt[:, t] * A + log_decay_offset)
         if window is not None and t >= window:
@@ -344,11 +584,14 @@ class GatedRMSNorm(nn.Module):
 
 
 class Mamba2LayerState:
-    """Cache of one layer: conv inputs of the last d_conv - 1 steps and the SSM state."""
+    """Cache of one layer: conv inputs of the last d_conv - 1 steps and the SSM state
+    (under the sliding-window mitigation: the window state, and ``window`` holds the
+    ring buffer of the last r SSM inputs)."""
 
     def __init__(self) -> None:
         self.conv_states: torch.Tensor | None = None  # (b, conv_dim, d_conv - 1)
         self.recurrent_states: torch.Tensor | None = None  # (b, nheads, headdim, d_state)
+        self.window: WindowState | None = None
 
 
 class Mamba2Cache:
@@ -367,35 +610,73 @@ class Mamba2Cache:
                 t = getattr(layer, name)
                 if t is not None:
                     setattr(layer, name, t.index_select(0, index))
+            if layer.window is not None:
+                layer.window = layer.window.index_select(index)
 
 
 @dataclass
 class SSMControl:
     """Inference-time changes to one layer's SSM: the training-free state-collapse
-    mitigations of Stuffed Mamba. Defaults change nothing.
+    mitigations of Stuffed Mamba and the other knobs of its authors' code. Defaults
+    change nothing.
 
     decay_scale: lambda_alpha, multiplies every decay a_t (< 1 forgets more);
     b_scale: lambda_B, multiplies B (< 1 writes less into the state);
-    state_bound: renormalize each head's state to this Frobenius norm when above
-        (every token while decoding, every chunk boundary in the chunked scan);
-    window: only the state of the last ``window`` tokens is read
-        (h_t - a_{t-r+1}...a_t h_{t-r}); prefill only, as a difference of states.
+    state_bound: after every token, rescale each head's state to this Frobenius norm
+        when it is above it: one number for every head, or one per head. Prefill,
+        chunked continuation and token-by-token decoding give the same result;
+    window: only the state of the last ``window`` tokens is read,
+        h_t - (a_{t-r+1}...a_t) h_{t-r}; a cache keeps the layer's last r SSM inputs;
+    dt_scale: multiplies dt after the softplus (and after ``dt_limit``), which scales
+        both the decay's log and the input (Delta-t scaling, as in LongMamba-style
+        context extension; the authors' ``dt_mult``);
+    a_scale: multiplies A, i.e. raises every decay to this power (their ``a_mult``);
+    b_clip: clamps every entry of B to [-b_clip, b_clip] (after ``b_scale``).
     """
 
     decay_scale: float = 1.0
     b_scale: float = 1.0
-    state_bound: float | None = None
+    state_bound: float | tuple[float, ...] | None = None
     window: int | None = None
+    dt_scale: float = 1.0
+    a_scale: float = 1.0
+    b_clip: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.decay_scale <= 1.0:
             raise ValueError(f"decay_scale must be in (0, 1], got {self.decay_scale}")
-        if self.b_scale <= 0.0:
-            raise ValueError(f"b_scale must be > 0, got {self.b_scale}")
-        if self.state_bound is not None and self.state_bound <= 0:
-            raise ValueError(f"state_bound must be > 0, got {self.state_bound}")
+        for name in ("b_scale", "dt_scale", "a_scale"):
+            if not getattr(self, name) > 0.0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.b_clip is not None and not self.b_clip > 0:
+            raise ValueError(f"b_clip must be > 0, got {self.b_clip}")
+        if self.state_bound is not None:
+            bounds = (
+                tuple(float(v) for v in self.state_bound)
+                if isinstance(self.state_bound, (list, tuple))
+                else float(self.state_bound)
+            )
+            if not bounds or min(bounds if isinstance(bounds, tuple) else (bounds,)) <= 0:
+                raise ValueError(f"state_bound must be > 0, got {self.state_bound}")
+            self.state_bound = bounds
         if self.window is not None and self.window < 1:
             raise ValueError(f"window must be >= 1, got {self.window}")
+        if self.window is not None and self.state_bound is not None:
+            raise ValueError(
+                "state_bound and window cannot be combined: the window is a difference of "
+                "states, which a renormalized state does not have"
+            )
+
+    def bound_tensor(self, nheads: int, device) -> torch.Tensor | None:
+        """The bound of each head, (nheads,), or None."""
+        if self.state_bound is None:
+            return None
+        bound = torch.tensor(self.state_bound, dtype=torch.float32, device=device)
+        if bound.dim() and bound.numel() != nheads:
+            raise ValueError(
+                f"state_bound has {bound.numel()} values, the layer has {nheads} heads"
+            )
+        return bound.expand(nheads)
 
 
 class Mamba2Mixer(nn.Module):
@@ -472,25 +753,45 @@ class Mamba2Mixer(nn.Module):
         xbc = F.silu(xbc.transpose(1, 2).contiguous())  # (b, l, conv_dim)
         x, B, C, dt, A = self.ssm_inputs(xbc, dt_raw)
         ctl = self.control or SSMControl()
-        B = B * ctl.b_scale if ctl.b_scale != 1.0 else B
+        if ctl.dt_scale != 1.0:
+            dt = dt * ctl.dt_scale
+        if ctl.a_scale != 1.0:
+            A = A * ctl.a_scale
+        if ctl.b_scale != 1.0:
+            B = B * ctl.b_scale
+        if ctl.b_clip is not None:
+            B = B.clamp(-ctl.b_clip, ctl.b_clip)
         offset = math.log(ctl.decay_scale)
+        bound = ctl.bound_tensor(cfg.nheads, x.device)
         state = layer_state.recurrent_states if layer_state is not None else None
         if self.probe is not None:
             self.probe(x=x, B=B, C=C, dt=dt, log_decay=dt * A + offset)
         if ctl.window is not None:
-            if layer_state is not None:
+            past = layer_state.window if layer_state is not None else None
+            if past is not None and past.xdt.shape[1] != ctl.window:
                 raise ValueError(
-                    "the sliding-window mitigation reads past states directly; run the model "
-                    "without a cache (longseq.collapse streams windows for you)"
+                    f"the cache was filled with window {past.xdt.shape[1]}, the layer now has "
+                    f"window {ctl.window}: start a new cache"
                 )
-            y = ssd_windowed(x, dt, A, B, C, ctl.window, offset)
-        elif l == 1 and state is not None:
-            y, state = ssd_step(
-                state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], offset, ctl.state_bound
-            )
-            y = y[:, None]
+            if l == 1 and past is not None:
+                y, past = ssd_window_step(past, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], offset)
+                y = y[:, None]
+            else:
+                y, past = ssd_window_scan(
+                    x, dt, A, B, C, ctl.window, cfg.chunk_size, past, offset, cfg.ngroups
+                )
+            if layer_state is not None:
+                layer_state.window, state = past, past.state
         else:
-            y, state = ssd_chunked(x, dt, A, B, C, cfg.chunk_size, state, offset, ctl.state_bound)
+            if layer_state is not None and layer_state.window is not None:
+                raise ValueError(
+                    "the cache holds a sliding window, the layer has none: start a new cache"
+                )
+            if l == 1 and state is not None:
+                y, state = ssd_step(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], offset, bound)
+                y = y[:, None]
+            else:
+                y, state = ssd_chunked(x, dt, A, B, C, cfg.chunk_size, state, offset, bound)
         if layer_state is not None:
             layer_state.conv_states = window[..., window.shape[-1] - k :]
             layer_state.recurrent_states = state
