@@ -81,3 +81,16 @@ def test_bench_table_fits_80_columns_without_cutting_anything():
     assert "…" not in text
     for word in ("metric", "farneback", "ms / point", "EPE (px)", "within 16 px (%)", "12.3"):
         assert word in text
+
+
+def test_bad_outputs_fail_before_any_tracing(frames, tmp_path):
+    res = runner.invoke(app, ["kltrace", "bench", "--json", "/nonexistent/dir/b.json"])
+    assert res.exit_code == 2 and "/nonexistent/dir does not exist" in res.output
+    afile = tmp_path / "a-file"
+    afile.write_text("")
+    res = runner.invoke(
+        app, ["kltrace", "flow", str(frames[0]), str(frames[1]), "--out", str(afile)]
+    )
+    assert res.exit_code == 2 and "is a file" in res.output
+    res = runner.invoke(app, ["kltrace", "demo", "--out", str(afile)])
+    assert res.exit_code == 2 and "is a file" in res.output

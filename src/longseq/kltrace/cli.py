@@ -10,7 +10,15 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import App, console, fail, folding_table
+from longseq.cliutils import (
+    App,
+    check_output_file,
+    console,
+    fail,
+    folding_table,
+    make_folder,
+    write_text,
+)
 
 app = App(
     help="KL-tracing: zero-shot optical flow from an autoregressive video model.",
@@ -37,6 +45,13 @@ def _load_tracer(model: str, device: str | None, masks: int | None, scales: str 
     except ValueError as e:
         fail(str(e))
     return net, cfg
+
+
+def _output_folder(out: Path) -> None:
+    """Make the output folder before any tracing, or fail with one line."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder")
+    make_folder(out, "--out")
 
 
 def _parse_points(text: str) -> list[tuple[float, float]]:
@@ -80,6 +95,7 @@ def kltrace_flow(
         fail(str(e))
     if f0.shape != f1.shape:
         fail(f"the frames differ in size: {f0.shape[:2]} vs {f1.shape[:2]}")
+    _output_folder(out)
     net, cfg = _load_tracer(model, device, masks, scales)
     h, w = f0.shape[:2]
     pts = np.array(_parse_points(points) if points else _grid_points(h, w, grid), dtype=np.float32)
@@ -89,7 +105,6 @@ def kltrace_flow(
             res = trace_points(net, f0, f1, pts, cfg, keep_maps=True, progress=advance)
     except ValueError as e:
         fail(str(e))
-    out.mkdir(parents=True, exist_ok=True)
     est = {"KL-tracing": (res.targets["kl"], res.occluded["kl"])}
     flow_figure(f0, f1, pts, est, out / "flow.png", kl_map=res.maps["kl"][0])
     record = {
@@ -160,6 +175,7 @@ def kltrace_bench(
     clips (unseen seeds and textures), TAP-Vid "first" metrics."""
     from longseq.kltrace import evaluate_methods, synthetic_set
 
+    check_output_file(json_out, "--json")
     net, cfg = _load_tracer(model, device, masks, scales)
     data = synthetic_set(clips, "test", size=size, n_frames=frames, n_points=points)
     try:
@@ -168,7 +184,7 @@ def kltrace_bench(
         fail(str(e))
     console.print(_metrics_table(results, f"{clips} test clips x {points} points, {size}px"))
     if json_out:
-        json_out.write_text(json.dumps(results, indent=2) + "\n")
+        write_text(json_out, json.dumps(results, indent=2) + "\n", "--json")
 
 
 @app.command("demo")
@@ -187,6 +203,7 @@ def kltrace_demo(
     from longseq.media import write_image
     from longseq.utils import progress_bar
 
+    _output_folder(out)
     net, cfg = _load_tracer(model, device, None, None)
     world = sample_world(seed, 64, 2, split="test")
     video = world.render()
@@ -196,7 +213,6 @@ def kltrace_demo(
     with progress_bar("KL-tracing", n_jobs) as advance:
         res = trace_points(net, video[0], video[1], pts, cfg, keep_maps=True, progress=advance)
     dis = track_with_flow(FLOW_METHODS["dis"], video[0], video[1], pts)
-    out.mkdir(parents=True, exist_ok=True)
     write_image(out / "frame0.png", video[0])
     write_image(out / "frame1.png", video[1])
     est = {
