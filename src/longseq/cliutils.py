@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
@@ -21,7 +22,8 @@ console = Console()
 
 def fail(msg: str) -> NoReturn:
     """Print ``error: msg`` and exit with status 2 (the status of a usage error)."""
-    console.print(f"[bold red]error:[/] {msg}", soft_wrap=True)  # one line, however long
+    # one line, however long; the message is plain text ("longseq[eval]" is not markup)
+    console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(2)
 
 
