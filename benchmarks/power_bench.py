@@ -35,7 +35,7 @@ import torch
 from longseq import hub
 from longseq.data.arith import ArithTask, CharTokenizer
 from longseq.power import power_smc, sample
-from longseq.power.evaluate import evaluate_methods
+from longseq.power.demo import evaluate_methods
 from longseq.utils import default_device, synchronize
 
 RESULTS = Path(__file__).parent / "results"

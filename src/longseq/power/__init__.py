@@ -2,19 +2,39 @@
 
 from longseq.power import power_smc
 out = power_smc(model, input_ids, alpha=4.0, n_particles=16, max_new_tokens=256)
+
+from longseq.power import SamplerConfig, evaluate, load_problems
+summary = evaluate(model, tokenizer, load_problems("problems.jsonl"), SamplerConfig("smc"))
 """
 
 from longseq.power import exact
 from longseq.power.baselines import MHOutput, SampleOutput, best_of_n, mh_power_sample, sample
-from longseq.power.smc import PowerSMCOutput, alpha_schedule, power_smc, systematic_resample
+from longseq.power.evaluation import EvalSummary, SamplerConfig, evaluate
+from longseq.power.graders import MissingExtra
+from longseq.power.problems import Problem, build_prompt, load_problems
+from longseq.power.smc import (
+    ContextClampWarning,
+    PowerSMCOutput,
+    alpha_schedule,
+    power_smc,
+    systematic_resample,
+)
 
 __all__ = [
+    "ContextClampWarning",
+    "EvalSummary",
     "MHOutput",
+    "MissingExtra",
     "PowerSMCOutput",
+    "Problem",
     "SampleOutput",
+    "SamplerConfig",
     "alpha_schedule",
     "best_of_n",
+    "build_prompt",
+    "evaluate",
     "exact",
+    "load_problems",
     "mh_power_sample",
     "power_smc",
     "sample",

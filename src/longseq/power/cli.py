@@ -33,7 +33,7 @@ def power_demo(
     """Accuracy and wall time of temperature 1, temperature 1/alpha, best-of-N, MH and
     Power-SMC on held-out 3-term additions, with the shipped model."""
     from longseq.data.arith import ArithTask, CharTokenizer
-    from longseq.power.evaluate import evaluate_methods
+    from longseq.power.demo import evaluate_methods
     from longseq.utils import default_device
 
     if alpha <= 0:
@@ -189,3 +189,145 @@ def power_sample(
                 codec.decode(out.sequences[i, len(ids) :]),
             )
         console.print(table)
+
+
+@app.command("eval")
+def power_eval(
+    data: str = typer.Argument(
+        ...,
+        help="problems: a .jsonl or .parquet file, a datasets folder, or a shipped sample "
+        "(arith, math, gsm8k, gpqa, humaneval)",
+    ),
+    model: str = typer.Option(
+        "power-arith-gpt", help="shipped name, our checkpoint dir, or a transformers model dir"
+    ),
+    method: list[str] = typer.Option(
+        ["smc"], help="temp-1 | temp-alpha | best-of-n | mh | smc (repeatable)"
+    ),
+    kind: str = typer.Option(
+        "auto", help="grader: auto (from the fields) | math | mc | exact | code"
+    ),
+    limit: int = typer.Option(None, min=1, help="evaluate the first N problems only"),
+    split: str = typer.Option(None, help="split of a datasets folder (default: test)"),
+    alpha: float = typer.Option(4.0, help="power exponent (temp-alpha: temperature 1/alpha)"),
+    particles: int = typer.Option(16, min=1, help="SMC particles / best-of-N samples"),
+    block_size: int = typer.Option(64, min=1, help="SMC: ESS check interval (tokens)"),
+    ramp_tokens: int = typer.Option(0, min=0, help="SMC: exponent ramp length (tokens)"),
+    kappa: float = typer.Option(0.5, help="SMC: resample when ESS < kappa * N"),
+    mh_blocks: int = typer.Option(16, min=1, help="MH: blocks the answer is built in"),
+    mh_steps: int = typer.Option(10, min=0, help="MH: steps after each block"),
+    max_new_tokens: int = typer.Option(
+        1024, min=1, help="lowered, with a note, to what the model's context leaves"
+    ),
+    min_new_tokens: int = typer.Option(0, min=0, help="no EOS before this many new tokens"),
+    top_k: int = typer.Option(None, min=1, help="restrict each token to the k most probable"),
+    top_p: float = typer.Option(None, help="restrict each token to the nucleus of mass top_p"),
+    stop: list[str] = typer.Option(None, help="stop string (repeatable)"),
+    max_time: float = typer.Option(None, help="seconds per problem before decoding stops"),
+    chat: bool = typer.Option(
+        None, "--chat/--no-chat", help="use the tokenizer's chat template (default: if it has one)"
+    ),
+    template: str = typer.Option(
+        None,
+        help="prompt as a Python format string with the field problem (and, in chat mode, "
+        "instruction); default: the problem alone",
+    ),
+    instruction: str = typer.Option(None, help="chat instruction (default: one per grader)"),
+    code_timeout: float = typer.Option(10.0, help="seconds per program (code grader)"),
+    out: Path = typer.Option(
+        None, help="results folder, one METHOD.jsonl each (default: power-eval/DATA-MODEL)"
+    ),
+    dtype: str = typer.Option("float32", help="model weights: float32 | bfloat16 | float16"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option(None),
+) -> None:
+    """Accuracy of one or more samplers on reasoning problems, one answer per problem.
+
+    Results are written as they come (OUT/METHOD.jsonl); rerunning the same command
+    skips the problems already done. Prompts go through the tokenizer's chat template
+    when it has one. Example: longseq power eval arith --method temp-1 --method smc
+    --block-size 4 --ramp-tokens 16
+    """
+    import torch
+
+    from longseq.cliutils import make_folder
+    from longseq.power.evaluation import METHODS, SamplerConfig, evaluate, summary_table
+    from longseq.power.graders import MissingExtra, require_math_verify
+    from longseq.power.problems import load_problems
+    from longseq.utils import default_device
+
+    bad = [m for m in method if m not in METHODS]
+    if bad:
+        fail(f"--method must be among {', '.join(METHODS)}; got {', '.join(bad)}")
+    if dtype not in ("float32", "bfloat16", "float16"):
+        fail(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if top_p is not None and not 0 < top_p <= 1:
+        fail(f"--top-p must be in (0, 1], got {top_p}")
+    try:
+        problems = load_problems(data, kind=kind, limit=limit, split=split)
+        if any(p.kind == "math" for p in problems):
+            require_math_verify()
+        configs = [
+            SamplerConfig(
+                method=m,
+                alpha=alpha,
+                n_particles=particles,
+                max_new_tokens=max_new_tokens,
+                block_size=block_size,
+                ramp_tokens=ramp_tokens,
+                kappa=kappa,
+                mh_blocks=mh_blocks,
+                mh_steps=mh_steps,
+                min_new_tokens=min_new_tokens,
+                top_k=top_k,
+                top_p=top_p,
+                stop_strings=list(stop or []),
+                max_time=max_time,
+                seed=seed,
+            )
+            for m in method
+        ]
+        dev = default_device(device)
+        lm_model, codec, _ = hub.load_causal_lm(model, dev)
+        lm_model = lm_model.to(getattr(torch, dtype))
+    except (MissingExtra, hub.CheckpointError, ValueError, TypeError) as e:
+        fail(str(e))
+    stem = Path(data).stem if Path(data).exists() else data
+    folder = out or Path("power-eval") / f"{stem}-{Path(model).name}"
+    make_folder(folder, "--out")
+    kinds = sorted({p.kind for p in problems})
+    console.print(
+        f"[bold]power eval[/]: {len(problems)} problems ({', '.join(kinds)}) from {data}; "
+        f"model {model}, device {dev}; results in {folder}/"
+    )
+    summaries, noted = [], set()
+    for cfg in configs:
+        try:
+            s = evaluate(
+                lm_model,
+                codec,
+                problems,
+                cfg,
+                out=folder / f"{cfg.method}.jsonl",
+                chat=chat,
+                template=template,
+                instruction=instruction,
+                code_timeout=code_timeout,
+                run_info={"model": model, "data": str(data), "dtype": dtype},
+            )
+        except (MissingExtra, ValueError, TypeError) as e:
+            fail(str(e))
+        summaries.append(s)
+        for note in s.notes:
+            if note not in noted:
+                console.print(f"[yellow]note:[/] {note}")
+                noted.add(note)
+    template_used = summaries[0].template
+    console.print(
+        summary_table(summaries, title=f"{data}: one answer per problem ({template_used} prompts)")
+    )
+    write_text(
+        folder / "summary.json",
+        json.dumps([s.to_dict() for s in summaries], indent=2) + "\n",
+        "--out",
+    )

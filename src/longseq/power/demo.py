@@ -1,4 +1,6 @@
-"""Accuracy and wall time of every sampler on held-out problems of the arithmetic task.
+"""Accuracy and wall time of every sampler on held-out problems of the arithmetic task,
+all problems decoded as one batch (for any dataset and model, one problem at a time,
+see :mod:`longseq.power.evaluation`).
 
 Shared by ``longseq power demo`` and ``benchmarks/power_bench.py``.
 """

@@ -56,6 +56,7 @@ class PowerSMCOutput:
     ess_history: list[float] = field(default_factory=list)  # mean ESS/N at each check
     elapsed_s: float = 0.0
     stopped_by_time: bool = False  # max_time ran out: live particles were truncated there
+    sample_index: int | torch.Tensor = 0  # which particle ``sample`` is
     new_tokens_bound: int = 0  # max_new_tokens after fitting the model's context
 
     @property
@@ -486,9 +487,11 @@ def power_smc(
         ess_history=[e for r in rounds for e in r.ess_history],
         elapsed_s=elapsed,
         stopped_by_time=any(r.stopped_by_time for r in rounds),
+        sample_index=pick,
         new_tokens_bound=max_new_tokens,
     )
     if single:
+        out.sample_index = int(pick[0])
         out.sequences, out.log_weights, out.sample = seqs[0], out.log_weights[0], sample[0]
         out.seq_logprobs, out.log_z, out.lengths = seq_logp[0], float(log_z[0]), lengths[0]
     return out
