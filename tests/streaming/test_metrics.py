@@ -130,8 +130,8 @@ def test_appearance_reads_the_drawn_colours(size, seed):
     # no object pixels counted while the object is out of view
     assert (a.object_pixels[clip.visibility(80) == 0] == 0).all()
     bg = np.array(vw.BG_COLORS[clip.attrs["bg_color"]], float)
-    if clip.attrs["pattern"] == "plain":
-        np.testing.assert_allclose(a.background_color, bg[None].repeat(80, 0))
+    if clip.attrs["pattern"] == "plain":  # within half a level (blended pixels at the border)
+        np.testing.assert_allclose(a.background_color, bg[None].repeat(80, 0), atol=0.5)
     else:  # the mean of the two tones, whatever the object hides
         tones = (1 + vw.PATTERN_SHADE) / 2 * bg
         assert np.abs(a.background_color - tones).max() < 0.15 * bg.max()

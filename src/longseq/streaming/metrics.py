@@ -319,8 +319,7 @@ def world_palette(size: int, margin: float = COLOR_MARGIN) -> tuple[np.ndarray, 
     frames = []
     for bg_color, pattern in itertools.product(vw.BG_COLORS, vw.PATTERNS):
         clip = vw.Clip(attrs={"bg_color": bg_color, "pattern": pattern}, seed=0)
-        image = clip.background(size).reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
-        frames.append(np.clip(np.round(image), 0, 255).astype(np.uint8))
+        frames.append(clip.render_background(size))
     backgrounds = appearance(np.stack(frames), margin=margin).background_color
     objects.flags.writeable = backgrounds.flags.writeable = False
     return objects, backgrounds
