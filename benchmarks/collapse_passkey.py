@@ -5,8 +5,9 @@ The model (default: the shipped ``collapse-passkey-mamba2``, trained on passkey 
 of its training length T) is asked for the key in the paper's prompt format at lengths
 T, 2T, ... and needle depths 0 ... 1, without a mitigation and with each of the three
 training-free ones: forget-more with the paper's values (and with its decay scale
-alone, B unscaled), state normalization with each layer's bound calibrated on 32
-passkey prompts of length T (other keys than the test prompts'), and the sliding window r = T.
+alone, B unscaled), state normalization with each head's bound calibrated on 32
+passkey prompts of length T (other keys than the test prompts'), and the sliding window
+r = T; and the Delta-t baseline (dt scaled by T / prompt length, LongMamba-style).
 
     python benchmarks/collapse_passkey.py [--model NAME_OR_DIR] [--factors 1 2 4 8 16]
 """
@@ -34,10 +35,12 @@ def main() -> None:
     ap.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     ap.add_argument("--trials", type=int, default=4, help="prompts per (length, depth)")
     ap.add_argument(
-        "--mitigations", nargs="+", default=["none", "forget", "forget:0.9999,1", "norm", "window"]
+        "--mitigations",
+        nargs="+",
+        default=["none", "forget", "forget:0.9999,1", "norm", "window", "dt"],
     )
     ap.add_argument("--calibration", type=int, default=32, help="prompts to set norm bounds")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, _, extra = hub.load_mamba2(args.model)
@@ -47,9 +50,18 @@ def main() -> None:
 
     results, seconds = {}, {}
     for spec in args.mitigations:
-        apply_named_mitigation(model, spec, t, calibration_ids=calib)
+        on_length = None
+        if spec == "dt":  # scaled for each prompt length
+
+            def on_length(n: int) -> None:
+                apply_named_mitigation(model, "dt", t, read_length=n)
+
+        else:
+            apply_named_mitigation(model, spec, t, calibration_ids=calib)
         t0 = time.time()
-        results[spec] = passkey_accuracy(model, lengths, args.depths, args.trials, seed=0)
+        results[spec] = passkey_accuracy(
+            model, lengths, args.depths, args.trials, seed=0, on_length=on_length
+        )
         seconds[spec] = round(time.time() - t0, 1)
         accs = results[spec].mean_by_length()
         means = ", ".join(f"{n}: {a:.2f}" for n, a in zip(lengths, accs, strict=True))
@@ -61,6 +73,7 @@ def main() -> None:
         "train_length": t,
         "trials": args.trials,
         "seconds": seconds,
+        "threads": torch.get_num_threads(),
         "results": {k: r.to_dict() for k, r in results.items()},
     }
     (RESULTS / "passkey.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -71,13 +84,15 @@ def main() -> None:
         "",
         f"Model `{args.model}`, trained at T = {t} bytes. Accuracy over {n_prompts} prompts "
         f"per length ({len(args.depths)} needle depths x {args.trials}), greedy decoding. "
+        f"Seconds on {torch.get_num_threads()} CPU thread(s). "
         "Written by `benchmarks/collapse_passkey.py`.",
         "",
-        "| mitigation | " + " | ".join(f"{n} ({n // t}T)" for n in lengths) + " |",
-        "|---|" + "---|" * len(lengths),
+        "| mitigation | " + " | ".join(f"{n} ({n // t}T)" for n in lengths) + " | seconds |",
+        "|---|" + "---|" * (len(lengths) + 1),
     ]
     for spec, r in results.items():
-        lines.append(f"| {spec} | " + " | ".join(f"{a:.0%}" for a in r.mean_by_length()) + " |")
+        accs = " | ".join(f"{a:.0%}" for a in r.mean_by_length())
+        lines.append(f"| {spec} | {accs} | {seconds[spec]:.0f} |")
     (RESULTS / "passkey.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
