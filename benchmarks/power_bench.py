@@ -17,16 +17,28 @@ full cache copy. On CUDA the model has ~110M parameters and 512 new tokens (the
 issue's setting); on CPU a ~12M-parameter model and 128 new tokens are used so the
 run fits a laptop, and the report says which.
 
+Part 4 (large vocabulary): a random `transformers` Llama with a 151,936-token
+vocabulary (Qwen's) and a small body, on CPU with one thread, fp32 and bf16 weights.
+Power-SMC against plain sampling of the same N rows: :func:`sample` (the same
+decoding loop without weights), a minimal loop (forward, softmax, multinomial) and
+`transformers`' ``generate``. Wall time (methods interleaved in one process, median
+of three) and peak memory above the loaded model (a fresh process per method, peak
+resident memory read from /proc, so Linux only).
+
     python benchmarks/power_bench.py             # everything
     python benchmarks/power_bench.py --skip-llama --problems 64
+    python benchmarks/power_bench.py --only vocab  # one part; the others are kept from the JSON
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -276,6 +288,139 @@ def llama_part(args, device) -> dict:
     }
 
 
+VOCAB = 151_936
+
+
+def _vocab_model(dtype: torch.dtype):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+@torch.no_grad()
+def _plain_loop(model, prompt, n, new_tokens, temperature, seed):
+    """Plain batched sampling: forward, softmax, multinomial (the usual loop)."""
+    from longseq import lm
+
+    g = torch.Generator().manual_seed(seed)
+    logits, cache = lm.forward(model, prompt[None].expand(n, -1))
+    for _ in range(new_tokens):
+        probs = torch.softmax(logits / temperature, dim=-1)
+        tok = torch.multinomial(probs, 1, generator=g)
+        logits, cache = lm.forward(model, tok, cache)
+
+
+def _vocab_runner(method: str, model, n: int, new_tokens: int, alpha: float):
+    prompt = torch.randint(0, VOCAB, (16,), generator=torch.Generator().manual_seed(0))
+    if method == "smc":
+        kw = dict(alpha=alpha, n_particles=n, max_new_tokens=new_tokens, block_size=8, seed=0)
+        return lambda: power_smc(model, prompt, **kw)
+    if method == "sample":  # the same decoding loop, no weights, no resampling
+        return lambda: sample(model, prompt, n=n, temperature=1 / alpha, max_new_tokens=new_tokens)
+    if method == "plain":
+        return lambda: _plain_loop(model, prompt, n, new_tokens, 1 / alpha, 0)
+    return lambda: model.generate(
+        prompt[None],
+        do_sample=True,
+        temperature=1 / alpha,
+        top_k=0,
+        top_p=1.0,
+        num_return_sequences=n,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=0,
+    )
+
+
+VOCAB_METHODS = ("smc", "sample", "plain", "generate")
+
+
+def vocab_child(mode: str, dtype_name: str, n: int, new_tokens: int, alpha: float) -> dict:
+    """Run in a fresh process. ``mode`` "time": every method, interleaved, median of
+    three; else the peak memory of the method named ``mode`` (one run after a warm-up)."""
+    torch.set_num_threads(1)
+    model = _vocab_model(getattr(torch, dtype_name))
+    if mode == "time":
+        runs = {m: _vocab_runner(m, model, n, new_tokens, alpha) for m in VOCAB_METHODS}
+        times: dict[str, list[float]] = {m: [] for m in VOCAB_METHODS}
+        for fn in runs.values():
+            fn()  # warm-up
+        for _ in range(3):
+            for m, fn in runs.items():
+                t0 = time.perf_counter()
+                fn()
+                times[m].append(time.perf_counter() - t0)
+        return {m: statistics.median(t) for m, t in times.items()}
+    run = _vocab_runner(mode, model, n, new_tokens, alpha)
+    run()  # warm-up
+    base = _rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    run()
+    return {"peak_above_model_MiB": (_rss_kib("VmHWM") - base) / 1024}
+
+
+def vocab_part(args) -> dict:
+    """Large-vocabulary speed (one process per dtype, methods interleaved) and peak
+    memory (one fresh process per method and dtype)."""
+    env = {
+        **os.environ,
+        "MALLOC_MMAP_THRESHOLD_": "131072",  # big buffers go back to the OS when freed
+        "MALLOC_TRIM_THRESHOLD_": "131072",
+        "OMP_NUM_THREADS": "1",
+    }
+    n, new_tokens = args.vocab_particles, args.vocab_new_tokens
+
+    def child(mode, dtype):
+        cmd = [sys.executable, __file__, "--vocab-child", mode, dtype, "--alpha", str(args.alpha)]
+        cmd += ["--vocab-particles", str(n), "--vocab-new-tokens", str(new_tokens)]
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        print(dtype, mode, res, flush=True)
+        return res
+
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        secs = child("time", dtype)
+        peak = {m: child(m, dtype)["peak_above_model_MiB"] for m in VOCAB_METHODS}
+        row = {"dtype": dtype, "n_particles": n, "new_tokens": new_tokens}
+        row.update({f"{m}_s": secs[m] for m in VOCAB_METHODS})
+        row.update({f"{m}_peak_MiB": peak[m] for m in VOCAB_METHODS})
+        for m in ("sample", "plain", "generate"):
+            row[f"smc_over_{m}_time"] = secs["smc"] / secs[m]
+            row[f"smc_over_{m}_peak"] = peak["smc"] / peak[m]
+        rows.append(row)
+    params = sum(p.numel() for p in _vocab_model(torch.float32).parameters())
+    one_buffer = n * VOCAB * 4 / 2**20
+    return {
+        "model": f"random LlamaForCausalLM, vocabulary {VOCAB:,}, {params / 1e6:.1f}M parameters "
+        "(2 layers, hidden 64)",
+        "device": f"CPU ({platform.processor() or platform.machine()}, 1 thread)",
+        "alpha": args.alpha,
+        "prompt_len": 16,
+        "block_size": 8,
+        "one_fp32_NxV_buffer_MiB": one_buffer,
+        "rows": rows,
+    }
+
+
 def to_markdown(res: dict) -> str:
     lines = [
         f"# Power-SMC benchmark\n\nDevice: {res['device']}. Written by "
@@ -335,6 +480,34 @@ def to_markdown(res: dict) -> str:
             if "peak_mem_inplace_MiB" in r:
                 line += f" {r['peak_mem_inplace_MiB']:.0f} / {r['peak_mem_copy_MiB']:.0f} |"
             lines.append(line)
+    vp = res.get("vocab")
+    if vp:
+        lines += [
+            f"\n## Large vocabulary: {vp['model']}, {vp['device']}\n",
+            f"N={vp['rows'][0]['n_particles']} particles, {vp['rows'][0]['new_tokens']} new "
+            f"tokens after a {vp['prompt_len']}-token prompt, alpha={vp['alpha']}, block "
+            f"{vp['block_size']}. Peak memory is the resident memory above the loaded model "
+            f"during the run; one float32 (N, V) buffer is {vp['one_fp32_NxV_buffer_MiB']:.1f} MiB.\n",
+            "| weights | method | s | peak MiB above the model | SMC / it, time | SMC / it, peak |",
+            "|---|---|---|---|---|---|",
+        ]
+        names = {
+            "smc": "Power-SMC",
+            "sample": "`sample` (same loop, no weights)",
+            "plain": "plain loop (softmax + multinomial)",
+            "generate": "`transformers` generate",
+        }
+        for r in vp["rows"]:
+            for m, name in names.items():
+                ratio = (
+                    f"{r[f'smc_over_{m}_time']:.2f} | {r[f'smc_over_{m}_peak']:.2f}"
+                    if m != "smc"
+                    else "- | -"
+                )
+                lines.append(
+                    f"| {r['dtype']} | {name} | {r[f'{m}_s']:.2f} | {r[f'{m}_peak_MiB']:.0f} "
+                    f"| {ratio} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -356,7 +529,21 @@ def main() -> None:
     ap.add_argument("--exact-seeds", type=int, default=8)
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=str(RESULTS / "power"))
+    ap.add_argument("--only", choices=("accuracy", "exactness", "llama", "vocab"), default=None)
+    ap.add_argument("--skip-vocab", action="store_true")
+    ap.add_argument("--vocab-particles", type=int, default=32)
+    ap.add_argument("--vocab-new-tokens", type=int, default=32)
+    ap.add_argument("--vocab-child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.vocab_child:
+        res = vocab_child(
+            *args.vocab_child, args.vocab_particles, args.vocab_new_tokens, args.alpha
+        )
+        print(json.dumps(res))
+        return
+    if args.only:
+        for part in ("accuracy", "exactness", "llama", "vocab"):
+            setattr(args, f"skip_{part}", part != args.only)
     device = default_device(args.device)
     desc = (
         torch.cuda.get_device_name(device)
@@ -364,7 +551,10 @@ def main() -> None:
         else f"CPU ({platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads)"
     )
+    out = Path(args.out)
     res = {"device": desc, "torch": torch.__version__}
+    if args.only and out.with_suffix(".json").exists():  # keep the other parts
+        res = json.loads(out.with_suffix(".json").read_text())
     if not args.skip_accuracy:
         res["accuracy"] = accuracy_part(args, device)
     if not args.skip_exactness:
@@ -372,7 +562,8 @@ def main() -> None:
         plot_exactness(res["exactness"], Path(args.out).parent / "power_tv.png")
     if not args.skip_llama:
         res["llama"] = llama_part(args, device)
-    out = Path(args.out)
+    if not args.skip_vocab:
+        res["vocab"] = vocab_part(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(to_markdown(res))

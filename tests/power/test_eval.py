@@ -214,7 +214,7 @@ def test_every_method_evaluates(arith_model, method):
 def test_cli_eval_on_the_shipped_model(tmp_path):
     args = ["power", "eval", "arith", "--limit", "3", "--method", "temp-1", "--method", "smc"]
     args += ["--block-size", "4", "--ramp-tokens", "16", "--out", str(tmp_path)]
-    res = runner.invoke(app, args)
+    res = runner.invoke(app, args, env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "accuracy" in res.output and "note" in res.output  # 1024 tokens do not fit
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -313,3 +313,13 @@ def test_stop_strings_in_evaluation():
     cfg = SamplerConfig("smc", n_particles=2, max_new_tokens=40, stop_strings=["\nQuestion:"])
     s = evaluate(model, tok, [p], cfg, chat=False, progress=False)
     assert s.accuracy == 1.0 and s.new_tokens == len("4\nQuestion:")
+
+
+def test_each_problem_has_its_own_random_stream(arith_model, tmp_path):
+    """One seed for every problem would give every problem the same first draw (all
+    shortcut guesses, or all worked answers); the model takes the worked path ~35%."""
+    model, codec = arith_model
+    out = tmp_path / "t.jsonl"
+    evaluate(model, codec, load_problems("arith", limit=40), SamplerConfig("temp-1"), out=out)
+    first = {json.loads(x)["completion"][0] for x in out.read_text().splitlines()[1:]}
+    assert first == {"S", "G"}

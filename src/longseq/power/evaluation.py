@@ -14,6 +14,7 @@ tokens and the wall time per problem.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -22,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from rich import get_console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -90,6 +92,7 @@ class EvalSummary:
     new_tokens: float  # mean generated tokens of the answer
     decoded_tokens: float  # mean tokens decoded per problem (all particles / proposals)
     seconds: float  # mean wall time per problem (sampling)
+    cpu_seconds: float  # mean CPU time of this process per problem (robust to a busy machine)
     template: str  # chat or plain
     out: str | None = None
     notes: list[str] = field(default_factory=list)
@@ -131,13 +134,22 @@ def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode(ids)
 
 
-def run_sampler(model, ids: list[int], cfg: SamplerConfig, eos: list[int], tokenizer) -> dict:
+def problem_seed(seed: int, problem_id: str) -> int:
+    """Each problem's own random stream, fixed by the run's seed and the problem id (one
+    seed for all problems would make every problem take the same first draws)."""
+    digest = hashlib.sha256(f"{seed}/{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def run_sampler(
+    model, ids: list[int], cfg: SamplerConfig, eos: list[int], tokenizer, seed: int
+) -> dict:
     """One answer for one prompt: generated ids, decoded-token count, time, flags."""
     x = torch.tensor(ids, dtype=torch.long)
     kw = dict(
         max_new_tokens=cfg.max_new_tokens,
         eos_token_id=eos or None,
-        seed=cfg.seed,
+        seed=seed,
         min_new_tokens=cfg.min_new_tokens,
         top_k=cfg.top_k,
         top_p=cfg.top_p,
@@ -145,7 +157,7 @@ def run_sampler(model, ids: list[int], cfg: SamplerConfig, eos: list[int], token
         tokenizer=tokenizer if cfg.stop_strings else None,
         max_time=cfg.max_time,
     )
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     if cfg.method in ("temp-1", "temp-alpha"):
         temp = 1.0 if cfg.method == "temp-1" else 1.0 / cfg.alpha
         out = sample(model, x, n=1, temperature=temp, **kw)
@@ -180,6 +192,7 @@ def run_sampler(model, ids: list[int], cfg: SamplerConfig, eos: list[int], token
         "new_tokens": length,
         "decoded_tokens": int(decoded),
         "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
         "stopped_by_time": bool(getattr(out, "stopped_by_time", False)),
     }
 
@@ -275,14 +288,14 @@ def evaluate(
         TextColumn("{task.fields[acc]}"),
         TimeElapsedColumn(),
         transient=True,
-        disable=not progress,
+        disable=not progress or not (get_console().is_terminal or get_console().is_jupyter),
     ) as bar:
         task = bar.add_task(cfg.method, total=len(problems), completed=len(records), acc="")
         for p in todo:
             ids, _, _ = build_prompt(p, tokenizer, use_chat, template, instruction)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", ContextClampWarning)
-                res = run_sampler(model, ids, cfg, eos, tokenizer)
+                res = run_sampler(model, ids, cfg, eos, tokenizer, problem_seed(cfg.seed, p.id))
             for w in caught:
                 if issubclass(w.category, ContextClampWarning):
                     ctx = lm.context_length(model)
@@ -321,6 +334,7 @@ def evaluate(
         new_tokens=mean("new_tokens"),
         decoded_tokens=mean("decoded_tokens"),
         seconds=mean("seconds"),
+        cpu_seconds=mean("cpu_seconds"),
         template=mode,
         out=str(path) if path is not None else None,
         notes=sorted(notes),
@@ -330,7 +344,7 @@ def evaluate(
 def summary_table(summaries: list[EvalSummary], title: str = "evaluation") -> Table:
     """A rich table, one row per sampler; values fold rather than being cut."""
     table = Table(title=title)
-    right = ("accuracy", "95% CI", "n", "tokens", "decoded", "s/problem")
+    right = ("accuracy", "95% CI", "n", "tokens", "decoded", "s/problem", "CPU s")
     for col in ("method", "settings", *right):
         table.add_column(col, justify="right" if col in right else "left", overflow="fold")
     for s in summaries:
@@ -343,5 +357,6 @@ def summary_table(summaries: list[EvalSummary], title: str = "evaluation") -> Ta
             f"{s.new_tokens:.1f}",
             f"{s.decoded_tokens:.0f}",
             f"{s.seconds:.3f}",
+            f"{s.cpu_seconds:.3f}",
         )
     return table

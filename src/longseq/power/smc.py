@@ -17,6 +17,12 @@ Resampling is copy-on-write: a particle that survives keeps its cache row; only
 the rows of particles that died are overwritten, in place, by copies of
 duplicated survivors. Particles are exchangeable, so which slot holds which copy
 does not change the result.
+
+Proposal and stopping controls (:class:`Controls`) restrict the support of every
+token (top-k, top-p, EOS before ``min_new_tokens``): the proposal is p^b on the
+support and the token weight uses the Renyi term over the support, so the target is
+p^alpha restricted to sequences that stay in it, exactly. Stop strings end a
+particle like EOS; ``max_time`` truncates every live particle at the deadline.
 """
 
 from __future__ import annotations
