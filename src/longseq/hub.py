@@ -45,6 +45,7 @@ def _architectures() -> dict[str, Any]:
     from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
     from longseq.models.gpt import GPT, GPTConfig
     from longseq.models.lras import LRAS, LRASConfig
+    from longseq.models.match_mixture import MatchMixture, MatchMixtureConfig
     from longseq.models.video_unet import VideoUNet, VideoUNetConfig
     from longseq.models.vim import Vim, VimConfig
     from longseq.models.vit import ViT, ViTConfig
@@ -53,6 +54,7 @@ def _architectures() -> dict[str, Any]:
         "frame_encoder": (FrameEncoder, FrameEncoderConfig),
         "gpt": (GPT, GPTConfig),
         "lras": (LRAS, LRASConfig),
+        "match_mixture": (MatchMixture, MatchMixtureConfig),
         "video_unet": (VideoUNet, VideoUNetConfig),
         "vim": (Vim, VimConfig),
         "vit": (ViT, ViTConfig),

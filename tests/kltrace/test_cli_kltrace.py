@@ -7,11 +7,12 @@ from typer.testing import CliRunner
 from longseq import hub
 from longseq.cli import app
 from longseq.data.flowworld import sample_world
+from longseq.kltrace import DEFAULT_MODEL
 from longseq.media import write_image
 
 runner = CliRunner()
 needs_model = pytest.mark.skipif(
-    "kltrace-lras" not in hub.registry(), reason="kltrace-lras checkpoint not shipped"
+    DEFAULT_MODEL not in hub.registry(), reason=f"{DEFAULT_MODEL} checkpoint not shipped"
 )
 
 

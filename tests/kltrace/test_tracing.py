@@ -20,28 +20,31 @@ from longseq.models.lras import LRAS, LRASConfig, PatchQuantizer
 
 
 class ShiftOracle:
-    """A stand-in frame-pair model that knows the motion: frame 1 is frame 0 shifted by
-    (dx, dy) whole patches, so its prediction at slot s is frame 0's code at s - shift."""
+    """A user's frame-pair model that knows the motion, plugged in through the protocol
+    alone (no longseq base class): frame 1 is frame 0 shifted by (dx, dy) whole patches,
+    so its prediction at slot s is frame 0's code at s - shift."""
 
     def __init__(self, shift=(1, 0), image_size=32, patch=4, codebook=64):
-        self.config = LRASConfig(image_size=image_size, patch=patch, codebook_size=codebook)
-        self.quantizer = PatchQuantizer(codebook, patch)
+        self.image_size, self.patch, self.shift = image_size, patch, shift
+        self._quantizer = PatchQuantizer(codebook, patch)
         g = torch.Generator().manual_seed(0)
-        self.quantizer.codebook.copy_(torch.rand(codebook, patch * patch * 3, generator=g))
-        self.quantizer.codebook[0] = 1.0  # a white patch, what the bump turns into
-        self.shift = shift
+        self.codebook = torch.rand(codebook, patch * patch * 3, generator=g)
+        self.codebook[0] = 1.0  # a white patch, what the bump turns into
+        self._quantizer.codebook.copy_(self.codebook)
 
-    def predict(self, f0, rev_slots, revealed, query_slots):
-        grid = self.config.grid
-        f0 = self.quantizer.assign(f0)
-        qy, qx = query_slots // grid, query_slots % grid
+    def frame1_logprobs(self, frame0, frame1, revealed):
+        grid = self.image_size // self.patch
+        f0 = self._quantizer.encode(frame0)
+        slots = torch.arange(grid * grid).expand(frame0.shape[0], -1)
+        qy, qx = slots // grid, slots % grid
         sy, sx = qy - self.shift[1], qx - self.shift[0]
         inside = (sx >= 0) & (sx < grid) & (sy >= 0) & (sy < grid)
         src = (sy.clamp(0, grid - 1) * grid + sx.clamp(0, grid - 1)).long()
         code = f0.gather(1, src)
-        logits = torch.zeros(*query_slots.shape, self.config.codebook_size)
+        logits = torch.zeros(*slots.shape, len(self.codebook))
         logits.scatter_(2, code[..., None], 8.0)
-        return torch.where(inside[..., None], logits, torch.zeros_like(logits))
+        logits = torch.where(inside[..., None], logits, torch.zeros_like(logits))
+        return logits.log_softmax(-1)
 
 
 def _textured(size=32, seed=0):

@@ -290,18 +290,28 @@ def crop_resize(frames: np.ndarray, box: tuple[float, float, float], out: int) -
 
 
 def training_pairs(
-    n: int, seed: int, image_size: int = 32, render_size: int = 64, split: str = "train"
+    n: int,
+    seed: int,
+    image_size: int = 32,
+    render_size: int = 64,
+    split: str = "train",
+    max_gap: int = 2,
 ) -> np.ndarray:
     """``n`` frame pairs (n, 2, image_size, image_size, 3) uint8 for the video model.
 
     Each clip is rendered at ``render_size``; a random square window (side between
-    ``image_size`` and ``render_size``) of frames (0, t), t in {1, 2}, is resized to
-    ``image_size``: the model sees the zoom levels that KL-tracing queries it at."""
+    ``image_size`` and ``render_size``) of frames (0, t), t in {1, ..., max_gap}, is
+    resized to ``image_size``: the model sees the zoom levels that KL-tracing queries
+    it at."""
+    if max_gap < 1:
+        raise ValueError(f"max_gap must be >= 1, got {max_gap}")
     rng = np.random.default_rng([SPLIT_SEEDS[split], 7, seed])
     out = np.zeros((n, 2, image_size, image_size, 3), dtype=np.uint8)
     for i in range(n):
-        world = sample_world(int(rng.integers(2**31)), render_size, n_frames=3, split=split)
-        t = int(rng.integers(1, 3))
+        world = sample_world(
+            int(rng.integers(2**31)), render_size, n_frames=max_gap + 1, split=split
+        )
+        t = int(rng.integers(1, max_gap + 1))
         frames = np.stack([world.render_frame(0), world.render_frame(t)])
         side = int(rng.integers(image_size, render_size + 1))
         x0, y0 = rng.integers(0, render_size - side + 1, 2)

@@ -19,6 +19,7 @@ from longseq.cliutils import (
     make_folder,
     write_text,
 )
+from longseq.kltrace.tracing import DEFAULT_MODEL
 
 app = App(
     help="KL-tracing: zero-shot optical flow from an autoregressive video model.",
@@ -76,9 +77,13 @@ def kltrace_flow(
     frame1: Path = typer.Argument(..., help="second frame, same size"),
     points: str = typer.Option(None, help="'x,y;x,y' query points in pixels (default: a grid)"),
     grid: int = typer.Option(8, min=2, help="grid spacing in pixels when --points is not given"),
-    model: str = typer.Option("kltrace-lras", help="shipped checkpoint name or directory"),
-    masks: int = typer.Option(None, min=1, help="reveal masks averaged over (default 5)"),
-    scales: str = typer.Option(None, help="zoom windows, e.g. 1,0.75,0.5 (fractions of the frame)"),
+    model: str = typer.Option(DEFAULT_MODEL, help="shipped checkpoint name or directory"),
+    masks: int = typer.Option(
+        None, min=1, help="reveal masks averaged over (default: the model's)"
+    ),
+    scales: str = typer.Option(
+        None, help="zoom windows, e.g. 1,0.75,0.5 (fractions of the frame; default: the model's)"
+    ),
     out: Path = typer.Option(Path("kltrace-flow"), help="output folder (PNG + JSON)"),
     device: str = typer.Option(None),
 ) -> None:
@@ -100,7 +105,7 @@ def kltrace_flow(
     h, w = f0.shape[:2]
     pts = np.array(_parse_points(points) if points else _grid_points(h, w, grid), dtype=np.float32)
     try:
-        n_jobs = len(pts) * jobs_per_point((h, w), cfg, net.config.image_size)
+        n_jobs = len(pts) * jobs_per_point((h, w), cfg, net.image_size)
         with progress_bar("KL-tracing", n_jobs) as advance:
             res = trace_points(net, f0, f1, pts, cfg, keep_maps=True, progress=advance)
     except ValueError as e:
@@ -163,9 +168,9 @@ def _metrics_table(results: dict, title: str) -> Table:
 def kltrace_bench(
     clips: int = typer.Option(8, min=1, help="held-out test clips"),
     points: int = typer.Option(16, min=1, help="query points per clip"),
-    frames: int = typer.Option(3, min=2, help="frames per clip"),
+    frames: int = typer.Option(2, min=2, help="frames per clip (queries at frame 0)"),
     size: int = typer.Option(64, min=32, help="frame size in pixels"),
-    model: str = typer.Option("kltrace-lras"),
+    model: str = typer.Option(DEFAULT_MODEL, help="shipped checkpoint name or directory"),
     masks: int = typer.Option(None, min=1),
     scales: str = typer.Option(None),
     json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON here"),
@@ -189,7 +194,7 @@ def kltrace_bench(
 
 @app.command("demo")
 def kltrace_demo(
-    model: str = typer.Option("kltrace-lras"),
+    model: str = typer.Option(DEFAULT_MODEL, help="shipped checkpoint name or directory"),
     out: Path = typer.Option(Path("kltrace-demo")),
     seed: int = typer.Option(0),
     device: str = typer.Option(None),
@@ -209,7 +214,7 @@ def kltrace_demo(
     video = world.render()
     pts = np.array(_grid_points(64, 64, 8), dtype=np.float32)
     gt, gt_occ = world.track(pts)
-    n_jobs = len(pts) * jobs_per_point((64, 64), cfg, net.config.image_size)
+    n_jobs = len(pts) * jobs_per_point((64, 64), cfg, net.image_size)
     with progress_bar("KL-tracing", n_jobs) as advance:
         res = trace_points(net, video[0], video[1], pts, cfg, keep_maps=True, progress=advance)
     dis = track_with_flow(FLOW_METHODS["dis"], video[0], video[1], pts)

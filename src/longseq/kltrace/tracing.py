@@ -21,15 +21,59 @@ share; all run batched, ``batch_size`` jobs per forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from longseq.data.flowworld import crop_resize
-from longseq.models.lras import LRAS
 
 PROBES = ("kl", "rgb")
+
+
+@runtime_checkable
+class FramePairModel(Protocol):
+    """What KL-tracing needs of a generative video model: the predicted distribution of
+    every patch of frame 1 given frame 0, some revealed patches of frame 1, and nothing
+    else. Any model with these members can be traced (``LRAS`` and ``MatchMixture`` are
+    two; a user's model plugs in the same way).
+
+    * ``image_size``: the square input side in pixels (zoom windows are resized to it);
+    * ``patch``: the side of a patch slot; slots tile the input row by row;
+    * ``codebook``: (K, patch * patch * 3) pixels in [0, 1] of each code, in (y, x, rgb)
+      order (the RGB-difference probe reads the expected pixels through it);
+    * ``frame1_logprobs(frame0, frame1, revealed)``: frames (B, H, W, 3) float in
+      [0, 255], ``revealed`` (B, n_slots) bool with the same count in every row;
+      returns log-probabilities (B, n_slots, K) of each frame-1 patch's code given
+      frame 0 and the revealed frame-1 patches (rows of revealed slots are ignored).
+    """
+
+    image_size: int
+    patch: int
+    codebook: torch.Tensor
+
+    def frame1_logprobs(
+        self, frame0: torch.Tensor, frame1: torch.Tensor, revealed: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
+def check_model(model: object) -> FramePairModel:
+    """``model`` if it implements :class:`FramePairModel`, else a ``TypeError`` naming what
+    is missing."""
+    missing = [
+        name
+        for name in ("image_size", "patch", "codebook", "frame1_logprobs")
+        if not hasattr(model, name)
+    ]
+    if missing:
+        raise TypeError(
+            f"{type(model).__name__} is not a frame-pair model for KL-tracing: it lacks "
+            f"{', '.join(missing)} (see longseq.kltrace.FramePairModel)"
+        )
+    if model.image_size % model.patch:
+        raise TypeError(f"image_size {model.image_size} is not a multiple of patch {model.patch}")
+    return model  # type: ignore[return-value]
 
 
 @dataclass
@@ -70,22 +114,27 @@ class TraceResult:
     sequences_per_point: float = 0.0  # model input rows run per query point
 
 
+DEFAULT_MODEL = "kltrace-match"
+
+
 def load_tracer(
-    name_or_path: str = "kltrace-lras", device: str | torch.device = "cpu"
-) -> tuple[LRAS, TraceConfig]:
+    name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu"
+) -> tuple[FramePairModel, TraceConfig]:
     """A frame-pair model and its :class:`TraceConfig` (occlusion thresholds calibrated
-    for it, when its checkpoint records them)."""
+    for it, and any other settings its checkpoint records)."""
     from longseq import hub
 
     model, info = hub.load(name_or_path, device)
-    if not isinstance(model, LRAS):
+    if not isinstance(model, FramePairModel):
         raise hub.CheckpointError(
-            f"checkpoint {info.name!r} is a {type(model).__name__}, not a frame-pair (LRAS) model"
+            f"checkpoint {info.name!r} is a {type(model).__name__}, not a frame-pair model"
         )
     saved = info.extra.get("kltrace", {})
     cfg = TraceConfig()
     if "thresholds" in saved:
         cfg.thresholds = {**cfg.thresholds, **saved["thresholds"]}
+    for key, value in saved.get("config", {}).items():
+        setattr(cfg, key, tuple(value) if key == "scales" else value)
     return model, cfg
 
 
@@ -134,38 +183,33 @@ def _check_frames(frame0: np.ndarray, frame1: np.ndarray) -> None:
 
 @torch.no_grad()
 def _responses(
-    model: LRAS,
+    model: FramePairModel,
     clean: torch.Tensor,
-    masks: torch.Tensor,
+    revealed: torch.Tensor,
     perturbed: torch.Tensor,
     index: torch.Tensor,
-    n_reveal: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KL and RGB-difference maps (J, S) over slots (NaN where revealed) for J perturbed
     frame-0 inputs ``perturbed`` (J, H, W, 3). ``clean`` (U, 2, H, W, 3) holds the distinct
-    clean frame pairs with their reveal orders ``masks`` (U, S); job j uses row ``index[j]``,
-    so a clean pass shared by several points runs once. One batched forward of U + J rows."""
-    q = model.quantizer
-    dev = q.codebook.device
+    clean frame pairs with their reveal masks ``revealed`` (U, S) bool; job j uses row
+    ``index[j]``, so a clean pass shared by several points runs once. One batched call of
+    U + J rows."""
+    codebook = model.codebook
+    dev = codebook.device
     u = clean.shape[0]
-    frame0 = q.patchify(torch.cat([clean[:, 0], perturbed]).to(dev))
-    f1 = q.patchify(clean[:, 1].to(dev))
-    masks, index = masks.to(dev), index.to(dev)
+    index = index.to(dev)
     rows = torch.cat([torch.arange(u, device=dev), index])  # clean row of every sequence
-    rev, qry = masks[rows, :n_reveal], masks[rows, n_reveal:]
-    revealed = f1[rows].gather(1, rev[..., None].expand(-1, -1, f1.shape[-1]))
-    logits = model.predict(frame0, rev, revealed, qry)
-    logp = logits.float().log_softmax(-1)
+    frame0 = torch.cat([clean[:, 0], perturbed]).to(dev)
+    mask = revealed.to(dev)[rows]
+    logp = model.frame1_logprobs(frame0, clean[:, 1].to(dev)[rows], mask).float()
     logp_c, logp_p = logp[:u][index], logp[u:]
-    kl = (logp_c.exp() * (logp_c - logp_p)).sum(-1)  # (J, Q)
-    mean_c = logp_c.exp() @ q.codebook  # expected patch pixels, (J, Q, p*p*3) in [0, 1]
-    mean_p = logp_p.exp() @ q.codebook
+    kl = (logp_c.exp() * (logp_c - logp_p)).sum(-1)  # (J, S)
+    mean_c = logp_c.exp() @ codebook.float()  # expected patch pixels, (J, S, p*p*3) in [0, 1]
+    mean_p = logp_p.exp() @ codebook.float()
     rgb = (mean_c - mean_p).abs().mul(255.0).mean(-1)  # mean |delta| per pixel of the patch
-    j, s = perturbed.shape[0], masks.shape[1]
-    qj = qry[u:]
-    out_kl = torch.full((j, s), float("nan"), device=dev).scatter(1, qj, kl.clamp(min=0))
-    out_rgb = torch.full((j, s), float("nan"), device=dev).scatter(1, qj, rgb)
-    return out_kl, out_rgb
+    hidden = ~mask[u:]
+    nan = torch.tensor(float("nan"), device=dev)
+    return torch.where(hidden, kl.clamp(min=0), nan), torch.where(hidden, rgb, nan)
 
 
 def _refine_peak(m: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
@@ -183,7 +227,7 @@ def _refine_peak(m: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
 
 
 def trace_points(
-    model: LRAS,
+    model: FramePairModel,
     frame0: np.ndarray,
     frame1: np.ndarray,
     points_xy: np.ndarray,
@@ -196,6 +240,7 @@ def trace_points(
     resized to the model's input. Returns KL-tracing and RGB-difference estimates."""
     cfg = config or TraceConfig()
     cfg.validate()
+    check_model(model)
     _check_frames(frame0, frame1)
     pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     h, w = frame0.shape[:2]
@@ -204,8 +249,8 @@ def trace_points(
     bad = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
     if bad.any():
         raise ValueError(f"query points outside the {w}x{h} frame: {pts[bad][:3].tolist()}")
-    mc = model.config
-    size, n_slots, grid = mc.image_size, mc.n_slots, mc.grid
+    size, grid = model.image_size, model.image_size // model.patch
+    n_slots = grid * grid
     sides = _window_sides((h, w), cfg.scales, size)
     n_reveal = max(1, int(round(cfg.reveal * n_slots))) if cfg.reveal > 0 else 0
     g = torch.Generator().manual_seed(cfg.seed)
@@ -214,7 +259,9 @@ def trace_points(
     jobs = [(i, side, k) for i in range(len(pts)) for side in sides for k in range(cfg.n_masks)]
     sums = {p: np.zeros((len(pts), h, w)) for p in PROBES}
     counts = np.zeros((len(pts), h, w))
-    masks = torch.stack([torch.randperm(n_slots, generator=g) for _ in range(cfg.n_masks)])
+    orders = torch.stack([torch.randperm(n_slots, generator=g) for _ in range(cfg.n_masks)])
+    masks = torch.zeros(cfg.n_masks, n_slots, dtype=torch.bool)
+    masks.scatter_(1, orders[:, :n_reveal], True)
     n_sequences = 0
     for start in range(0, len(jobs), cfg.batch_size):
         chunk = jobs[start : start + cfg.batch_size]
@@ -235,7 +282,7 @@ def trace_points(
         first = {key: keys.index(key) for key in uniq}
         index = torch.tensor([uniq.index(key) for key in keys])
         clean = crops[[first[key] for key in uniq]].float()
-        kl, rgb = _responses(model, clean, masks[[k for _, k in uniq]], f0_pert, index, n_reveal)
+        kl, rgb = _responses(model, clean, masks[[k for _, k in uniq]], f0_pert, index)
         n_sequences += len(uniq) + len(chunk)
         # both probes share the revealed (NaN) slots: one validity map per job
         resp = torch.stack([kl, rgb], 1).reshape(-1, len(PROBES), grid, grid).nan_to_num(0.0)
@@ -280,7 +327,7 @@ def calibrate_threshold(peaks: np.ndarray, occluded: np.ndarray) -> float:
 
 
 def track_video(
-    model: LRAS,
+    model: FramePairModel,
     video: np.ndarray,
     query_points: np.ndarray,
     config: TraceConfig | None = None,

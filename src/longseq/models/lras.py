@@ -232,6 +232,40 @@ class LRAS(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    # --- the frame-pair protocol of KL-tracing --------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def patch(self) -> int:
+        return self.config.patch
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.quantizer.codebook
+
+    def frame1_logprobs(
+        self, frame0: torch.Tensor, frame1: torch.Tensor, revealed: torch.Tensor
+    ) -> torch.Tensor:
+        """log-probabilities (B, n_slots, K) of every frame-1 patch's code given frame 0,
+        the frame-1 patches at the ``revealed`` (B, n_slots) bool slots (the same count in
+        every row) and nothing else: one :meth:`predict` pass whose pointers query every
+        hidden slot (frames (B, H, W, 3) in [0, 255]; revealed rows are uniform)."""
+        b = frame0.shape[0]
+        n_rev = revealed.sum(1)
+        if b and not (n_rev == n_rev[0]).all():
+            raise ValueError("every row must reveal the same number of slots")
+        r = int(n_rev[0]) if b else 0
+        order = revealed.float().argsort(dim=1, descending=True, stable=True)
+        rev, qry = order[:, :r], order[:, r:]
+        p0, p1 = self.quantizer.patchify(frame0), self.quantizer.patchify(frame1)
+        content = p1.gather(1, rev[..., None].expand(-1, -1, p1.shape[-1]))
+        logp = self.predict(p0, rev, content, qry).float().log_softmax(-1)
+        k = logp.shape[-1]
+        out = torch.full((b, self.config.n_slots, k), -math.log(k), device=logp.device)
+        return out.scatter(1, qry[..., None].expand(-1, -1, k), logp)
+
     def _tokens(self, patches: torch.Tensor | None, slots: torch.Tensor, kind: int) -> torch.Tensor:
         x = self.slot_emb(slots) + self.type_emb.weight[kind]
         return x if patches is None else x + self.patch_in(patches - 0.5)

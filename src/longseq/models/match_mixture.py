@@ -1,0 +1,293 @@
+"""A frame-pair model with locality and copy priors: local matching plus a mixture head.
+
+Like an LRAS model it predicts, for every patch slot of frame 1, a distribution over
+the codes of a patch quantizer, given all of frame 0 and a random subset of
+revealed frame-1 patches. Its structure is the one of motion in a video:
+
+1. **Matching (a cost volume).** Each revealed frame-1 patch is compared with every
+   frame-0 window within ``max_disp`` pixels; a softmax over the costs (plus a
+   small-motion prior) gives its displacement, refined to sub-pixel precision by a
+   local soft-argmax around the best match.
+2. **Motion hypotheses.** Every revealed patch proposes "hidden patches move as I
+   do"; a *null* hypothesis proposes "nothing moved" and a *new-content* hypothesis
+   stands for disoccluded content. A hidden slot weighs the hypotheses by distance
+   to the revealed patch, by the match's confidence, and by the affinity of CNN
+   features of frame 0 at the two source points (the same surface moves alike).
+3. **Copying.** Under a hypothesis the slot's patch is frame 0 sampled at the slot
+   minus the displacement (bilinear, so sub-pixel motion is kept).
+4. **A mixture head.** Each hypothesis is one component of the distribution over
+   codes: ``p(k) = sum_h w_h softmax_k(-beta ||codeword_k - patch_h||^2 + b_k)``.
+   ``head="mode"`` keeps only the most likely hypothesis and ``head="mean"``
+   averages the hypotheses' patches into one (a regression head): the ablations of
+   the distributional output.
+
+``reveal_conditioning=False`` ignores the revealed patches (only the null and
+new-content hypotheses remain): the ablation of random-access conditioning.
+
+The model implements the frame-pair protocol of :mod:`longseq.kltrace`
+(:meth:`frame1_logprobs`, ``image_size``, ``patch``, ``codebook``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from longseq.models.config import ConfigDict
+from longseq.models.lras import PatchQuantizer
+
+HEADS = ("mixture", "mode", "mean")
+
+
+@dataclass
+class MatchMixtureConfig(ConfigDict):
+    image_size: int = 32
+    patch: int = 4
+    codebook_size: int = 512
+    max_disp: int = 8  # cost-volume search radius, pixels of the model input
+    feat_dim: int = 16  # affinity features of frame 0
+    feat_channels: int = 24
+    head: str = "mixture"  # "mixture" | "mode" | "mean"
+    reveal_conditioning: bool = True
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def n_slots(self) -> int:
+        return self.grid**2
+
+
+class MatchMixture(nn.Module):
+    """Local-matching mixture model of frame pairs (see the module docstring)."""
+
+    def __init__(self, cfg: MatchMixtureConfig) -> None:
+        super().__init__()
+        if cfg.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {cfg.head!r}")
+        if cfg.image_size % cfg.patch:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of {cfg.patch}")
+        self.config = cfg
+        self.quantizer = PatchQuantizer(cfg.codebook_size, cfg.patch)
+        c = cfg.feat_channels
+        self.features = nn.Sequential(  # affinity features of frame 0, full resolution
+            nn.Conv2d(3, c, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(c, c, 3, padding=2, dilation=2),
+            nn.SiLU(),
+            nn.Conv2d(c, c, 3, padding=4, dilation=4),
+            nn.SiLU(),
+            nn.Conv2d(c, cfg.feat_dim, 1),
+        )
+        # informed initialisation: sharp matches, a weak small-motion prior, local support
+        self.log_match_sharpness = nn.Parameter(torch.tensor(math.log(300.0)))
+        self.log_motion_prior = nn.Parameter(torch.tensor(math.log(0.01)))
+        self.log_length = nn.Parameter(torch.tensor(math.log(cfg.image_size / 4)))
+        self.affinity = nn.Parameter(torch.tensor(4.0))
+        self.log_support_sharpness = nn.Parameter(torch.tensor(math.log(300.0)))
+        self.log_support_length = nn.Parameter(torch.tensor(math.log(cfg.image_size / 4)))
+        self.support_affinity = nn.Parameter(torch.tensor(4.0))
+        self.support = nn.Parameter(torch.tensor(1.0))
+        self.confidence = nn.Parameter(torch.tensor(30.0))
+        self.null_logit = nn.Parameter(torch.tensor(-1.0))
+        self.new_logit = nn.Parameter(torch.tensor(-4.0))
+        self.log_beta = nn.Parameter(torch.tensor(math.log(20.0)))
+        self.code_bias = nn.Parameter(torch.zeros(cfg.codebook_size))
+        r = torch.arange(-cfg.max_disp, cfg.max_disp + 1, dtype=torch.float32)
+        dy, dx = torch.meshgrid(r, r, indexing="ij")
+        self.register_buffer("disps", torch.stack([dx, dy], -1).reshape(-1, 2), persistent=False)
+        q = torch.arange(-3, 4, dtype=torch.float32) / 4  # quarter pixels, up to 3/4
+        fy, fx = torch.meshgrid(q, q, indexing="ij")
+        self.register_buffer(
+            "fine_offsets", torch.stack([fx, fy], -1).reshape(-1, 2), persistent=False
+        )
+
+    # --- the frame-pair protocol --------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def patch(self) -> int:
+        return self.config.patch
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.quantizer.codebook
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def slot_centres(self, device: torch.device) -> torch.Tensor:
+        """(n_slots, 2) xy pixel coordinates of the slot centres (pixel [i, j] spans
+        [j, j + 1) x [i, i + 1))."""
+        g, p = self.config.grid, self.config.patch
+        idx = torch.arange(g * g, device=device)
+        return torch.stack([(idx % g).float(), (idx // g).float()], -1) * p + p / 2
+
+    # --- pieces ---------------------------------------------------------------------------
+    def match(
+        self, image0: torch.Tensor, revealed: torch.Tensor, slots: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Displacements (B, R, 2) xy and match costs (B, R) of revealed frame-1 patches
+        ``revealed`` (B, R, p*p*3) at ``slots`` (B, R) against frame 0 ``image0``
+        (B, 3, H, W) in [0, 1]."""
+        cfg = self.config
+        b, _, h, w = image0.shape
+        p, d = cfg.patch, cfg.max_disp
+        pad = F.pad(image0, (d, d, d, d))
+        inside = F.pad(torch.ones_like(image0[:, :1]), (d, d, d, d))
+        side = w + 2 * d - p + 1
+        win = F.unfold(pad, p)  # (B, 3*p*p, side*side): every p x p window
+        win = win.view(b, 3, p * p, -1).transpose(1, 2).reshape(b, p * p * 3, -1)
+        frac = F.unfold(inside, p).mean(1)  # (B, side*side) fraction inside the frame
+        g = cfg.grid
+        y0, x0 = (slots // g) * p, (slots % g) * p  # (B, R) top-left of each revealed slot
+        dxy = self.disps.long()  # (D, 2)
+        iy = y0[..., None] - dxy[:, 1] + d  # source window = slot - displacement
+        ix = x0[..., None] - dxy[:, 0] + d
+        idx = (iy * side + ix).reshape(b, -1)  # (B, R*D)
+        cand = win.gather(2, idx[:, None].expand(-1, win.shape[1], -1))  # (B, P, R*D)
+        cand = cand.view(b, -1, *iy.shape[1:]).permute(0, 2, 3, 1)  # (B, R, D, P)
+        cost = (cand - revealed[:, :, None]).pow(2).mean(-1)
+        cost = cost + (1 - frac.gather(1, idx).view_as(cost))  # windows leaving the frame
+        logits = -self.log_match_sharpness.exp() * cost
+        logits = logits - self.log_motion_prior.exp() * self.disps.pow(2).sum(-1)
+        best = logits.argmax(-1)  # (B, R)
+        coarse = self.disps[best]  # (B, R, 2) whole pixels
+        # sub-pixel refinement: frame 0 resampled (bilinear) at quarter-pixel offsets
+        fine = self.fine_offsets  # (O, 2)
+        centres = self.slot_centres(image0.device)[slots]  # (B, R, 2)
+        src = centres[:, :, None] - coarse[:, :, None] - fine  # (B, R, O, 2)
+        cand = self.sample_patches(image0, src.reshape(b, -1, 2)).view(*src.shape[:3], -1)
+        fine_cost = (cand - revealed[:, :, None]).pow(2).mean(-1)  # (B, R, O)
+        k = fine_cost.argmin(-1)
+        disp = coarse + fine[k]
+        return disp, fine_cost.gather(-1, k[..., None])[..., 0]
+
+    def sample_patches(self, image0: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """Patches (B, N, p*p*3) of ``image0`` (B, 3, H, W) centred at ``centres`` (B, N, 2)
+        xy pixels, bilinear (zeros outside the frame)."""
+        b, _, h, w = image0.shape
+        p = self.config.patch
+        o = torch.arange(p, device=image0.device, dtype=torch.float32) - (p - 1) / 2
+        oy, ox = torch.meshgrid(o, o, indexing="ij")
+        pts = centres[:, :, None, :] + torch.stack([ox, oy], -1).reshape(1, 1, -1, 2)
+        grid = torch.stack([pts[..., 0] / w * 2 - 1, pts[..., 1] / h * 2 - 1], -1)
+        s = F.grid_sample(image0, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return s.permute(0, 2, 3, 1).reshape(b, centres.shape[1], p * p * 3)  # (y, x, c) order
+
+    def _sample_features(self, feats: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = feats.shape
+        grid = torch.stack([pts[..., 0] / w * 2 - 1, pts[..., 1] / h * 2 - 1], -1)
+        flat = grid.reshape(b, -1, 1, 2)
+        s = F.grid_sample(feats, flat, mode="bilinear", padding_mode="border", align_corners=False)
+        return s[..., 0].transpose(1, 2).reshape(*pts.shape[:-1], -1)
+
+    def code_logits(self, patches: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log-probabilities (..., K) of codes for predicted patches
+        (..., p*p*3): ``-beta ||patch - codeword||^2 + b_k`` up to a per-patch constant
+        (one fused matrix product)."""
+        cb = self.quantizer.codebook
+        beta = self.log_beta.exp()
+        bias = self.code_bias - beta * (cb**2).sum(-1)
+        flat = patches.reshape(-1, patches.shape[-1])
+        return torch.addmm(bias, flat, (2 * beta) * cb.T).view(*patches.shape[:-1], -1)
+
+    def code_logprobs(self, patches: torch.Tensor) -> torch.Tensor:
+        """log-probabilities (..., K) of codes for predicted patches (..., p*p*3)."""
+        return self.code_logits(patches).log_softmax(-1)
+
+    # --- the model --------------------------------------------------------------------------
+    def hypotheses(
+        self, image0: torch.Tensor, frame1: torch.Tensor, revealed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The motion hypotheses and their weights: displacements (B, H, 2) xy — the null
+        hypothesis first, then one per revealed slot — and weight logits (B, S, H) of
+        every hypothesis at every slot. ``image0`` (B, 3, H, W) in [0, 1]."""
+        cfg = self.config
+        b = image0.shape[0]
+        n_rev = revealed.sum(1)
+        if b and not (n_rev == n_rev[0]).all():
+            raise ValueError("every row must reveal the same number of slots")
+        r = int(n_rev[0]) if b else 0
+        centres = self.slot_centres(image0.device)  # (S, 2)
+        s = centres.shape[0]
+        disp = torch.zeros(b, 1, 2, device=image0.device)  # the null hypothesis first
+        w = self.null_logit.expand(b, s, 1)
+        if not cfg.reveal_conditioning or r == 0:
+            return disp, w
+        rev_slots = revealed.float().argsort(dim=1, descending=True, stable=True)[:, :r]
+        f1 = self.quantizer.patchify(frame1)
+        rev = f1.gather(1, rev_slots[..., None].expand(-1, -1, f1.shape[-1]))
+        d_r, cost = self.match(image0, rev, rev_slots)  # (B, R, 2), (B, R)
+        disp = torch.cat([disp, d_r], 1)  # (B, H, 2), H = R + 1
+        c_r = centres[rev_slots]  # (B, R, 2)
+        dist2 = (centres[None, :, None] - c_r[:, None]).pow(2).sum(-1)  # (B, S, R)
+        feats = F.normalize(self.features(image0), dim=1)
+        src_r = self._sample_features(feats, c_r - d_r)  # (B, R, F)
+        src_s = self._sample_features(feats, centres[None, :, None] - d_r[:, None])
+        aff = (src_s * src_r[:, None]).sum(-1)  # (B, S, R): same surface at the sources
+        # support: which hypotheses explain each revealed patch (a vote per patch), and
+        # which revealed patches speak for each slot (near it, on its surface)
+        src = c_r[:, :, None] - disp[:, None]  # (B, R, H, 2)
+        cand = self.sample_patches(image0, src.reshape(b, -1, 2)).view(b, r, r + 1, -1)
+        cross = (cand - rev[:, :, None]).pow(2).mean(-1)  # (B, R, H)
+        votes = (-self.log_support_sharpness.exp() * cross).softmax(-1)
+        near = -dist2 / (2 * self.log_support_length.exp() ** 2) + self.support_affinity * aff
+        support = near.softmax(-1) @ votes  # (B, S, H)
+        own = (
+            -dist2 / (2 * self.log_length.exp() ** 2)
+            + self.affinity * aff
+            - self.confidence * cost[:, None]
+        )
+        return disp, torch.cat([w, own], -1) + self.support * support.clamp(min=1e-4).log()
+
+    def frame1_logprobs(
+        self, frame0: torch.Tensor, frame1: torch.Tensor, revealed: torch.Tensor
+    ) -> torch.Tensor:
+        """log-probabilities (B, n_slots, K) of the code of every frame-1 patch, given all
+        of ``frame0`` and the patches of ``frame1`` at the ``revealed`` (B, n_slots) bool
+        slots; frames are (B, H, W, 3) in [0, 255]. Every row must reveal the same number
+        of slots (rows of revealed slots are predicted too, from the others).
+        Log-probabilities are floored at log(1e-30)."""
+        image0 = frame0.float().permute(0, 3, 1, 2) / 255.0
+        disp, w = self.hypotheses(image0, frame1, revealed)
+        b, s, m = w.shape
+        centres = self.slot_centres(frame0.device)
+        src = centres[None, :, None] - disp[:, None]  # (B, S, H, 2) source centres in frame 0
+        patches = self.sample_patches(image0, src.reshape(b, s * m, 2)).view(b, s, m, -1)
+        head = self.config.head
+        if head == "mixture":
+            weights = torch.cat([w, self.new_logit.expand(b, s, 1)], -1).softmax(-1)
+            logits = self.code_logits(patches)  # (B, S, H, K)
+            # p(k) = sum_h w_h exp(l_hk) / z_h, with each component scaled by its largest
+            # term (so every exp is <= 1; terms below e^-80 are cut to it, since exp's slow
+            # path on denormals costs 10x) and the sum over h as one batched product
+            q = (logits - logits.amax(-1, keepdim=True)).clamp_(min=-80.0).exp_()
+            c = weights[..., :m] / q.sum(-1)  # (B, S, H): weight / component normaliser
+            p = (c.reshape(-1, 1, m) @ q.reshape(-1, m, q.shape[-1])).view(b, s, -1)
+            new = self.code_bias.softmax(-1)  # unconditional code frequencies
+            return (p + weights[..., m:] * new).clamp(min=1e-30).log()
+        if head == "mode":
+            top = w.argmax(-1)  # (B, S)
+            best = patches.gather(2, top[..., None, None].expand(-1, -1, 1, patches.shape[-1]))
+            return self.code_logprobs(best[:, :, 0])
+        mean = (w.softmax(-1)[..., None] * patches).sum(2)  # the regression head
+        return self.code_logprobs(mean)
+
+    def forward(
+        self, frame0: torch.Tensor, frame1: torch.Tensor, revealed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass: log-probabilities (B, n_slots, K) and the mean negative
+        log-likelihood of the codes of the hidden (not revealed) frame-1 patches."""
+        logp = self.frame1_logprobs(frame0, frame1, revealed)
+        target = self.quantizer.encode(frame1)
+        nll = -logp.gather(-1, target[..., None])[..., 0]
+        hidden = ~revealed
+        return logp, (nll * hidden).sum() / hidden.sum().clamp(min=1)
