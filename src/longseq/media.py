@@ -230,3 +230,30 @@ def resize_video(video: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     shrink = h < video.shape[1] or w < video.shape[2]
     interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
     return np.stack([cv2.resize(frame, (w, h), interpolation=interp) for frame in video])
+
+
+def labelled_rows(rows: list[tuple[str, np.ndarray]], label_width: int = 150) -> np.ndarray:
+    """Stack (H_i, W_i, 3) uint8 images top to bottom, each with its label written in a
+    ``label_width`` column on its left (rows narrower than the widest are padded black):
+    the frame strips of several videos, named."""
+    _require_pillow()
+    from PIL import Image, ImageDraw
+
+    if not rows:
+        raise ValueError("no rows to stack")
+    width = max(np.asarray(img).shape[1] for _, img in rows)
+    out = []
+    for label, img in rows:
+        img = np.asarray(img, dtype=np.uint8)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"row {label!r} must be an (H, W, 3) image, got {img.shape}")
+        canvas = Image.new("RGB", (label_width + width, img.shape[0]), (0, 0, 0))
+        canvas.paste(Image.fromarray(img), (label_width, 0))
+        draw = ImageDraw.Draw(canvas)
+        lines = label.split("\n")
+        y = max(2, (img.shape[0] - 11 * len(lines)) // 2)
+        for line in lines:
+            draw.text((4, y), line, fill=(255, 255, 255))
+            y += 11
+        out.append(np.asarray(canvas))
+    return np.concatenate(out, 0)

@@ -88,8 +88,8 @@ def test_fresh_cam_and_apm_leave_the_base_model_unchanged():
 def test_memory_parameters_are_only_cam_and_apm():
     m = tiny(cam=True, apm=True)
     names = {n for n, p in m.named_parameters() if any(p is q for q in m.memory_parameters())}
-    assert names and all(n.startswith(("cam_", "apm_")) or ".apm_alpha" in n for n in names)
-    assert any(".apm_alpha" in n for n in names)
+    assert names and all(n.startswith(("cam_", "apm_")) or ".apm." in n for n in names)
+    assert any(".apm.alpha" in n for n in names)
 
 
 def test_guidance_is_the_compositional_formula():
@@ -97,7 +97,7 @@ def test_guidance_is_the_compositional_formula():
     unet = p.unet
     with torch.no_grad():
         for n, prm in unet.named_parameters():
-            if "apm_alpha" in n:
+            if "apm.alpha" in n:
                 prm.fill_(1.0)  # let the anchor matter
     x, t = torch.randn(1, 3, 6, 8, 8), torch.tensor(300)
     text, null = fake_text(["a red circle"]), fake_text([""])
@@ -107,22 +107,77 @@ def test_guidance_is_the_compositional_formula():
         e00 = unet(x, t, null, cond_frames=cond, anchor_embeds=z).sample
         ec0 = unet(x, t, text, cond_frames=cond, anchor_embeds=z).sample
         eca = unet(x, t, text, cond_frames=cond, anchor_embeds=anchor).sample
-        got = p._eps(unet, x, t, text, null, 3.0, cond, anchor, 2.0)
+        separate = p._eps(unet, x, t, text, null, 3.0, cond, anchor, 2.0)
+        joint = p._eps(unet, x, t, text, null, 3.0, cond, anchor)
     torch.testing.assert_close(
-        got, e00 + 3.0 * (ec0 - e00) + 2.0 * (eca - ec0), rtol=1e-4, atol=1e-5
+        separate, e00 + 3.0 * (ec0 - e00) + 2.0 * (eca - ec0), rtol=1e-4, atol=1e-5
     )
+    # the default, the authors' setting: one scale over text and anchor together
+    torch.testing.assert_close(joint, e00 + 3.0 * (eca - e00), rtol=1e-4, atol=1e-5)
+    assert (joint - separate).abs().max() > 1e-4
 
 
 class Spy(torch.nn.Module):
-    """Wraps a denoiser and records the shapes it is called with."""
+    """Wraps a denoiser and records the shapes it is called with (and the conditioning
+    frames and anchors it gets)."""
 
     def __init__(self, inner):
         super().__init__()
-        self.inner, self.config, self.calls = inner, inner.config, []
+        self.inner, self.config, self.calls, self.kwargs = inner, inner.config, [], []
 
     def forward(self, sample, t, encoder_hidden_states, **kw):
         self.calls.append((tuple(sample.shape), kw.get("cond_frames") is not None))
+        self.kwargs.append(kw)
         return self.inner(sample, t, encoder_hidden_states, **kw)
+
+
+def _frames(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+
+
+def test_continuing_given_frames_conditions_on_them_and_remakes_them():
+    spy = Spy(tiny(cam=True, apm=True))
+    p = pipe(spy)
+    cond = _frames(2)
+    out = p.continue_chunk("a red circle", cond, num_inference_steps=2)
+    assert out.shape == (6, 8, 8, 3) and out.dtype == np.uint8
+    given = spy.kwargs[0]["cond_frames"][0]  # (3, F_cond, H, W) in [-1, 1]
+    np.testing.assert_allclose(((given + 1) * 127.5).round().permute(1, 2, 3, 0), cond)
+    # the anchor is the first conditioning frame unless one is given
+    a0 = spy.kwargs[0]["anchor_embeds"][-1]
+    p.continue_chunk("a red circle", cond, anchor_frame=_frames(1, 5)[0], num_inference_steps=2)
+    assert not torch.equal(spy.kwargs[-1]["anchor_embeds"][-1], a0)
+    with pytest.raises(ValueError, match="2 conditioning frames"):
+        p.continue_chunk("a red circle", _frames(3), num_inference_steps=2)
+    with pytest.raises(ValueError, match="model's resolution"):
+        p.continue_chunk("a red circle", np.zeros((2, 16, 16, 3), np.uint8))
+
+
+def test_a_video_continues_given_init_frames():
+    spy = Spy(tiny(cam=True, apm=True))
+    init = _frames(5, 1)
+    chunks = list(
+        pipe(spy).stream(
+            "a red circle", 13, num_inference_steps=2, progress=False, init_frames=init
+        )
+    )
+    np.testing.assert_array_equal(chunks[0], init)  # yielded as they are, then continued
+    assert [len(c) for c in chunks] == [5, 4, 4]
+    given = spy.kwargs[0]["cond_frames"][0]
+    np.testing.assert_allclose(((given + 1) * 127.5).round().permute(1, 2, 3, 0), init[-2:])
+    with pytest.raises(ValueError, match="at least 2"):
+        next(pipe().stream("a red circle", 9, init_frames=init[:1], progress=False))
+
+
+def test_joint_space_time_attention_is_an_option_of_the_same_weights():
+    """Joint attention uses the same modules (so the same checkpoint layout) but lets every
+    position of every frame attend to the whole chunk: the outputs differ."""
+    factorised, joint = tiny(), tiny(joint_attention=True)
+    joint.load_state_dict(factorised.state_dict())
+    x, text = torch.randn(1, 3, 6, 8, 8), torch.randn(1, 4, D)
+    with torch.no_grad():
+        a, b = factorised(x, 10, text).sample, joint(x, 10, text).sample
+    assert a.shape == b.shape and (a - b).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("n", [1, 6, 7, 10, 23])
@@ -152,7 +207,7 @@ def test_without_apm_the_anchor_changes_nothing_only_with_apm():
     p = pipe()
     with torch.no_grad():
         for n, prm in p.unet.named_parameters():
-            if "apm_alpha" in n:
+            if "apm.alpha" in n:
                 prm.fill_(2.0)
     kw = dict(num_inference_steps=2, seed=0, progress=False)
     full = p("a red circle", 10, **kw).frames

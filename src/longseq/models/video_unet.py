@@ -12,15 +12,18 @@ frame positions), cross-attention to the text tokens, MLP.
 
 Two optional modules make the model autoregressive (StreamingT2V):
 
-- **CAM** (short-term memory, ``cam=True``): a frame encoder and a trainable copy
-  of the UNet encoder read the ``cond_frames`` (the last frames of the previous
-  chunk); at every skip connection, temporal attention from the chunk's frames to
-  the conditioning frames adds their features, through a zero-initialised output
-  projection, so a fresh CAM leaves the base model unchanged.
+- **CAM** (short-term memory, ``cam=True``), as the authors build it: a trainable
+  copy of the UNet encoder reads the *noisy* sample of the chunk's first ``F_cond``
+  frames plus a frame-encoder embedding of the clean ``cond_frames`` (the last
+  frames of the previous chunk) whose last layer is zero-initialised; at every skip
+  connection, temporal attention from the chunk's frames to those ``F_cond`` CAM
+  features adds them through a zero-initialised output projection, so a fresh CAM
+  leaves the base model unchanged.
 - **APM** (long-term memory, ``apm=True``): the anchor frame's image embedding
-  becomes 16 tokens, mixed with the text tokens by a linear map over the token
-  axis; cross-attention layer ``l`` reads ``text + SiLU(alpha_l) * mixed`` with
-  ``alpha_l`` initialised to 0.
+  becomes 16 tokens (an MLP); each cross-attention layer ``l`` has its own token
+  mixer, a linear map over the token axis of [anchor tokens; text tokens] back to
+  the text's length followed by a LayerNorm, and reads
+  ``text + SiLU(alpha_l) * mixed_l`` with ``alpha_l`` initialised to 0.
 
 ``concat_cond=True`` is the naive baseline instead: the last conditioning frame is
 concatenated to the noisy input on the channel axis.
@@ -53,6 +56,7 @@ class VideoUNetConfig(ConfigDict):
     apm: bool = False
     image_dim: int = 64  # anchor image-embedding size
     n_anchor_tokens: int = 16
+    joint_attention: bool = False  # one space-time attention instead of spatial + temporal
 
 
 @dataclass
@@ -114,35 +118,55 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class STBlock(nn.Module):
-    """Spatial self-attention, temporal self-attention, gated cross-attention, MLP."""
+class APMMixer(nn.Module):
+    """One cross-attention layer's APM: [anchor tokens; text tokens] mixed over the token
+    axis back to the text's length, LayerNorm, added to the text through SiLU(alpha)."""
 
-    def __init__(self, dim: int, heads: int, ctx_dim: int, apm: bool):
+    def __init__(self, n_anchor: int, n_text: int, ctx_dim: int):
         super().__init__()
+        self.mix = nn.Linear(n_anchor + n_text, n_text)
+        self.norm = nn.LayerNorm(ctx_dim)
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def forward(self, text: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        tokens = torch.cat([anchor, text], 1).transpose(1, 2)  # (B, D, Na + Nt)
+        mixed = self.norm(self.mix(tokens).transpose(1, 2))
+        return text + F.silu(self.alpha) * mixed
+
+
+class STBlock(nn.Module):
+    """Spatial self-attention, temporal self-attention, cross-attention (to the text, or
+    to the APM mix of text and anchor), MLP."""
+
+    def __init__(self, dim: int, heads: int, cfg: VideoUNetConfig):
+        super().__init__()
+        self.joint = cfg.joint_attention
         self.norm_s, self.norm_t = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.norm_x, self.norm_m = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.spatial = Attention(dim, heads)
         self.temporal = Attention(dim, heads)
-        self.cross = Attention(dim, heads, kv_dim=ctx_dim)
+        self.cross = Attention(dim, heads, kv_dim=cfg.ctx_dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-        self.apm_alpha = nn.Parameter(torch.zeros(())) if apm else None
+        self.apm = (
+            APMMixer(cfg.n_anchor_tokens, cfg.n_text_tokens, cfg.ctx_dim) if cfg.apm else None
+        )
 
     def forward(
-        self, x: torch.Tensor, text: torch.Tensor, mixed: torch.Tensor | None
+        self, x: torch.Tensor, text: torch.Tensor, anchor: torch.Tensor | None
     ) -> torch.Tensor:
         b, c, f, h, w = x.shape
-        ctx = (
-            text
-            if mixed is None or self.apm_alpha is None
-            else text + F.silu(self.apm_alpha) * mixed
-        )
+        ctx = text if anchor is None or self.apm is None else self.apm(text, anchor)
         t = _to_frames(x)
         t = t + self.spatial(self.norm_s(t))
-        t = t.view(b, f, h, w, c).permute(0, 2, 3, 1, 4).reshape(b * h * w, f, c)
         pos = sinusoid(torch.arange(f, device=x.device), c)
-        tn = self.norm_t(t) + pos
-        t = t + self.temporal(tn)
-        t = t.view(b, h, w, f, c).permute(0, 3, 1, 2, 4).reshape(b * f, h * w, c)
+        if self.joint:  # every position of every frame sees the whole chunk
+            t = t.view(b, f * h * w, c)
+            tn = self.norm_t(t) + pos.repeat_interleave(h * w, 0)
+            t = (t + self.temporal(tn)).view(b * f, h * w, c)
+        else:
+            t = t.view(b, f, h, w, c).permute(0, 2, 3, 1, 4).reshape(b * h * w, f, c)
+            t = t + self.temporal(self.norm_t(t) + pos)
+            t = t.view(b, h, w, f, c).permute(0, 3, 1, 2, 4).reshape(b * f, h * w, c)
         t = t + self.cross(self.norm_x(t), ctx.repeat_interleave(f, 0))
         t = t + self.mlp(self.norm_m(t))
         return t.view(b, f, h, w, c).permute(0, 4, 1, 2, 3)
@@ -152,11 +176,11 @@ class Level(nn.Module):
     def __init__(self, cin: int, cout: int, tdim: int, attn: bool, cfg: VideoUNetConfig):
         super().__init__()
         self.res = ResBlock(cin, cout, tdim)
-        self.attn = STBlock(cout, cfg.heads, cfg.ctx_dim, cfg.apm) if attn else None
+        self.attn = STBlock(cout, cfg.heads, cfg) if attn else None
 
-    def forward(self, x, temb, text, mixed):
+    def forward(self, x, temb, text, anchor):
         x = self.res(x, temb)
-        return self.attn(x, text, mixed) if self.attn is not None else x
+        return self.attn(x, text, anchor) if self.attn is not None else x
 
 
 class Down(nn.Module):
@@ -189,13 +213,13 @@ class Encoder(nn.Module):
         )
         self.downs = nn.ModuleList(Down(ch[i]) for i in range(len(ch) - 1))
 
-    def forward(self, x, temb, text, mixed, extra: torch.Tensor | None = None):
+    def forward(self, x, temb, text, anchor, extra: torch.Tensor | None = None):
         h = self.conv_in(x)
         if extra is not None:
             h = h + extra
         skips = []
         for i, level in enumerate(self.levels):
-            h = level(h, temb, text, mixed)
+            h = level(h, temb, text, anchor)
             skips.append(h)
             if i < len(self.downs):
                 h = self.downs[i](h)
@@ -241,21 +265,23 @@ class VideoUNet(nn.Module):
         self.norm_out = nn.GroupNorm(8, ch[0])
         self.conv_out = nn.Conv3d(ch[0], cfg.out_channels, (1, 3, 3), padding=(0, 1, 1))
         if cfg.cam:
+            # the clean conditioning frames enter the CAM encoder through a zero-initialised
+            # embedding added to its input features (ControlNet style)
             self.cam_frame_encoder = nn.Sequential(
-                nn.Conv3d(3, ch[0], (1, 3, 3), padding=(0, 1, 1)),
+                nn.Conv3d(cfg.in_channels, ch[0], (1, 3, 3), padding=(0, 1, 1)),
                 nn.SiLU(),
                 nn.Conv3d(ch[0], ch[0], (1, 3, 3), padding=(0, 1, 1)),
             )
+            nn.init.zeros_(self.cam_frame_encoder[-1].weight)
+            nn.init.zeros_(self.cam_frame_encoder[-1].bias)
             self.cam_encoder = Encoder(cfg, tdim, cfg.in_channels)
             self.cam_inject = nn.ModuleList(CAMInjection(c, cfg.heads) for c in ch)
         if cfg.apm:
-            na, nt = cfg.n_anchor_tokens, cfg.n_text_tokens
-            self.apm_tokens = nn.Sequential(  # the image embedding expanded to na tokens
+            self.apm_tokens = nn.Sequential(  # the image embedding expanded to the anchor tokens
                 nn.Linear(cfg.image_dim, 2 * cfg.image_dim),
                 nn.SiLU(),
-                nn.Linear(2 * cfg.image_dim, na * cfg.ctx_dim),
+                nn.Linear(2 * cfg.image_dim, cfg.n_anchor_tokens * cfg.ctx_dim),
             )
-            self.apm_mix = nn.Linear(na + nt, nt)
 
     # --- StreamingT2V stage-2 helpers -------------------------------------------------
     def init_cam_from_base(self) -> None:
@@ -267,7 +293,7 @@ class VideoUNet(nn.Module):
     def memory_parameters(self) -> list[nn.Parameter]:
         """The CAM and APM parameters (trained on top of a frozen base model)."""
         return [
-            p for n, p in self.named_parameters() if n.startswith(("cam_", "apm_")) or ".apm_" in n
+            p for n, p in self.named_parameters() if n.startswith(("cam_", "apm_")) or ".apm." in n
         ]
 
     # ----------------------------------------------------------------------------------
@@ -281,32 +307,34 @@ class VideoUNet(nn.Module):
         return_dict: bool = True,
     ) -> UNetOutput | tuple[torch.Tensor]:
         """``sample`` (B, C, F, H, W); ``encoder_hidden_states`` (B, N, ctx_dim) text tokens;
-        ``cond_frames`` (B, 3, F_cond, H, W) clean frames of the previous chunk (CAM, or
+        ``cond_frames`` (B, C, F_cond, H, W) clean frames of the previous chunk (CAM, or
         the naive model's last frame); ``anchor_embeds`` (B, image_dim) for APM."""
         cfg = self.config
         b = sample.shape[0]
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
         temb = self.time_mlp(sinusoid(t, cfg.channels[0]))
         text = encoder_hidden_states
-        mixed = None
+        anchor = None
         if cfg.apm and anchor_embeds is not None:
             anchor = self.apm_tokens(anchor_embeds).view(b, cfg.n_anchor_tokens, cfg.ctx_dim)
-            mixed = self.apm_mix(torch.cat([anchor, text], 1).transpose(1, 2)).transpose(1, 2)
         x = sample
         if cfg.concat_cond:
             if cond_frames is None:
                 raise ValueError("the naive model needs cond_frames (the previous chunk)")
             last = cond_frames[:, :, -1:].expand(-1, -1, sample.shape[2], -1, -1)
             x = torch.cat([sample, last], 1)
-        skips = self.encoder(x, temb, text, mixed)
+        skips = self.encoder(x, temb, text, anchor)
         if cfg.cam and cond_frames is not None:
+            fc = cond_frames.shape[2]
+            if fc > sample.shape[2]:
+                raise ValueError(f"{fc} conditioning frames for a {sample.shape[2]}-frame chunk")
             cam = self.cam_encoder(
-                cond_frames, temb, text, mixed, extra=self.cam_frame_encoder(cond_frames)
+                sample[:, :, :fc], temb, text, anchor, extra=self.cam_frame_encoder(cond_frames)
             )
             skips = [inj(s, c) for inj, s, c in zip(self.cam_inject, skips, cam, strict=True)]
-        h = self.mid(skips[-1], temb, text, mixed)
+        h = self.mid(skips[-1], temb, text, anchor)
         for i in reversed(range(len(cfg.channels))):
-            h = self.up_levels[i](torch.cat([h, skips[i]], 1), temb, text, mixed)
+            h = self.up_levels[i](torch.cat([h, skips[i]], 1), temb, text, anchor)
             if i > 0:
                 h = self.ups[i - 1](h)
         out = self.conv_out(F.silu(self.norm_out(h)))

@@ -104,3 +104,64 @@ def real_clip_metrics(
         video = clip_for_caption(caption, seed=seed).render(n_frames, size)
         rows.append(video_metrics(video, caption, frame_encoder, seams, **kwargs))
     return rows
+
+
+BASE_COLOUR_GATE = 4.0  # levels: the base model's colours against the world's palette
+REMAKE_GATE = 6.0  # levels: teacher-forced re-make error of clean conditioning frames
+
+
+def gate_prompts(n: int, split: str = "test") -> list[tuple[str, int]]:
+    """``n`` (caption, seed) prompts: the split's captions in turn, each with its own seed."""
+    from longseq.data.videoworld import all_captions, caption_of, caption_split
+
+    caps = [caption_of(a) for a in all_captions() if caption_split(a) == split]
+    return [(caps[i % len(caps)], i) for i in range(n)]
+
+
+def gates(pipe: Any, n: int = 16, split: str = "test", num_inference_steps: int | None = None):
+    """The checks that come before any comparison of generators, on ``n`` prompts of
+    ``split``: a dict with
+
+    - ``base_palette_error``: mean over the base model's first chunks of
+      :func:`~longseq.streaming.metrics.palette_error` (levels) — does the base keep the
+      world's colours? Gate: <= ``BASE_COLOUR_GATE``.
+    - ``remake_error``: the memory model continues ``F_cond`` clean frames of a world clip;
+      the mean absolute difference (levels) between the frames it re-makes and those
+      frames — does it reproduce clean input? Gate: <= ``REMAKE_GATE``.
+    - ``continue_palette_error``: the palette error of the new frames it adds;
+    - ``passed``: both gates hold.
+    """
+    from longseq.data.videoworld import clip_for_caption
+
+    prompts = gate_prompts(n, split)
+    size = pipe._pixel_size(pipe.unet)
+    fc = pipe.cond_frames
+    base, remake, cont = [], [], []
+    for caption, seed in prompts:
+        first = pipe(
+            caption,
+            pipe.chunk_frames,
+            seed=seed,
+            progress=False,
+            num_inference_steps=num_inference_steps,
+        ).frames
+        base.append(palette_error(first).summary()["palette_error"])
+        clip = clip_for_caption(caption, seed=seed)
+        start = 8 * (seed % 8)
+        real = clip.render(fc, size, start)
+        anchor = clip.render(1, size)[0]
+        out = pipe.continue_chunk(
+            caption, real, anchor, seed=seed, num_inference_steps=num_inference_steps
+        )
+        remake.append(float(np.abs(out[:fc].astype(float) - real.astype(float)).mean()))
+        cont.append(palette_error(out[fc:]).summary()["palette_error"])
+    res = {
+        "base_palette_error": float(np.nanmean(base)),
+        "remake_error": float(np.mean(remake)),
+        "continue_palette_error": float(np.nanmean(cont)),
+        "n": n,
+    }
+    res["passed"] = bool(
+        res["base_palette_error"] <= BASE_COLOUR_GATE and res["remake_error"] <= REMAKE_GATE
+    )
+    return res

@@ -118,8 +118,8 @@ class StreamingT2VPipeline:
         # sampling defaults; a shipped checkpoint stores the values it was tuned with
         self.defaults: dict[str, float] = {
             "num_inference_steps": 25,
-            "guidance_scale": 7.5,
-            "anchor_guidance_scale": 7.5,
+            "guidance_scale": 7.5,  # joint over text and anchor (the authors' setting)
+            "anchor_guidance_scale": None,  # a number: the anchor's own scale
             "enhancer_guidance_scale": 7.5,
             "strength": 0.6,
         }
@@ -210,30 +210,33 @@ class StreamingT2VPipeline:
         w_text: float,
         cond: torch.Tensor | None = None,
         anchor: torch.Tensor | None = None,
-        w_anchor: float = 0.0,
+        w_anchor: float | None = None,
     ) -> torch.Tensor:
-        """Classifier-free guidance over text and anchor, all branches in one batch:
-        ``e(0,0) + w_text (e(c,0) - e(0,0)) + w_anchor (e(c,a) - e(c,0))``, where the
-        missing anchor is the zero embedding (as dropped in training)."""
+        """Classifier-free guidance over text and anchor, all branches in one batch.
+
+        Joint (``w_anchor=None``, the authors' setting): ``e(0,0) + w_text (e(c,a) -
+        e(0,0))``, one scale over text and anchor together. Separate scales:
+        ``e(0,0) + w_text (e(c,0) - e(0,0)) + w_anchor (e(c,a) - e(c,0))``. The missing
+        anchor is the zero embedding (as dropped in training); without an anchor both
+        are plain text guidance. The output is in the model's parametrisation."""
         b = x.shape[0]
         mode = _conditioning(unet)
-        use_anchor = anchor is not None and w_anchor != 0
-        n = 3 if use_anchor else 2
+        apm = bool(getattr(unet.config, "apm", False))
+        use_anchor = apm and anchor is not None
+        separate = use_anchor and w_anchor is not None
+        n = 3 if separate else 2
         kw: dict[str, Any] = {}
         if mode in ("cam", "concat") and cond is not None:
             kw["cond_frames"] = cond.repeat(n, *[1] * (cond.ndim - 1))
-        if getattr(unet.config, "apm", False):
+        if apm:
             zero = torch.zeros(b, unet.config.image_dim, device=x.device, dtype=x.dtype)
-            anchors = [zero, zero] + ([anchor.expand(b, -1)] if use_anchor else [])
-            kw["anchor_embeds"] = torch.cat(anchors)
-        ctx = torch.cat(
-            [null.expand(b, -1, -1), text.expand(b, -1, -1)]
-            + ([text.expand(b, -1, -1)] if use_anchor else [])
-        )
+            full = anchor.to(x).expand(b, -1) if use_anchor else zero
+            kw["anchor_embeds"] = torch.cat([zero, zero, full] if separate else [zero, full])
+        ctx = torch.cat([null.expand(b, -1, -1)] + [text.expand(b, -1, -1)] * (n - 1))
         out = unet(x.repeat(n, 1, 1, 1, 1), t, encoder_hidden_states=ctx, **kw).sample
         e = out.chunk(n)
         eps = e[0] + w_text * (e[1] - e[0])
-        if use_anchor:
+        if separate:
             eps = eps + w_anchor * (e[2] - e[1])
         return eps
 
@@ -246,7 +249,7 @@ class StreamingT2VPipeline:
         gen: torch.Generator,
         steps: int,
         w_text: float,
-        w_anchor: float,
+        w_anchor: float | None,
         cond: torch.Tensor | None,
         anchor: torch.Tensor | None,
     ) -> torch.Tensor:
@@ -264,6 +267,70 @@ class StreamingT2VPipeline:
             x = self.scheduler.step(eps, t, x).prev_sample
         return x.clamp(-1, 1)
 
+    def _settings(
+        self,
+        prompt: str,
+        num_inference_steps: int | None,
+        guidance_scale: float | None,
+        anchor_guidance_scale: float | None,
+    ) -> tuple[int, float, float | None]:
+        d = self.defaults
+        steps = d["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        w = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        wa = d["anchor_guidance_scale"] if anchor_guidance_scale is None else anchor_guidance_scale
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
+        return int(steps), float(w), None if wa is None else float(wa)
+
+    def _anchor(self, frame: torch.Tensor) -> torch.Tensor:
+        """APM anchor embedding of one decoded frame (1, 3, H, W) in [-1, 1]."""
+        return self.image_encoder.embed(frame.to(_param(self.image_encoder))).to(_param(self.unet))
+
+    def _frames_in(self, frames: np.ndarray, name: str) -> torch.Tensor:
+        """(T, H, W, 3) uint8 frames at the generator's resolution -> samples (1, C, T, h, w)."""
+        frames = np.asarray(frames)
+        size = self._pixel_size(self.unet)
+        if frames.ndim != 4 or frames.shape[1:] != (size, size, 3) or frames.dtype != np.uint8:
+            raise ValueError(
+                f"{name} must be (T, {size}, {size}, 3) uint8 frames at the model's "
+                f"resolution, got {frames.shape} {frames.dtype}"
+            )
+        return self._encode(to_tensor(frames)[None].to(_param(self.unet)))
+
+    @torch.no_grad()
+    def continue_chunk(
+        self,
+        prompt: str,
+        cond_frames: np.ndarray,
+        anchor_frame: np.ndarray | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        anchor_guidance_scale: float | None = None,
+        seed: int = 0,
+    ) -> np.ndarray:
+        """One chunk (F, H, W, 3) uint8 continuing the ``F_cond`` given frames: its first
+        ``F_cond`` frames re-make them, the rest are new. ``anchor_frame`` (H, W, 3) is the
+        APM anchor (default: the first conditioning frame)."""
+        steps, w, wa = self._settings(
+            prompt, num_inference_steps, guidance_scale, anchor_guidance_scale
+        )
+        cond = self._frames_in(cond_frames, "cond_frames")
+        if cond.shape[2] != self.cond_frames:
+            raise ValueError(f"need {self.cond_frames} conditioning frames, got {cond.shape[2]}")
+        anchor = None
+        if self.apm:
+            a = cond_frames[0] if anchor_frame is None else anchor_frame
+            anchor = self._anchor(
+                self._decode(self._frames_in(np.asarray(a)[None], "anchor"))[:, :, 0]
+            )
+        p = _param(self.unet)
+        gen = torch.Generator().manual_seed(seed)
+        text, null = self.text_encoder([prompt]).to(p), self.text_encoder([""]).to(p)
+        x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor)
+        return to_uint8(self._decode(x)[0])
+
     def stream(
         self,
         prompt: str,
@@ -274,63 +341,48 @@ class StreamingT2VPipeline:
         use_anchor: bool = True,
         seed: int = 0,
         progress: bool = True,
+        init_frames: np.ndarray | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield the video chunk by chunk as (n, H, W, 3) uint8 arrays: the first chunk's
         ``F`` frames, then ``F - F_cond`` new frames per chunk, until ``num_frames``.
-        ``use_anchor=False`` drops the APM anchor (the "without APM" ablation); unset
-        sampling arguments take :attr:`defaults`."""
-        d = self.defaults
-        num_inference_steps = int(num_inference_steps or d["num_inference_steps"])
-        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
-        if anchor_guidance_scale is None:
-            anchor_guidance_scale = d["anchor_guidance_scale"]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("prompt must be a non-empty string")
-        if num_frames < 1:
-            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+
+        ``guidance_scale`` is the joint text-and-anchor scale; ``anchor_guidance_scale``
+        given separates the anchor's scale from the text's. ``use_anchor=False`` drops
+        the APM anchor (the "without APM" ablation). ``init_frames`` (at least ``F_cond``
+        frames at the model's resolution) replace the generated first chunk: the video
+        continues them, their first frame is the anchor, and they are yielded first.
+        Unset sampling arguments take :attr:`defaults`."""
+        steps, w, wa = self._settings(
+            prompt, num_inference_steps, guidance_scale, anchor_guidance_scale
+        )
+        if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
+            raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
         p = _param(self.unet)
         gen = torch.Generator().manual_seed(seed)
         text = self.text_encoder([prompt]).to(p)
         null = self.text_encoder([""]).to(p)
         f, fc = self.chunk_frames, self.cond_frames
-        n_chunks = 1 + max(0, math.ceil((num_frames - f) / (f - fc)))
+        if init_frames is not None:
+            x = self._frames_in(init_frames, "init_frames")
+            if x.shape[2] < fc:
+                raise ValueError(f"init_frames needs at least {fc} frames, got {x.shape[2]}")
+            first_frames = np.asarray(init_frames)[:num_frames]
+        n_first = len(first_frames) if init_frames is not None else f
+        n_chunks = 1 + max(0, math.ceil((num_frames - n_first) / (f - fc)))
         done = 0
         with progress_bar("chunks", n_chunks, enabled=progress) as advance:
-            x = self._chunk(
-                self.first_unet,
-                text,
-                null,
-                gen,
-                num_inference_steps,
-                guidance_scale,
-                0.0,
-                None,
-                None,
-            )
-            pixels = self._decode(x)
+            if init_frames is None:
+                x = self._chunk(self.first_unet, text, null, gen, steps, w, None, None, None)
+                first_frames = to_uint8(self._decode(x)[0])[:num_frames]
             anchor = None
             if self.apm and use_anchor:
-                first = pixels[:, :, 0].to(_param(self.image_encoder))
-                anchor = self.image_encoder.embed(first).to(p)
-            frames = to_uint8(pixels[0])[:num_frames]
-            done += len(frames)
+                anchor = self._anchor(self._decode(x[:, :, :1])[:, :, 0])
+            done += len(first_frames)
             advance()
-            yield frames
+            yield first_frames
             while done < num_frames:
                 cond = x[:, :, -fc:]
-                x = self._chunk(
-                    self.unet,
-                    text,
-                    null,
-                    gen,
-                    num_inference_steps,
-                    guidance_scale,
-                    anchor_guidance_scale,
-                    cond,
-                    anchor,
-                )
+                x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor)
                 new = to_uint8(self._decode(x[:, :, fc:])[0])[: num_frames - done]
                 done += len(new)
                 advance()
