@@ -303,6 +303,8 @@ def evaluate(
                         f"max_new_tokens={cfg.max_new_tokens} was lowered to what the "
                         f"model's context ({ctx} tokens) leaves after each prompt"
                     )
+                else:
+                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
             completion = _decode(tokenizer, res.pop("tokens"))
             ok, pred = grade(p.kind, completion, p, code_timeout, chat=mode == "chat")
             rec = {
@@ -322,7 +324,7 @@ def evaluate(
             bar.update(task, advance=1, acc=f"{correct}/{len(records)} right")
     n = len(records)
     lo, hi = wilson_interval(correct, n)
-    mean = lambda key: sum(r[key] for r in records) / n  # noqa: E731
+    mean = lambda key: sum(r.get(key, 0.0) for r in records) / n  # noqa: E731
     return EvalSummary(
         method=cfg.method,
         settings=cfg.describe(),
