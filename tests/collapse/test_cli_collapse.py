@@ -3,6 +3,7 @@ their options before any work, and say what they are doing."""
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,10 @@ from typer.testing import CliRunner
 
 import longseq.collapse.evaluate as ev
 from longseq.cli import app
+from longseq.collapse.cli import NLL_UNIT
 from longseq.models.mamba2 import Mamba2Config, Mamba2ForCausalLM
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny(seed=0):
@@ -136,3 +140,10 @@ def test_demo_says_what_it_is_doing(tmp_path):
         "loss_newline.json",
         "loss_newline.png",
     }
+
+
+def test_readme_states_losses_in_the_unit_the_cli_prints():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Stuffed Mamba")[1].split("\n## ")[0]
+    assert NLL_UNIT in section
+    assert "nats/byte" not in section
