@@ -20,7 +20,9 @@ The calling convention is the `transformers` 5 one::
 
 ``cache.layers[i].conv_states`` (b, conv_dim, d_conv - 1) and
 ``cache.layers[i].recurrent_states`` (b, nheads, headdim, d_state) are the whole
-memory of the sequence so far: their size does not grow with its length.
+memory of the sequence so far: their size does not grow with its length. Under the
+sliding-window control (:class:`SSMControl`) a layer also keeps its last ``window`` SSM
+inputs (``cache.layers[i].window``), again whatever the length.
 """
 
 from __future__ import annotations
