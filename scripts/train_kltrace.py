@@ -30,6 +30,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from multiprocessing import Pool
 from pathlib import Path
 
@@ -38,7 +39,13 @@ import torch
 
 from longseq import hub
 from longseq.data.flowworld import training_pairs
-from longseq.kltrace import calibrate, code_accuracy, synthetic_set
+from longseq.kltrace import (
+    TraceConfig,
+    calibrate,
+    code_accuracy,
+    evaluate_methods,
+    synthetic_set,
+)
 from longseq.models.lras import LRAS, LRASConfig
 from longseq.models.match_mixture import HEADS, MatchMixture, MatchMixtureConfig
 from longseq.utils import (
@@ -135,6 +142,22 @@ def batch_loss(model, batch: torch.Tensor, args, gs: torch.Generator) -> torch.T
     return model(batch[:, 0], batch[:, 1], revealed.to(batch.device))[1]
 
 
+def tune_bump(model, data, cfg: TraceConfig, args) -> tuple[TraceConfig, dict]:
+    """The bump (amplitude, sigma) with the best KL-tracing delta_avg on validation clips,
+    and the table of every candidate's (KL, RGB) delta_avg."""
+    table, best = {}, None
+    for amp in (float(v) for v in args.trace_amplitudes.split(",")):
+        for sigma in (float(v) for v in args.trace_sigmas.split(",")):
+            c = replace(cfg, amplitude=amp, sigma=sigma)
+            res = evaluate_methods(model, data, c, methods=("kl", "rgb"))
+            score = {p: round(res[p]["average_pts_within_thresh"], 4) for p in ("kl", "rgb")}
+            table[f"amplitude {amp:g}, sigma {sigma:g}"] = score
+            print(f"bump amplitude {amp:g} sigma {sigma:g}: delta_avg {score}", flush=True)
+            if best is None or score["kl"] > best[0]:
+                best = (score["kl"], c)
+    return best[1], table
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", choices=["match", "lras"], default="match")
@@ -163,6 +186,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-embd", type=int, default=128)
     ap.add_argument("--eval-reveal", type=float, default=0.1, help="reveal fraction of the eval")
     ap.add_argument("--calib-clips", type=int, default=12, help="val clips for thresholds")
+    ap.add_argument(
+        "--trace-scales", default="0.5", help="zoom windows shipped with the model (fractions)"
+    )
+    ap.add_argument("--trace-masks", type=int, default=5, help="reveal masks shipped")
+    ap.add_argument("--trace-reveal", type=float, default=0.1, help="reveal fraction shipped")
+    ap.add_argument(
+        "--trace-amplitudes",
+        default="24,32,48,64,128",
+        help="bump amplitudes tried on validation clips (the best KL delta_avg is shipped)",
+    )
+    ap.add_argument("--trace-sigmas", default="1.5,2", help="bump widths tried likewise")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -241,8 +275,16 @@ def main(argv: list[str] | None = None) -> None:
     metrics = {"reveal": args.eval_reveal, **code_accuracy(model, val, args.eval_reveal)}
     metrics["train_seconds_this_call"] = round(time.time() - t0, 1)
     print(json.dumps(metrics))
-    # occlusion thresholds of KL-tracing and the RGB probe, fitted on validation clips
-    tcfg = calibrate(model, synthetic_set(args.calib_clips, "val", n_frames=2))
+    # the tracing settings shipped with the model, and the occlusion thresholds of
+    # KL-tracing and the RGB probe under them, fitted on validation clips
+    tcfg = TraceConfig(
+        scales=tuple(float(v) for v in args.trace_scales.split(",")),
+        n_masks=args.trace_masks,
+        reveal=args.trace_reveal,
+    )
+    calib = synthetic_set(args.calib_clips, "val", n_frames=2)
+    tcfg, bump_table = tune_bump(model, calib, tcfg, args)
+    tcfg = calibrate(model, calib, tcfg)
     print(f"calibrated occlusion thresholds: {tcfg.thresholds}")
     if export:
         extra = {
@@ -254,7 +296,18 @@ def main(argv: list[str] | None = None) -> None:
             },
             "metrics": metrics,
             "n_parameters": model.num_parameters(),
-            "kltrace": {"thresholds": tcfg.thresholds, "calibration_clips": args.calib_clips},
+            "kltrace": {
+                "thresholds": tcfg.thresholds,
+                "calibration_clips": args.calib_clips,
+                "config": {
+                    "scales": list(tcfg.scales),
+                    "n_masks": tcfg.n_masks,
+                    "reveal": tcfg.reveal,
+                    "amplitude": tcfg.amplitude,
+                    "sigma": tcfg.sigma,
+                },
+                "bump_tuning": bump_table,
+            },
         }
         arch = "lras" if args.arch == "lras" else "match_mixture"
         out = hub.save_pretrained(model.cpu(), export, arch, extra)

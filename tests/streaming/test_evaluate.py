@@ -128,3 +128,35 @@ def test_video_metrics_align_text_only_with_a_caption_and_an_encoder():
     assert video_metrics(v, CAPTION, encoder)["text_alignment"] == pytest.approx(1.0, abs=1e-6)
     assert "text_alignment" not in video_metrics(v, None, encoder)
     assert "text_alignment" not in video_metrics(v, CAPTION)
+
+
+def test_gates_measure_a_pipeline_on_held_out_prompts():
+    """On a pipeline whose model returns the clean video it is given as conditioning (an
+    oracle), the re-make error is 0; the base model's chunks are checked for colours."""
+    from longseq.streaming.evaluate import gate_prompts, gates
+
+    class Oracle:
+        cond_frames, chunk_frames = 4, 8
+
+        def _pixel_size(self, unet):
+            return 16
+
+        unet = None
+
+        def __call__(self, caption, n, seed=0, **kw):
+            clip = vw.clip_for_caption(caption, seed=seed)
+
+            class Out:
+                frames = clip.render(n, 16)
+
+            return Out()
+
+        def continue_chunk(self, caption, cond, anchor, seed=0, **kw):
+            start = 8 * (seed % 8)
+            return vw.clip_for_caption(caption, seed=seed).render(8, 16, start)
+
+    res = gates(Oracle(), n=3)
+    assert res["remake_error"] == 0 and res["continue_colour_error"] == 0
+    assert res["base_colour_error"] < 1.0 and res["passed"]
+    assert [c for c, _ in gate_prompts(3)] == [c for c, _ in gate_prompts(5)][:3]
+    assert all(vw.caption_split(vw.parse_caption(c)) == "test" for c, _ in gate_prompts(5))

@@ -498,3 +498,15 @@ def test_text_alignment_needs_an_attribute_the_encoder_knows():
         text_alignment(video, "something bounces quickly", model)
     with pytest.raises(ValueError, match="every"):
         text_alignment(video, CAPTION, model, every=0)
+
+
+def test_mean_colour_error_is_zero_on_the_world_and_sees_a_recolouring():
+    from longseq.streaming.metrics import mean_colour_error
+
+    for seed in range(6):
+        video = vw.sample_clip(seed, "test").render(40, 16)
+        assert mean_colour_error(video).max() < 1.0
+    washed = vw.sample_clip(1, "test").render(8, 16).astype(float) * 0.7 + 50  # washed out
+    assert mean_colour_error(washed.clip(0, 255).astype(np.uint8)).min() > 4.0
+    with pytest.raises(ValueError, match="square"):
+        mean_colour_error(np.zeros((2, 8, 10, 3), np.uint8))

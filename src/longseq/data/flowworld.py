@@ -296,13 +296,15 @@ def training_pairs(
     render_size: int = 64,
     split: str = "train",
     max_gap: int = 2,
+    native: bool = False,
 ) -> np.ndarray:
     """``n`` frame pairs (n, 2, image_size, image_size, 3) uint8 for the video model.
 
     Each clip is rendered at ``render_size``; a random square window (side between
     ``image_size`` and ``render_size``) of frames (0, t), t in {1, ..., max_gap}, is
     resized to ``image_size``: the model sees the zoom levels that KL-tracing queries
-    it at."""
+    it at. ``native`` keeps every window at ``image_size`` (no resizing: the zoom that
+    matches the render's own pixels)."""
     if max_gap < 1:
         raise ValueError(f"max_gap must be >= 1, got {max_gap}")
     rng = np.random.default_rng([SPLIT_SEEDS[split], 7, seed])
@@ -314,6 +316,8 @@ def training_pairs(
         t = int(rng.integers(1, max_gap + 1))
         frames = np.stack([world.render_frame(0), world.render_frame(t)])
         side = int(rng.integers(image_size, render_size + 1))
+        if native:
+            side = image_size
         x0, y0 = rng.integers(0, render_size - side + 1, 2)
         out[i] = crop_resize(frames, (x0, y0, side), image_size)
     return out

@@ -135,7 +135,9 @@ def _peaks(model: FramePairModel, data: SyntheticSet, cfg: TraceConfig) -> dict[
     return {p: np.concatenate(v) for p, v in peaks.items()} | {"occluded": np.concatenate(labels)}
 
 
-def calibrate(model: FramePairModel, data: SyntheticSet, cfg: TraceConfig | None = None) -> TraceConfig:
+def calibrate(
+    model: FramePairModel, data: SyntheticSet, cfg: TraceConfig | None = None
+) -> TraceConfig:
     """``cfg`` with occlusion thresholds of both probes fitted on a labelled set."""
     cfg = cfg or TraceConfig()
     pk = _peaks(model, data, cfg)
@@ -149,9 +151,11 @@ def evaluate_methods(
     cfg: TraceConfig,
     methods: tuple[str, ...] = METHODS,
     fb_threshold: float = 1.5,
+    tracks_out: dict | None = None,
 ) -> dict[str, dict[str, float]]:
     """TAP-Vid "first" metrics of each method on ``data``, plus seconds per query point
-    per frame pair (``sec_per_point``)."""
+    per frame pair (``sec_per_point``). ``tracks_out``, a dict, receives each method's
+    (tracks (B, N, T, 2), occluded (B, N, T))."""
     unknown = set(methods) - set(METHODS)
     if unknown:
         raise ValueError(f"unknown methods {sorted(unknown)} (known: {METHODS})")
@@ -176,6 +180,8 @@ def evaluate_methods(
                 )
                 tracks[b, :, t], occ[b, :, t] = xy, o
         preds[name], secs[name] = (tracks.astype(np.float32), occ), time.perf_counter() - t0
+    if tracks_out is not None:
+        tracks_out.update({name: preds[name] for name in methods})
     results = {}
     for name in methods:
         tracks, occ = preds[name]

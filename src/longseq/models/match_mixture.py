@@ -152,9 +152,14 @@ class MatchMixture(nn.Module):
         iy = y0[..., None] - dxy[:, 1] + d  # source window = slot - displacement
         ix = x0[..., None] - dxy[:, 0] + d
         idx = (iy * side + ix).reshape(b, -1)  # (B, R*D)
-        cand = win.gather(2, idx[:, None].expand(-1, win.shape[1], -1))  # (B, P, R*D)
-        cand = cand.view(b, -1, *iy.shape[1:]).permute(0, 2, 3, 1)  # (B, R, D, P)
-        cost = (cand - revealed[:, :, None]).pow(2).mean(-1)
+        # ||window - patch||^2 = ||window||^2 - 2 window.patch + ||patch||^2, the dot
+        # products of every patch with every window as one batched product
+        dots = revealed @ win  # (B, R, side*side)
+        n_win = win.pow(2).sum(1)  # (B, side*side)
+        r = revealed.shape[1]
+        pick = idx.view(b, r, -1)
+        sq = n_win.gather(1, idx).view_as(pick) - 2 * dots.gather(2, pick)
+        cost = (sq + revealed.pow(2).sum(-1, keepdim=True)).clamp(min=0) / win.shape[1]
         cost = cost + (1 - frac.gather(1, idx).view_as(cost))  # windows leaving the frame
         logits = -self.log_match_sharpness.exp() * cost
         logits = logits - self.log_motion_prior.exp() * self.disps.pow(2).sum(-1)

@@ -371,6 +371,59 @@ def palette_error(
     return PaletteError(nearest(a.object_color, objects), nearest(a.background_color, backgrounds))
 
 
+def _world_means(size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mean frame colours of the world's backgrounds alone (colour x pattern, (n, 3)), the
+    object colours (m, 3), and the largest share of a frame an object covers."""
+    objects = np.array(list(vw.COLORS.values()), np.float64)
+    backs = np.array(
+        [
+            vw.Clip(attrs={"bg_color": c, "pattern": p}, seed=0)
+            .render_background(size)
+            .reshape(-1, 3)
+            .mean(0)
+            for c, p in itertools.product(vw.BG_COLORS, vw.PATTERNS)
+        ]
+    )
+    return objects, backs, max(_object_share(shape, size) for shape in vw.SHAPES)
+
+
+def _object_share(shape: str, size: int) -> float:
+    """The share of a ``size`` px frame a fully visible object of ``shape`` covers."""
+    clip = vw.clip_for_caption(f"a {shape} bounces slowly", 0, color="white", bg_color="navy")
+    frame = clip.render(1, size)[0].astype(np.float64)
+    back = clip.render_background(size).astype(np.float64)
+    white = np.array(vw.COLORS["white"], np.float64)
+    return float(((frame - back) / (white - back)).clip(0, 1).mean())
+
+
+def mean_colour_error(video: np.ndarray) -> np.ndarray:
+    """Per frame (T,), in levels: how far the frame's mean colour (per channel) is from the
+    mean colour of a world frame of any appearance — the frame-level colour shift a
+    recolouring generator makes.
+
+    A world frame's mean is ``(1 - a) * background + a * object`` for one of the world's
+    backgrounds (colour x pattern, rendered at the video's size), one object colour and
+    an object share ``a`` between 0 (out of view) and the largest share an object covers;
+    the error is the smallest mean absolute per-channel distance to that set. The world's
+    own clips score about 0 (objects rotate and leave the frame partly, so not exactly).
+    A shift onto another colour the world draws is not seen here (the captions name no
+    colour); :func:`appearance_drift` sees it against the anchor.
+    """
+    video = _check_video(video, min_frames=1)
+    if video.shape[1] != video.shape[2]:
+        raise ValueError(f"mean_colour_error needs square frames, got {video.shape[1:3]}")
+    objects, backs, area = _world_means(video.shape[1])
+    means = video.reshape(len(video), -1, 3).mean(1)  # (T, 3)
+    best = np.full(len(video), np.inf)
+    for bg in backs:
+        for obj in objects:
+            d = obj - bg  # the segment bg + a d, a in [0, area]
+            a = np.clip(((means - bg) @ d) / (d @ d), 0, area)
+            err = np.abs(means - (bg + a[:, None] * d)).mean(1)
+            best = np.minimum(best, err)
+    return best
+
+
 # --- scene cuts ---------------------------------------------------------------------
 
 
