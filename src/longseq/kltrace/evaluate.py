@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from longseq.data.flowworld import sample_world
-from longseq.kltrace.classical import FLOW_METHODS, track_with_flow
+from longseq.flow import FLOW_METHODS, track_with_flow
 from longseq.kltrace.metrics import tapvid_metrics
 from longseq.kltrace.tracing import (
     PROBES,
