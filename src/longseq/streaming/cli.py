@@ -9,7 +9,15 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import App, check_output_file, console, fail, make_folder, write_text
+from longseq.cliutils import (
+    App,
+    check_output_file,
+    console,
+    fail,
+    folding_table,
+    make_folder,
+    write_text,
+)
 
 app = App(
     help="StreamingT2V: long, consistent text-to-video by autoregressive chunks.",
@@ -26,20 +34,23 @@ def _load_pipeline(model: str, enhancer: str | None, device: str | None):
         fail(str(e))
 
 
-def _video_metrics_row(table: Table, name: str, m: dict) -> None:
-    table.add_row(
-        name,
-        f"{m['mawe']:.1f}",
-        f"{m['scuts']:.0f}",
-        f"{m.get('text_alignment', float('nan')):.3f}",
-        f"{m['seam_flow_std']:.3f}" if "seam_flow_std" in m else "-",
-    )
+_METRICS = (  # (column, key, digits): lower is better for every one
+    ("seam-jump ratio", "seam_jump_ratio", 2),
+    ("object drift", "object_drift", 1),
+    ("drift after re-appearance", "reappear_drift", 1),
+    ("background drift", "background_drift", 1),
+    ("palette error", "palette_error", 1),
+    ("SCuts", "scuts", 0),
+    ("MAWE", "mawe", 1),
+)
 
 
-def _video_metrics_table(title: str) -> Table:
-    table = Table(title=title)
-    for col in ("video", "MAWE ↓", "SCuts ↓", "text alignment ↑", "seam flow std ↓"):
-        table.add_column(col)
+def _video_metrics_table(title: str, rows: dict[str, dict]) -> Table:
+    """Videos down, metrics across (colours in levels, 0-255; lower is better)."""
+    table = folding_table(title, ["video", *(c for c, _, _ in _METRICS)])
+    for name, m in rows.items():
+        cells = [f"{m[k]:.{d}f}" if k in m and m[k] == m[k] else "-" for _, k, d in _METRICS]
+        table.add_row(name, *cells)
     return table
 
 
@@ -48,7 +59,11 @@ def streaming_generate(
     prompt: str = typer.Argument(..., help="what the video shows"),
     frames: int = typer.Option(240, help="length of the video in frames"),
     out: Path = typer.Option(Path("streaming.mp4"), "-o", "--out", help=".mp4 or .gif"),
-    model: str = typer.Option("streaming-t2v", help="shipped name or checkpoint directory"),
+    model: str = typer.Option(
+        "streaming-t2v",
+        help="streaming-t2v (CAM + APM), streaming-cam, streaming-naive-apm, streaming-naive, "
+        "or a checkpoint directory",
+    ),
     enhance: bool = typer.Option(True, help="refine with the enhancer (randomized blending)"),
     enhancer: str = typer.Option("streaming-enhancer"),
     blending: str = typer.Option(
@@ -56,8 +71,12 @@ def streaming_generate(
     ),
     apm: bool = typer.Option(True, help="use the anchor frame (long-term memory)"),
     steps: int = typer.Option(None, min=1, help="denoising steps per chunk (default: the model's)"),
-    guidance: float = typer.Option(None, help="text guidance scale (default: the model's)"),
-    anchor_guidance: float = typer.Option(None, help="anchor guidance scale"),
+    guidance: float = typer.Option(
+        None, help="guidance scale, joint over text and anchor (default: the model's)"
+    ),
+    anchor_guidance: float = typer.Option(
+        None, help="a separate anchor guidance scale (default: joint guidance)"
+    ),
     fps: float = typer.Option(8.0, help="frames per second of the written video"),
     scale: int = typer.Option(4, help="integer upscaling of the written frames"),
     seed: int = typer.Option(0),
@@ -87,8 +106,9 @@ def streaming_generate(
     pipe = _load_pipeline(model, enhancer if enhance else None, device)
     if hub.registry().get(model) and not parse_caption(prompt):
         console.print(
-            "[yellow]note:[/] the shipped model knows the video world's captions, e.g. "
-            f"'{caption_of(all_captions()[0])}'; this prompt names none of its words"
+            "[yellow]note:[/] the shipped model knows the video world's captions (a shape, a "
+            f"motion, a speed), e.g. '{caption_of(all_captions()[0])}'; this prompt names "
+            "none of their words"
         )
     try:
         video = pipe(
@@ -137,34 +157,43 @@ def _write_video_or_keep_frames(out: Path, frames, fps: float, scale: int) -> No
 
 @app.command("demo")
 def streaming_demo(
-    frames: int = typer.Option(120, min=2, help="length of the video in frames"),
+    frames: int = typer.Option(128, help="length of the video in frames"),
     out: Path = typer.Option(Path("streaming-demo"), help="output folder"),
     seed: int = typer.Option(0),
     device: str = typer.Option(None),
 ) -> None:
-    """Generate a long video for a held-out caption with the shipped models: the base
-    chunks, the enhanced video, a frame strip, and their metrics, written to OUT."""
-    from longseq.data.videoworld import sample_clip
-    from longseq.media import frame_strip, write_image, write_video
-    from longseq.streaming.evaluate import video_metrics
+    """Continue a held-out prompt with the shipped StreamingT2V models: the base chunks,
+    the enhanced video, a labelled frame strip beside the world's own clip, and the
+    metrics of all three, written to OUT."""
+    from longseq.data.videoworld import clip_for_caption
+    from longseq.media import frame_strip, labelled_rows, resize_video, write_image, write_video
+    from longseq.streaming.evaluate import gate_prompts, video_metrics
 
+    if frames < 2:
+        fail(f"--frames must be >= 2, got {frames}")
     if out.exists() and not out.is_dir():
         fail(f"--out {out} is a file; give a folder")
     make_folder(out, "--out")
     pipe = _load_pipeline("streaming-t2v", "streaming-enhancer", device)
-    caption = sample_clip(seed, "test").caption
+    caption, _ = gate_prompts(seed + 1, "test")[seed]
     console.print(f"prompt (a caption never seen in training): [bold]{caption}[/]")
     base = pipe(caption, frames, seed=seed)
     enhanced = pipe.enhance(base.frames, caption, seed=seed)
+    real = clip_for_caption(caption, seed=seed).render(frames, 32)
     write_video(out / "base.gif", base.frames, scale=8)
     write_video(out / "enhanced.mp4", enhanced.frames, scale=4)
     write_video(out / "enhanced.gif", enhanced.frames, scale=4)
-    write_image(out / "strip.png", frame_strip(enhanced.frames, 8, scale=4))
-    table = _video_metrics_table("metrics")
-    metrics = {}
-    for name, v in (("base chunks (16 px)", base), ("enhanced (32 px)", enhanced)):
-        metrics[name] = video_metrics(v.frames, caption, pipe.image_encoder, v.seams)
-        _video_metrics_row(table, name, metrics[name])
-    console.print(table)
+    rows = [
+        (f"world clip (real)\n{caption}", frame_strip(real, 8, scale=3)),
+        ("StreamingT2V\nbase, 16 px", frame_strip(resize_video(base.frames, (32, 32)), 8, scale=3)),
+        ("StreamingT2V\nenhanced, 32 px", frame_strip(enhanced.frames, 8, scale=3)),
+    ]
+    write_image(out / "strip.png", labelled_rows(rows))
+    metrics = {
+        "world clip (32 px)": video_metrics(real, seams=base.seams),
+        "base chunks (16 px)": video_metrics(base.frames, seams=base.seams),
+        "enhanced (32 px)": video_metrics(enhanced.frames, seams=base.seams),
+    }
+    console.print(_video_metrics_table("metrics (lower is better; colours in levels)", metrics))
     write_text(out / "metrics.json", json.dumps({"prompt": caption, **metrics}, indent=2), "--out")
     console.print(f"videos, strip.png and metrics.json in {out}")

@@ -111,15 +111,24 @@ BASE_COLOUR_GATE = 4.0  # levels: the base model's frame colours against the wor
 REMAKE_GATE = 6.0  # levels: teacher-forced re-make error of clean conditioning frames
 
 
-def gate_prompts(n: int, split: str = "test") -> list[tuple[str, int]]:
-    """``n`` (caption, seed) prompts: the split's captions in turn, each with its own seed."""
+def gate_prompts(n: int, split: str = "test", first_seed: int = 0) -> list[tuple[str, int]]:
+    """``n`` (caption, seed) prompts: the split's captions in turn (``"test"``: the
+    held-out captions; ``"train"``: the others), each with its own seed from
+    ``first_seed`` on (the seed draws the clip's appearance and trajectory)."""
     from longseq.data.videoworld import all_captions, caption_of, caption_split
 
     caps = [caption_of(a) for a in all_captions() if caption_split(a) == split]
-    return [(caps[i % len(caps)], i) for i in range(n)]
+    return [(caps[i % len(caps)], first_seed + i) for i in range(n)]
 
 
-def gates(pipe: Any, n: int = 16, split: str = "test", num_inference_steps: int | None = None):
+def gates(
+    pipe: Any,
+    n: int = 16,
+    split: str = "test",
+    num_inference_steps: int | None = None,
+    first_seed: int = 0,
+    **sampling: Any,
+):
     """The checks that come before any comparison of generators, on ``n`` prompts of
     ``split`` (colours in levels, 0-255):
 
@@ -135,26 +144,26 @@ def gates(pipe: Any, n: int = 16, split: str = "test", num_inference_steps: int 
     - ``continue_colour_error``: the new frames' mean colour per channel against the world
       clip's same frames (does it keep the colours it was given?).
     - ``passed``: both gates hold.
+
+    Other keyword arguments (``guidance_scale``, ...) go to the pipeline's sampling.
     """
     from longseq.data.videoworld import clip_for_caption
 
-    prompts = gate_prompts(n, split)
+    prompts = gate_prompts(n, split, first_seed)
     size = pipe._pixel_size(pipe.unet)
     fc, f = pipe.cond_frames, pipe.chunk_frames
+    sampling["num_inference_steps"] = num_inference_steps
     colour, palette, remake, cont = [], [], [], []
     for caption, seed in prompts:
-        first = pipe(
-            caption, f, seed=seed, progress=False, num_inference_steps=num_inference_steps
-        ).frames
+        first = pipe(caption, f, seed=seed, progress=False, **sampling).frames
         colour.append(float(mean_colour_error(first).mean()))
         palette.append(palette_error(first).summary()["palette_error"])
         clip = clip_for_caption(caption, seed=seed)
         start = 8 * (seed % 8)
         real = clip.render(f, size, start)
         out = pipe.continue_chunk(
-            caption, real[:fc], clip.render(1, size)[0], seed=seed,
-            num_inference_steps=num_inference_steps,
-        )  # fmt: skip
+            caption, real[:fc], clip.render(1, size)[0], seed=seed, **sampling
+        )
         diff = out.astype(np.float64) - real.astype(np.float64)
         remake.append(float(np.abs(diff[:fc]).mean()))
         cont.append(float(np.abs(diff[fc:].reshape(f - fc, -1, 3).mean(1)).mean()))

@@ -145,7 +145,7 @@ class StreamingT2VPipeline:
             raise hub.CheckpointError(f"checkpoint {name!r} is not a StreamingT2V video model")
         first = None
         if _conditioning(unet) == "concat":
-            first, _ = hub.load("streaming-t2v", device)
+            first, _ = hub.load(meta.get("first_chunk", "streaming-t2v"), device)
         image_encoder = None
         if unet.config.apm:
             image_encoder, _ = hub.load(
