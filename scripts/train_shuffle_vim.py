@@ -1,9 +1,10 @@
 """ShuffleMamba experiment on the shapes dataset, and the shipped ``shuffle-vim-shapes``.
 
 Trains, for each seed, a deep Vim without shuffle, with the linear schedule
-(p_l = p_max * l / (L - 1)), with a constant probability (p_max / 2: the same
-expected number of shuffled layers), and a same-size ViT; writes the table to
-benchmarks/results/shuffle_experiment.{json,md} and exports the best Vim.
+(p_l = p_max * l / (L - 1)), with p_max / 2 at every layer ("vim-constant", the
+``"uniform"`` schedule: the same expected number of shuffled layers), and a same-size
+ViT; writes the table to benchmarks/results/shuffle_experiment.{json,md} and exports the
+best Vim.
 
     python scripts/train_shuffle_vim.py                    # the recorded run (CPU ok)
     python scripts/train_shuffle_vim.py --epochs 2 --seeds 0 --export ""   # smoke run
@@ -39,7 +40,7 @@ def build(kind: str, args) -> torch.nn.Module:
     p, sched = {
         "vim-none": (0.0, "linear"),
         "vim-linear": (args.p_max, "linear"),
-        "vim-constant": (args.p_max / 2, "constant"),
+        "vim-constant": (args.p_max / 2, "uniform"),  # every layer, the first included
     }[kind]
     return build_classifier("vim", args.depth, args.dim, args.patch, p, sched)
 

@@ -1,10 +1,13 @@
 """Vision Mamba (Vim) with the ShuffleMamba layer-wise shuffle.
 
-Patchify (a strided conv), a class token placed in the middle of the patch sequence
-(as in Vim), learned position embeddings, a stack of bidirectional Mamba blocks, a
-final RMSNorm and a linear head on the class token. A bidirectional block scans the
-normalized sequence forwards with one Mamba mixer and the flipped sequence with a
-second one (separate parameters), adds both and the residual.
+Patchify (a strided conv), a class token, learned position embeddings, a stack of
+bidirectional Mamba blocks, a final RMSNorm and a linear head on the class token. The
+class token sits in the middle of the patch sequence (``cls_position="middle"``, as in
+Vim) or before it (``"first"``, index 0, as in the ShuffleMamba authors' code). A
+bidirectional block scans the normalized sequence forwards with one Mamba mixer and the
+flipped sequence with a second one (separate parameters) and adds both, through
+drop-path (stochastic depth, rate ``drop_path * l / (depth - 1)`` for block l), to the
+residual.
 
 The mixer is the project's Mamba-2 mixer (:class:`longseq.models.mamba2.Mamba2Mixer`):
 the paper's Vim uses Mamba-1 blocks, so parameter counts of the presets differ from
@@ -12,6 +15,9 @@ the paper's; the regularizer does not depend on the mixer.
 
     model = Vim(img_size=32, patch_size=4, dim=96, depth=12, num_classes=8,
                 shuffle_p_max=0.5)            # linear schedule, training only
+    model = Vim(img_size=32, patch_size=4, dim=96, depth=12, num_classes=8,
+                cls_position="first", drop_path=0.1, shuffle_p_max=0.5,
+                shuffle_schedule="constant")  # the authors' ShuffleMamba set-up
     model = vim_base(num_classes=1000)        # paper-size presets: vim_middle/base/large
 """
 
@@ -24,7 +30,9 @@ import torch.nn as nn
 
 from longseq.models.config import ConfigDict
 from longseq.models.mamba2 import Mamba2Config, Mamba2Mixer, RMSNorm
-from longseq.models.shuffle import LayerwiseShuffle
+from longseq.models.shuffle import DropPath, LayerwiseShuffle, drop_path_rates
+
+CLS_POSITIONS = ("first", "middle")
 
 
 @dataclass
@@ -41,7 +49,9 @@ class VimConfig(ConfigDict):
     d_conv: int = 4
     chunk_size: int = 64
     shuffle_p_max: float = 0.0  # paper: 0.5 for Base
-    shuffle_schedule: str = "linear"
+    shuffle_schedule: str = "linear"  # "linear" | "constant" | "uniform" (models/shuffle.py)
+    cls_position: str = "middle"  # Vim: middle; the ShuffleMamba authors' code: "first"
+    drop_path: float = 0.0  # last block's rate (linear rule); authors' Base run.sh: 0.5
 
     def __post_init__(self) -> None:
         if self.img_size % self.patch_size:
@@ -50,6 +60,12 @@ class VimConfig(ConfigDict):
             )
         if self.depth < 1 or self.dim < 1 or self.num_classes < 1:
             raise ValueError("depth, dim and num_classes must be >= 1")
+        if self.cls_position not in CLS_POSITIONS:
+            raise ValueError(
+                f"cls_position must be one of {CLS_POSITIONS}, got {self.cls_position!r}"
+            )
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), got {self.drop_path!r}")
 
     @property
     def num_patches(self) -> int:
@@ -68,18 +84,19 @@ class VimConfig(ConfigDict):
 
 
 class BiMambaBlock(nn.Module):
-    """x + fwd(norm(x)) + flip(bwd(flip(norm(x)))) over the token axis (dim 1)."""
+    """x + drop_path(fwd(norm(x)) + flip(bwd(flip(norm(x))))) over the token axis (dim 1)."""
 
-    def __init__(self, cfg: VimConfig) -> None:
+    def __init__(self, cfg: VimConfig, drop_path: float = 0.0) -> None:
         super().__init__()
         mcfg = cfg.mixer_config()
         self.norm = RMSNorm(cfg.dim)
         self.fwd = Mamba2Mixer(mcfg)
         self.bwd = Mamba2Mixer(mcfg)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
-        return x + self.fwd(h) + self.bwd(h.flip(1)).flip(1)
+        return x + self.drop_path(self.fwd(h) + self.bwd(h.flip(1)).flip(1))
 
 
 class Vim(nn.Module):
@@ -88,11 +105,12 @@ class Vim(nn.Module):
         cfg = cfg if cfg is not None else VimConfig(**kwargs)
         self.config = cfg
         self.patch_embed = nn.Conv2d(cfg.in_chans, cfg.dim, cfg.patch_size, cfg.patch_size)
-        self.cls_pos = cfg.num_patches // 2  # class token in the middle
+        # index of the class token in the token sequence
+        self.cls_pos = 0 if cfg.cls_position == "first" else cfg.num_patches // 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.dim))
         self.blocks = LayerwiseShuffle(
-            [BiMambaBlock(cfg) for _ in range(cfg.depth)],
+            [BiMambaBlock(cfg, rate) for rate in drop_path_rates(cfg.depth, cfg.drop_path)],
             p_max=cfg.shuffle_p_max,
             schedule=cfg.shuffle_schedule,
         )
@@ -106,7 +124,7 @@ class Vim(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """(b, 3, H, W) -> (b, num_patches + 1, dim) with the class token in the middle."""
+        """(b, 3, H, W) -> (b, num_patches + 1, dim), the class token at ``self.cls_pos``."""
         cfg = self.config
         if images.dim() != 4 or images.shape[1:] != (cfg.in_chans, cfg.img_size, cfg.img_size):
             raise ValueError(

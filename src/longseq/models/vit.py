@@ -1,7 +1,8 @@
 """A plain Vision Transformer, the same-size baseline for the Vim experiments.
 
 Patchify, class token first, learned position embeddings, pre-norm blocks of
-multi-head self-attention and a 4x MLP, final LayerNorm, linear head.
+multi-head self-attention and a 4x MLP (each residual branch through drop-path, rate
+``drop_path * l / (depth - 1)`` for block l), final LayerNorm, linear head.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longseq.models.config import ConfigDict
-from longseq.models.shuffle import LayerwiseShuffle
+from longseq.models.shuffle import DropPath, LayerwiseShuffle, drop_path_rates
 
 
 @dataclass
@@ -28,11 +29,13 @@ class ViTConfig(ConfigDict):
     num_classes: int = 1000
     shuffle_p_max: float = 0.0
     shuffle_schedule: str = "linear"
+    drop_path: float = 0.0  # rate of the last block (linear rule, as timm)
 
 
 class ViTBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, drop_path: float = 0.0) -> None:
         super().__init__()
+        self.drop_path = DropPath(drop_path)
         self.heads = heads
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -45,8 +48,8 @@ class ViTBlock(nn.Module):
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).unbind(2)
         a = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.proj(a.transpose(1, 2).reshape(b, n, d)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class ViT(nn.Module):
@@ -59,7 +62,10 @@ class ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, n + 1, cfg.dim))
         self.blocks = LayerwiseShuffle(
-            [ViTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)],
+            [
+                ViTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio, rate)
+                for rate in drop_path_rates(cfg.depth, cfg.drop_path)
+            ],
             p_max=cfg.shuffle_p_max,
             schedule=cfg.shuffle_schedule,
         )

@@ -1,8 +1,14 @@
 """ShuffleMamba: stochastic layer-wise token shuffle for deep Vision Mamba training.
 
-from longseq.shuffle import shuffle_probabilities, LayerwiseShuffle
+from longseq.shuffle import shuffle_probabilities, LayerwiseShuffle, DropPath
 """
 
-from longseq.models.shuffle import SCHEDULES, LayerwiseShuffle, shuffle_probabilities
+from longseq.models.shuffle import (
+    SCHEDULES,
+    DropPath,
+    LayerwiseShuffle,
+    drop_path_rates,
+    shuffle_probabilities,
+)
 
-__all__ = ["SCHEDULES", "LayerwiseShuffle", "shuffle_probabilities"]
+__all__ = ["SCHEDULES", "DropPath", "LayerwiseShuffle", "drop_path_rates", "shuffle_probabilities"]
