@@ -1,17 +1,36 @@
-"""StreamingT2V benchmark: long videos from held-out captions.
+"""StreamingT2V benchmark: does memory keep long videos consistent?
 
-Generators (16 px base chunks, then the 32 px enhancer with randomized blending):
-  naive autoregression   the last frame concatenated to the input (streaming-naive)
-  StreamingT2V w/o APM   CAM only (the anchor dropped)
-  StreamingT2V           CAM + APM
-Enhancer ablation, on the StreamingT2V base videos: independent chunks / shared noise /
-randomized blending. Metrics (longseq.streaming.evaluate): MAWE, SCuts, text alignment,
-std of flow magnitude at the enhancer's seams; frames/s; peak memory vs video length
-(a fresh process per length: CUDA peak allocation, or peak RSS on CPU).
+Generators, a 2 x 2 design over short-term memory (naive last-frame concatenation or
+CAM) and long-term memory (APM or none), all on the same base model:
 
-    python benchmarks/streaming_bench.py [--prompts 4] [--frames 240] [--quick]
+  naive            the last frame concatenated to the input     (streaming-naive)
+  APM only         naive + APM                                   (streaming-naive-apm)
+  CAM only         CAM on the frozen base                        (streaming-cam)
+  CAM + APM        StreamingT2V                                  (streaming-t2v)
 
-Writes benchmarks/results/streaming.json, streaming.md and a frame strip.
+Protocol:
+1. **Gates** before any comparison (``longseq.streaming.evaluate.gates``): the base
+   model's colours against the world's palette, and each memory model's teacher-forced
+   re-make of clean conditioning frames. A failed gate is reported beside the tables.
+2. ``--prompts`` held-out prompts (held-out captions, one seed each); every generator
+   continues the same first chunk (same seed, same base) for ``--frames`` frames, at
+   16 px (base) and after the 32 px enhancer with randomized blending.
+3. Metrics (``longseq.streaming.evaluate.video_metrics``): seam-jump ratio and share of
+   seams above the within-chunk 95th percentile, object and background colour drift from
+   the anchor (frame 0) and after re-appearances, palette error, SCuts (min_scene_len 4),
+   MAWE (the authors' definition, colour-aware flow); the world's own clips at the same
+   resolution for reference.
+4. Paired differences over prompts with 95% t-intervals (``longseq.stats``): CAM + APM vs
+   naive, CAM vs naive, and APM's effect with and without CAM.
+5. Enhancer ablation on the CAM + APM videos: independent chunks / shared noise /
+   randomized blending, seam flow std and seam jumps at the enhancer's seams.
+6. Memory while generating (a fresh process per length; RSS added by generation).
+
+    python benchmarks/streaming_bench.py [--prompts 16] [--frames 128] [--workers 2]
+    python benchmarks/streaming_bench.py --quick                 # a smoke run
+
+Writes benchmarks/results/streaming.json, streaming.md, streaming_strip.png and
+streaming.gif.
 """
 
 from __future__ import annotations
@@ -19,79 +38,161 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import asdict
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from longseq import hub
-from longseq.data.videoworld import clip_for_caption, sample_clip
-from longseq.media import frame_strip, write_image, write_video
-from longseq.streaming import StreamingT2VPipeline
-from longseq.streaming.evaluate import video_metrics
-from longseq.utils import default_device, synchronize
+from longseq.data.videoworld import clip_for_caption
+from longseq.media import frame_strip, labelled_rows, resize_video, write_image, write_video
+from longseq.stats import paired_difference
+from longseq.streaming import BLENDINGS, StreamingT2VPipeline
+from longseq.streaming.evaluate import gate_prompts, gates, real_clip_metrics, video_metrics
+from longseq.utils import default_device
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = {
-    "naive autoregression": ("streaming-naive", True),
-    "StreamingT2V w/o APM": ("streaming-t2v", False),
-    "StreamingT2V": ("streaming-t2v", True),
+GENERATORS = {
+    "naive": "streaming-naive",
+    "APM only": "streaming-naive-apm",
+    "CAM only": "streaming-cam",
+    "CAM + APM": "streaming-t2v",
 }
-if "streaming-t2v-unfrozen" in hub.registry():  # ablation: the base fine-tuned too
-    METHODS["StreamingT2V, base unfrozen"] = ("streaming-t2v-unfrozen", True)
-BLENDS = {
-    "independent chunks": "independent",
-    "shared noise": "shared",
-    "randomized blending": "random",
+COMPARISONS = [  # (a, b): differences a - b
+    ("CAM + APM", "naive"),
+    ("CAM only", "naive"),
+    ("CAM + APM", "CAM only"),
+    ("APM only", "naive"),
+]
+KEYS = {  # metric -> (label, digits); lower is better for all of them
+    "seam_jump_ratio": ("seam-jump ratio", 2),
+    "seam_share_above_p95": ("seams > p95", 2),
+    "object_drift": ("object drift", 1),
+    "reappear_drift": ("drift after re-appearance", 1),
+    "background_drift": ("background drift", 1),
+    "palette_error": ("palette error", 1),
+    "scuts": ("SCuts", 2),
+    "mawe": ("MAWE", 1),
 }
-KEYS = ("mawe", "scuts", "text_alignment", "seam_flow_std", "flow_magnitude", "warp_error")
+_PIPES: dict[str, StreamingT2VPipeline] = {}
 
 
-def held_out_prompts(n: int) -> list[str]:
-    out: list[str] = []
-    i = 0
-    while len(out) < n:
-        c = sample_clip(i, "test").caption
-        if c not in out:
-            out.append(c)
-        i += 1
-    return out
+def _pipe(name: str, device: str | None) -> StreamingT2VPipeline:
+    if name not in _PIPES:
+        _PIPES[name] = StreamingT2VPipeline.from_pretrained(
+            name, "streaming-enhancer", default_device(device)
+        )
+    return _PIPES[name]
 
 
-def summarize(rows: list[dict]) -> dict:
-    out = {}
-    for k in KEYS:
-        vals = [r[k] for r in rows if k in r]
-        if vals:
-            out[k] = {"mean": float(np.mean(vals)), "std": float(np.std(vals))}
-    return out
+def _job(args: tuple) -> dict:
+    """One generator on one prompt: base video, enhanced video, metrics, timings."""
+    label, caption, seed, frames, steps, device = args
+    torch.set_num_threads(1)
+    pipe = _pipe(GENERATORS[label], device)
+    t0 = time.perf_counter()
+    base = pipe(caption, frames, seed=seed, progress=False, num_inference_steps=steps)
+    t1 = time.perf_counter()
+    enh = pipe.enhance(base.frames, caption, seed=seed, progress=False)
+    t2 = time.perf_counter()
+    return {
+        "label": label,
+        "seed": seed,
+        "seams": base.seams,
+        "base": video_metrics(base.frames, seams=base.seams),
+        "enhanced": video_metrics(enh.frames, seams=base.seams),
+        "base_s": t1 - t0,
+        "enhance_s": t2 - t1,
+        "frames_base": base.frames,
+        "frames_enhanced": enh.frames,
+    }
 
 
-def measure_memory(frames: int, device: str) -> None:
-    """Child process: generate ``frames`` frames, print the peak memory in MiB."""
+def _blend_job(args: tuple) -> dict:
+    caption, seed, frames_base, blending, device = args
+    torch.set_num_threads(1)
+    pipe = _pipe(GENERATORS["CAM + APM"], device)
+    enh = pipe.enhance(frames_base, caption, seed=seed, blending=blending, progress=False)
+    m = video_metrics(enh.frames, seams=enh.seams)
+    return {"blending": blending, "seed": seed, **m}
+
+
+def _gate_job(args: tuple) -> dict:
+    label, n, steps, device = args
+    torch.set_num_threads(1)
+    return {"label": label, **gates(_pipe(GENERATORS[label], device), n, "test", steps)}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (4096 / 2**20)
+
+
+def measure_memory(frames: int, device: str | None) -> None:
+    """Child process: generate ``frames`` frames; print the memory the generation added."""
+    torch.set_num_threads(1)
     dev = default_device(device)
     pipe = StreamingT2VPipeline.from_pretrained("streaming-t2v", None, dev)
+    caption = gate_prompts(1)[0][0]
+    pipe(caption, 16, progress=False, num_inference_steps=2)  # warm up allocators
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    pipe("a red circle bounces quickly over a striped gray background", frames, progress=False)
+    before, peak, done = _rss_mib(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mib())
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    for _ in pipe.stream(caption, frames, progress=False, num_inference_steps=2):
+        pass  # streamed: only the newest chunk is held
+    done.set()
+    thread.join()
+    added = peak[0] - before
     if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(dev) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"frames": frames, "peak_mib": peak}))
+        added = torch.cuda.max_memory_allocated(dev) / 2**20
+    print(json.dumps({"frames": frames, "added_mib": added, "before_mib": before}))
+
+
+def _summary(rows: list[dict]) -> dict:
+    out = {}
+    for k in KEYS:
+        vals = np.array([r[k] for r in rows if k in r], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if len(vals):
+            out[k] = {"mean": float(vals.mean()), "std": float(vals.std()), "n": len(vals)}
+    return out
+
+
+def _paired(rows_a: list[dict], rows_b: list[dict]) -> dict:
+    """Paired differences per metric; a metric with fewer than 2 finite pairs (e.g. drift
+    after re-appearance when few videos have one) is left out."""
+    out = {}
+    for k in KEYS:
+        pairs = [(a[k], b[k]) for a, b in zip(rows_a, rows_b, strict=True) if k in a and k in b]
+        if sum(np.isfinite(x) and np.isfinite(y) for x, y in pairs) >= 2:
+            out[k] = asdict(paired_difference([x for x, _ in pairs], [y for _, y in pairs]))
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--frames", type=int, default=240)
-    ap.add_argument("--memory-lengths", default="24,60,120,240,480")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--frames", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: model's)")
+    ap.add_argument("--gate-prompts", type=int, default=16)
+    ap.add_argument("--memory-lengths", default="64,256,1024")
+    ap.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--quick", action="store_true", help="2 prompts, 48 frames (a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="2 prompts, 24 frames (a smoke run)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--measure-memory", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -99,66 +200,67 @@ def main() -> None:
         measure_memory(args.measure_memory, args.device)
         return
     if args.quick:
-        args.prompts, args.frames, args.memory_lengths = 2, 48, "24,48"
-    dev = default_device(args.device)
-    prompts = held_out_prompts(args.prompts)
-    encoder, _ = hub.load("streaming-frame-encoder", dev)
-    pipes = {
-        name: StreamingT2VPipeline.from_pretrained(name, "streaming-enhancer", dev)
-        for name in {m for m, _ in METHODS.values()}
+        args.prompts, args.frames, args.gate_prompts = 2, 24, 2
+        args.memory_lengths = "24,48"
+    missing = [n for n in [*GENERATORS.values(), "streaming-enhancer"] if n not in hub.registry()]
+    if missing:
+        raise SystemExit(f"train these first (scripts/train_streaming.py): {missing}")
+    prompts = gate_prompts(args.prompts, "test")
+    t_start = time.time()
+    with Pool(args.workers) as pool:
+        gate_rows = pool.map(
+            _gate_job, [(g, args.gate_prompts, args.steps, args.device) for g in GENERATORS]
+        )
+        print(json.dumps(gate_rows, indent=1), flush=True)
+        jobs = [
+            (label, caption, seed, args.frames, args.steps, args.device)
+            for caption, seed in prompts
+            for label in GENERATORS
+        ]
+        videos = pool.map(_job, jobs, chunksize=1)
+        cam_apm = [v for v in videos if v["label"] == "CAM + APM"]
+        blend_jobs = [
+            (caption, seed, v["frames_base"], b, args.device)
+            for (caption, seed), v in zip(prompts, cam_apm, strict=True)
+            for b in BLENDINGS
+        ]
+        blends = pool.map(_blend_job, blend_jobs, chunksize=1)
+    seams = videos[0]["seams"]
+    captions, seeds = [c for c, _ in prompts], [s for _, s in prompts]
+    real = {
+        "16 px": real_clip_metrics(captions, args.frames, 16, seeds, seams=seams),
+        "32 px": real_clip_metrics(captions, args.frames, 32, seeds, seams=seams),
     }
-    results: dict = {"methods": {}, "enhancer": {}, "world": {}}
-    strips = {}
-
-    # the world's own clips of the same captions: what real videos score
-    real = []
-    for i, p in enumerate(prompts):
-        v = clip_for_caption(p, seed=i).render(args.frames, 32)
-        real.append(video_metrics(v, p, encoder))
-    results["world"] = summarize(real)
-    strips["world (real clip)"] = clip_for_caption(prompts[0], 0).render(args.frames, 32)
-
-    base_videos, blended = {}, {}  # StreamingT2V's base and randomized-blending videos
-    for label, (name, use_anchor) in METHODS.items():
-        pipe = pipes[name]
-        rows_base, rows_enh, gen_s, enh_s = [], [], 0.0, 0.0
-        for i, p in enumerate(prompts):
-            print(f"{label}: {p}", flush=True)
-            synchronize(dev)
-            t0 = time.perf_counter()
-            base = pipe(p, args.frames, use_anchor=use_anchor, seed=i)
-            synchronize(dev)
-            t1 = time.perf_counter()
-            enh = pipe.enhance(base.frames, p, blending="random", seed=i)
-            synchronize(dev)
-            gen_s += t1 - t0
-            enh_s += time.perf_counter() - t1
-            rows_base.append(video_metrics(base.frames, p, encoder))
-            rows_enh.append(video_metrics(enh.frames, p, encoder))
-            if label == "StreamingT2V":
-                base_videos[i], blended[i] = base.frames, enh
-            if i == 0:
-                strips[label] = enh.frames
-        results["methods"][label] = {
-            "base": summarize(rows_base),
-            "enhanced": summarize(rows_enh),
-            "per_prompt_base": rows_base,
-            "base_frames_per_s": args.frames * len(prompts) / gen_s,
-            "enhancer_frames_per_s": args.frames * len(prompts) / enh_s,
+    results: dict = {"gates": {g["label"]: g for g in gate_rows}, "generators": {}, "paired": {}}
+    results["world"] = {k: _summary(v) for k, v in real.items()}
+    per = {
+        stage: {label: [v[stage] for v in videos if v["label"] == label] for label in GENERATORS}
+        for stage in ("base", "enhanced")
+    }
+    for label in GENERATORS:
+        mine = [v for v in videos if v["label"] == label]
+        results["generators"][label] = {
+            "checkpoint": GENERATORS[label],
+            "base": _summary(per["base"][label]),
+            "enhanced": _summary(per["enhanced"][label]),
+            "per_prompt_base": per["base"][label],
+            "per_prompt_enhanced": per["enhanced"][label],
+            "base_frames_per_s": args.frames * len(mine) / sum(v["base_s"] for v in mine),
+            "enhancer_frames_per_s": args.frames * len(mine) / sum(v["enhance_s"] for v in mine),
         }
-
-    pipe = pipes["streaming-t2v"]
-    for label, blending in BLENDS.items():
-        rows = []
-        for i, p in enumerate(prompts):
-            print(f"enhancer, {label}: {p}", flush=True)
-            if blending == "random":  # made above with the same seed
-                enh = blended[i]
-            else:
-                enh = pipe.enhance(base_videos[i], p, blending=blending, seed=i)
-            rows.append(video_metrics(enh.frames, p, encoder, seams=enh.seams))
-        results["enhancer"][label] = {"metrics": summarize(rows), "per_prompt": rows}
-
+    for stage in ("base", "enhanced"):
+        results["paired"][stage] = {
+            f"{a} - {b}": _paired(per[stage][a], per[stage][b]) for a, b in COMPARISONS
+        }
+    results["enhancer"] = {
+        b: _summary([r for r in blends if r["blending"] == b])
+        | {
+            "seam_flow_std": float(
+                np.mean([r["seam_flow_std"] for r in blends if r["blending"] == b])
+            )
+        }
+        for b in BLENDINGS
+    }
     memory = []
     for n in [int(x) for x in args.memory_lengths.split(",")]:
         cmd = [sys.executable, __file__, "--measure-memory", str(n)]
@@ -166,32 +268,49 @@ def main() -> None:
             cmd += ["--device", args.device]
         res = subprocess.run(cmd, capture_output=True, text=True, check=True)
         memory.append(json.loads(res.stdout.strip().splitlines()[-1]))
-        print(f"memory at {n} frames: {memory[-1]['peak_mib']:.0f} MiB", flush=True)
+        print(f"memory added while generating {n} frames: {memory[-1]['added_mib']:.1f} MiB")
     results["memory"] = memory
+    pipe = _pipe(GENERATORS["CAM + APM"], args.device)
     results["setup"] = {
         "prompts": prompts,
         "frames": args.frames,
-        "device": torch.cuda.get_device_name(dev)
-        if dev.type == "cuda"
-        else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(),
+        "device": platform.processor() or platform.machine(),
+        "workers": args.workers,
+        "threads_per_worker": 1,
         "defaults": pipe.defaults,
         "chunk_frames": pipe.chunk_frames,
         "cond_frames": pipe.cond_frames,
         "enhancer_chunk_frames": pipe.enhancer_chunk_frames,
         "enhancer_overlap": pipe.enhancer_overlap,
+        "wall_minutes": round((time.time() - t_start) / 60, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     (args.out / f"streaming{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"streaming{suffix}.md").write_text(markdown(results))
-    strip = np.concatenate([frame_strip(v, 8, scale=3) for v in strips.values()], 0)
-    write_image(args.out / f"streaming_strip{suffix}.png", strip)
-    write_video(args.out / f"streaming{suffix}.gif", strips["StreamingT2V"][::2], fps=8, scale=3)
+    _pictures(args, prompts, videos, suffix)
     print(markdown(results))
 
 
-def _fmt(m: dict, k: str, digits: int = 2) -> str:
+def _pictures(args, prompts, videos, suffix: str) -> None:
+    """A labelled frame strip of prompt 0 (real clip, each generator at 16 px and after the
+    enhancer) and a GIF of the real clip beside naive and CAM + APM, enhanced."""
+    caption, seed = prompts[0]
+    first = {v["label"]: v for v in videos if v["seed"] == seed}
+    real = clip_for_caption(caption, seed=seed).render(args.frames, 32)
+    rows = [(f"world clip\n(real, 32 px)\n{caption}", frame_strip(real, 10, scale=2))]
+    for label, v in first.items():
+        up = resize_video(v["frames_base"], (32, 32))
+        rows.append((f"{label}\nbase, 16 px", frame_strip(up, 10, scale=2)))
+        rows.append((f"{label}\nenhanced, 32 px", frame_strip(v["frames_enhanced"], 10, scale=2)))
+    write_image(args.out / f"streaming_strip{suffix}.png", labelled_rows(rows))
+    gif = np.concatenate(
+        [real, first["naive"]["frames_enhanced"], first["CAM + APM"]["frames_enhanced"]], 2
+    )
+    write_video(args.out / f"streaming{suffix}.gif", gif, fps=8, scale=3)
+
+
+def _fmt(m: dict, k: str, digits: int) -> str:
     return f"{m[k]['mean']:.{digits}f} ± {m[k]['std']:.{digits}f}" if k in m else "-"
 
 
@@ -200,51 +319,86 @@ def markdown(r: dict) -> str:
     lines = [
         "# StreamingT2V benchmark",
         "",
-        f"{len(s['prompts'])} held-out captions, {s['frames']} frames each; base chunks of "
-        f"{s['chunk_frames']} frames conditioned on {s['cond_frames']} (16 px), enhancer chunks "
-        f"of {s['enhancer_chunk_frames']} with overlap {s['enhancer_overlap']} (32 px). "
-        f"Device: {s['device']}, {s['threads']} threads. Mean ± std over captions. "
-        "Flow metrics at 64 px (DIS).",
+        f"{len(s['prompts'])} held-out prompts (held-out captions x seeds), {s['frames']} "
+        f"frames each; base chunks of {s['chunk_frames']} frames conditioned on "
+        f"{s['cond_frames']} (16 px), enhancer chunks of {s['enhancer_chunk_frames']} with "
+        f"overlap {s['enhancer_overlap']} (32 px); sampling {s['defaults']}. "
+        f"{s['device']}, {s['workers']} processes x 1 thread, {s['wall_minutes']} min. "
+        "Colour metrics in levels (0-255); mean ± std over prompts.",
         "",
-        "## Long videos",
+        "## Gates",
         "",
-        "| generator | stage | MAWE ↓ | SCuts ↓ | text alignment ↑ | flow magnitude | frames/s |",
+        "| generator | base colour error (gate ≤ 4) | re-make error, all F_cond frames "
+        "(gate ≤ 6) | re-make error, last frame (the naive models' gate) | passed | "
+        "base palette error | colour error of new frames |",
         "|---|---|---|---|---|---|---|",
     ]
-    w = r["world"]
-    lines.append(
-        f"| world clips (real) | 32 px | {_fmt(w, 'mawe', 1)} | {_fmt(w, 'scuts')} | "
-        f"{_fmt(w, 'text_alignment', 3)} | {_fmt(w, 'flow_magnitude')} | - |"
-    )
-    for label, m in r["methods"].items():
-        for stage in ("base", "enhanced"):
-            fps = m["base_frames_per_s"] if stage == "base" else m["enhancer_frames_per_s"]
-            x = m[stage]
+    for label, g in r["gates"].items():
+        lines.append(
+            f"| {label} | {g['base_colour_error']:.2f} | {g['remake_error']:.2f} | "
+            f"{g['remake_last_error']:.2f} | {'yes' if g['passed'] else '**no**'} | "
+            f"{g['base_palette_error']:.1f} | {g['continue_colour_error']:.1f} |"
+        )
+    for stage, size in (("base", "16 px"), ("enhanced", "32 px")):
+        lines += [
+            "",
+            f"## Long videos, {stage} ({size})",
+            "",
+            "| generator | " + " | ".join(v[0] for v in KEYS.values()) + " |",
+            "|---|" + "---|" * len(KEYS),
+        ]
+        w = r["world"][size]
+        lines.append(
+            "| world clips (real) | "
+            + " | ".join(_fmt(w, k, d) for k, (_, d) in KEYS.items())
+            + " |"
+        )
+        for label, g in r["generators"].items():
+            x = g[stage]
             lines.append(
-                f"| {label} | {stage} | {_fmt(x, 'mawe', 1)} | {_fmt(x, 'scuts')} | "
-                f"{_fmt(x, 'text_alignment', 3)} | {_fmt(x, 'flow_magnitude')} | {fps:.1f} |"
+                f"| {label} | " + " | ".join(_fmt(x, k, d) for k, (_, d) in KEYS.items()) + " |"
             )
+        lines += [
+            "",
+            f"Paired differences ({stage}), mean [95% CI]; **bold** where the interval excludes 0:",
+            "",
+            "| comparison | " + " | ".join(v[0] for v in KEYS.values()) + " |",
+            "|---|" + "---|" * len(KEYS),
+        ]
+        for name, diffs in r["paired"][stage].items():
+            cells = []
+            for k, (_, d) in KEYS.items():
+                if k not in diffs:
+                    cells.append("-")
+                    continue
+                x = diffs[k]
+                cell = f"{x['mean']:+.{d}f} [{x['low']:+.{d}f}, {x['high']:+.{d}f}]"
+                cells.append(f"**{cell}**" if x["excludes_zero"] else cell)
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "## Enhancer: joining chunks (StreamingT2V base videos)",
+        "## Enhancer: joining chunks (CAM + APM base videos)",
         "",
-        "| chunks | seam flow std ↓ | MAWE ↓ | SCuts ↓ | text alignment ↑ |",
-        "|---|---|---|---|---|",
+        "| chunks | seam flow std ↓ | seam-jump ratio ↓ | SCuts ↓ |",
+        "|---|---|---|---|",
     ]
-    for label, e in r["enhancer"].items():
-        x = e["metrics"]
+    for b, e in r["enhancer"].items():
         lines.append(
-            f"| {label} | {_fmt(x, 'seam_flow_std', 3)} | {_fmt(x, 'mawe', 1)} | "
-            f"{_fmt(x, 'scuts')} | {_fmt(x, 'text_alignment', 3)} |"
+            f"| {b} | {e['seam_flow_std']:.3f} | {_fmt(e, 'seam_jump_ratio', 2)} | {_fmt(e, 'scuts', 2)} |"
         )
     lines += [
         "",
-        "## Peak memory vs video length (StreamingT2V base)",
+        "## Speed and memory",
         "",
-        "| frames | peak MiB |",
-        "|---|---|",
+        "| generator | base frames/s | enhancer frames/s |",
+        "|---|---|---|",
     ]
-    lines += [f"| {m['frames']} | {m['peak_mib']:.0f} |" for m in r["memory"]]
+    for label, g in r["generators"].items():
+        lines.append(
+            f"| {label} | {g['base_frames_per_s']:.1f} | {g['enhancer_frames_per_s']:.1f} |"
+        )
+    lines += ["", "| frames generated | memory added (MiB) |", "|---|---|"]
+    lines += [f"| {m['frames']} | {m['added_mib']:.1f} |" for m in r["memory"]]
     return "\n".join(lines) + "\n"
 
 

@@ -69,7 +69,7 @@ STEPS = {  # the recipe's default schedule length per stage
     "cam": 2400,
     "naive": 2400,
     "naive-apm": 2400,
-    "enhancer": 1200,
+    "enhancer": 800,
 }
 BASE = dict(sample_size=16, channels=[32, 48, 64], attn_levels=[False, True, True])
 ENHANCER = dict(sample_size=32, channels=[24, 32, 48], attn_levels=[False, False, True])
@@ -179,56 +179,65 @@ def memory_model(stage: str, run: Path, device) -> tuple[VideoUNet, list[torch.n
     return model, list(model.parameters())
 
 
+def _write_streaming(names: list[str], **entries) -> None:
+    """Update the ``streaming`` block of the named checkpoints' configs."""
+    for name in names:
+        cfile = hub.CHECKPOINT_DIR / name / hub.CONFIG
+        cfg = json.loads(cfile.read_text())
+        for key, value in entries.items():
+            if isinstance(value, dict) and isinstance(cfg["streaming"].get(key), dict):
+                cfg["streaming"][key].update(value)
+            else:
+                cfg["streaming"][key] = value
+        cfile.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
 def tune(args) -> None:
-    """Pick the sampling settings on validation prompts (training captions, unseen seeds):
-    the joint guidance scale with the lowest re-make error plus colour error of the new
-    frames for StreamingT2V (CAM + APM), and the enhancer's guidance scale with the lowest
-    palette error of the enhanced chunks; the same settings go to every generator."""
+    """Pick the sampling settings on validation prompts (training captions, unseen seeds).
+
+    ``--tune generators``: DDIM trailing spacing (the first step at t = T) for every model,
+    then the joint guidance scale with the lowest re-make error plus colour error of the
+    new frames for StreamingT2V (CAM + APM); ``--tune enhancer``: the enhancer's guidance
+    scale with the lowest palette error of the enhanced chunks. The same settings go to
+    every generator (``all`` does both, in that order)."""
     from longseq.streaming import StreamingT2VPipeline
     from longseq.streaming.evaluate import gate_prompts, gates
     from longseq.streaming.metrics import palette_error
 
     device = default_device(args.device)
-    spacing = {"timestep_spacing": "trailing"}  # the first step at t = T (zero terminal SNR)
-    names = [NAMES[s] for s in MEMORY] + [NAMES["enhancer"]]
-    for name in names:  # the scheduler setting first, so the pipelines below use it
-        cfile = hub.CHECKPOINT_DIR / name / hub.CONFIG
-        cfg = json.loads(cfile.read_text())
-        cfg["streaming"]["scheduler"].update(spacing)
-        cfile.write_text(json.dumps(cfg, indent=2) + "\n")
-    pipe = StreamingT2VPipeline.from_pretrained(NAMES["cam-apm"], NAMES["enhancer"], device)
-    found: dict = {"num_inference_steps": 20, "anchor_guidance_scale": None, "strength": 0.6}
-    scores = {}
-    for w in (1.0, 2.0, 3.0):
-        g = gates(pipe, args.tune_prompts, "train", 20, first_seed=1000, guidance_scale=w)
-        scores[w] = g["remake_error"] + g["continue_colour_error"]
-        print(f"guidance {w}: {g}", flush=True)
-    found["guidance_scale"] = min(scores, key=scores.get)
-    pipe.defaults.update(found)
+    generators = [NAMES[s] for s in MEMORY]
+    names = generators + [NAMES["enhancer"]]
     prompts = gate_prompts(args.tune_prompts, "train", first_seed=1000)
-    bases = [pipe(c, 24, seed=s, progress=False).frames for c, s in prompts]
-    enh = {}
-    for w in (1.0, 3.0):
-        errs = [
-            palette_error(
-                pipe.enhance(b, c, seed=s, guidance_scale=w, progress=False).frames
-            ).summary()["palette_error"]
-            for b, (c, s) in zip(bases, prompts, strict=True)
-        ]
-        enh[w] = float(np.nanmean(errs))
-        print(f"enhancer guidance {w}: palette error {enh[w]:.2f}", flush=True)
-    found["enhancer_guidance_scale"] = min(enh, key=enh.get)
-    for name in names:
-        cfile = hub.CHECKPOINT_DIR / name / hub.CONFIG
-        cfg = json.loads(cfile.read_text())
-        cfg["streaming"]["sampling"] = found
-        cfg["streaming"]["tuned_on"] = {
-            "prompts": prompts,
-            "guidance_scores": scores,
-            "enhancer_palette_errors": enh,
-        }
-        cfile.write_text(json.dumps(cfg, indent=2) + "\n")
-    print(f"sampling defaults: {found}")
+    if args.tune in ("all", "generators"):
+        _write_streaming(names, scheduler={"timestep_spacing": "trailing"})
+        pipe = StreamingT2VPipeline.from_pretrained(NAMES["cam-apm"], None, device)
+        found: dict = {"num_inference_steps": 20, "anchor_guidance_scale": None, "strength": 0.6}
+        scores = {}
+        for w in (1.0, 2.0, 3.0):
+            g = gates(pipe, args.tune_prompts, "train", 20, first_seed=1000, guidance_scale=w)
+            scores[w] = g["remake_error"] + g["continue_colour_error"]
+            print(f"guidance {w}: {g}", flush=True)
+        found["guidance_scale"] = min(scores, key=scores.get)
+        _write_streaming(
+            names, sampling=found, tuned_on={"prompts": prompts, "guidance_scores": scores}
+        )
+        print(f"sampling defaults: {found}", flush=True)
+    if args.tune in ("all", "enhancer"):
+        pipe = StreamingT2VPipeline.from_pretrained(NAMES["cam-apm"], NAMES["enhancer"], device)
+        bases = [pipe(c, 24, seed=s, progress=False).frames for c, s in prompts]
+        enh = {}
+        for w in (1.0, 3.0):
+            errs = [
+                palette_error(
+                    pipe.enhance(b, c, seed=s, guidance_scale=w, progress=False).frames
+                ).summary()["palette_error"]
+                for b, (c, s) in zip(bases, prompts, strict=True)
+            ]
+            enh[w] = float(np.nanmean(errs))
+            print(f"enhancer guidance {w}: palette error {enh[w]:.2f}", flush=True)
+        found = dict(pipe.defaults, enhancer_guidance_scale=min(enh, key=enh.get))
+        _write_streaming(names, sampling=found, tuned_on={"enhancer_palette_errors": enh})
+        print(f"sampling defaults: {found}")
 
 
 def train(stage: str, args) -> None:
@@ -348,6 +357,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--stage", required=True, choices=[*STAGES, "tune", "all"])
     ap.add_argument("--tune-prompts", type=int, default=8)
+    ap.add_argument(
+        "--tune", default="all", choices=["all", "generators", "enhancer"], help="tune stage part"
+    )
     ap.add_argument("--steps", type=int, default=0, help="schedule length (0: the recipe's)")
     ap.add_argument("--stop-at", type=int, default=None, help="stop early (resume later)")
     ap.add_argument("--batch", type=int, default=16)

@@ -68,7 +68,7 @@ def test_a_prompt_outside_the_world_gets_a_note(tmp_path):
     args = ["--frames", "1", "--steps", "1", "--no-enhance", "-o", str(out)]
     res = runner.invoke(app, ["streaming", "generate", "a cat playing the piano", *args])
     assert res.exit_code == 0, res.output
-    assert "names none of its words" in " ".join(res.output.split())  # rich wraps lines
+    assert "names none of their words" in " ".join(res.output.split())  # rich wraps lines
     assert "names none" not in " ".join(generate(*args).output.split())
 
 
