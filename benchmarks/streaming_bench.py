@@ -298,7 +298,7 @@ def _pictures(args, prompts, videos, suffix: str) -> None:
     caption, seed = prompts[0]
     first = {v["label"]: v for v in videos if v["seed"] == seed}
     real = clip_for_caption(caption, seed=seed).render(args.frames, 32)
-    rows = [(f"world clip\n(real, 32 px)\n{caption}", frame_strip(real, 10, scale=2))]
+    rows = [(f"world clip, 32 px\n(colours its own)\n{caption}", frame_strip(real, 10, scale=2))]
     for label, v in first.items():
         up = resize_video(v["frames_base"], (32, 32))
         rows.append((f"{label}\nbase, 16 px", frame_strip(up, 10, scale=2)))
@@ -312,6 +312,14 @@ def _pictures(args, prompts, videos, suffix: str) -> None:
 
 def _fmt(m: dict, k: str, digits: int) -> str:
     return f"{m[k]['mean']:.{digits}f} ± {m[k]['std']:.{digits}f}" if k in m else "-"
+
+
+def _metric_head(first: str) -> list[str]:
+    """The header rows of a table with one column per metric of ``KEYS``."""
+    return [
+        f"| {first} | " + " | ".join(v[0] for v in KEYS.values()) + " |",
+        "|---|" + "---|" * len(KEYS),
+    ]
 
 
 def markdown(r: dict) -> str:
@@ -340,13 +348,7 @@ def markdown(r: dict) -> str:
             f"{g['base_palette_error']:.1f} | {g['continue_colour_error']:.1f} |"
         )
     for stage, size in (("base", "16 px"), ("enhanced", "32 px")):
-        lines += [
-            "",
-            f"## Long videos, {stage} ({size})",
-            "",
-            "| generator | " + " | ".join(v[0] for v in KEYS.values()) + " |",
-            "|---|" + "---|" * len(KEYS),
-        ]
+        lines += ["", f"## Long videos, {stage} ({size})", "", *_metric_head("generator")]
         w = r["world"][size]
         lines.append(
             "| world clips (real) | "
@@ -362,8 +364,7 @@ def markdown(r: dict) -> str:
             "",
             f"Paired differences ({stage}), mean [95% CI]; **bold** where the interval excludes 0:",
             "",
-            "| comparison | " + " | ".join(v[0] for v in KEYS.values()) + " |",
-            "|---|" + "---|" * len(KEYS),
+            *_metric_head("comparison"),
         ]
         for name, diffs in r["paired"][stage].items():
             cells = []

@@ -217,10 +217,16 @@ def tune(args) -> None:
             g = gates(pipe, args.tune_prompts, "train", 20, first_seed=1000, guidance_scale=w)
             scores[w] = g["remake_error"] + g["continue_colour_error"]
             print(f"guidance {w}: {g}", flush=True)
-        found["guidance_scale"] = min(scores, key=scores.get)
-        _write_streaming(
-            names, sampling=found, tuned_on={"prompts": prompts, "guidance_scores": scores}
-        )
+        found["guidance_scale"] = w = min(scores, key=scores.get)
+        # then the number of DDIM steps at that scale, on more prompts: the re-make gate
+        steps_scores = {}
+        for n in (20, 50):
+            g = gates(pipe, args.tune_step_prompts, "train", n, first_seed=1000, guidance_scale=w)
+            steps_scores[n] = g["remake_error"] + g["continue_colour_error"]
+            print(f"{n} steps: {g}", flush=True)
+        found["num_inference_steps"] = min(steps_scores, key=steps_scores.get)
+        tuned = {"prompts": prompts, "guidance_scores": scores, "steps_scores": steps_scores}
+        _write_streaming(names, sampling=found, tuned_on=tuned)
         print(f"sampling defaults: {found}", flush=True)
     if args.tune in ("all", "enhancer"):
         pipe = StreamingT2VPipeline.from_pretrained(NAMES["cam-apm"], NAMES["enhancer"], device)
@@ -357,6 +363,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--stage", required=True, choices=[*STAGES, "tune", "all"])
     ap.add_argument("--tune-prompts", type=int, default=8)
+    ap.add_argument("--tune-step-prompts", type=int, default=16)
     ap.add_argument(
         "--tune", default="all", choices=["all", "generators", "enhancer"], help="tune stage part"
     )
