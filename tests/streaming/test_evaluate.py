@@ -158,5 +158,18 @@ def test_gates_measure_a_pipeline_on_held_out_prompts():
     res = gates(Oracle(), n=3)
     assert res["remake_error"] == res["remake_last_error"] == res["continue_colour_error"] == 0
     assert res["base_colour_error"] < 1.0 and res["passed"]
+
+    class Recolouring(Oracle):  # the failure the gates exist for: every chunk shifted in colour
+        def __call__(self, caption, n, seed=0, **kw):
+            out = super().__call__(caption, n, seed)
+            out.frames = np.clip(out.frames.astype(int) + [20, -15, 10], 0, 255).astype(np.uint8)
+            return out
+
+        def continue_chunk(self, caption, cond, anchor, seed=0, **kw):
+            x = super().continue_chunk(caption, cond, anchor, seed).astype(int)
+            return np.clip(x + [20, -15, 10], 0, 255).astype(np.uint8)
+
+    bad = gates(Recolouring(), n=3)
+    assert bad["base_colour_error"] > 4 and bad["remake_error"] > 6 and not bad["passed"]
     assert [c for c, _ in gate_prompts(3)] == [c for c, _ in gate_prompts(5)][:3]
     assert all(vw.caption_split(vw.parse_caption(c)) == "test" for c, _ in gate_prompts(5))
