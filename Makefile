@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/shuffle_bench.py
 	$(PY) benchmarks/mamba2_bench.py
 	$(PY) benchmarks/collapse_passkey.py
+	$(PY) benchmarks/collapse_streaming.py
 	$(PY) benchmarks/kltrace_bench.py
 	$(PY) benchmarks/streaming_bench.py
 
