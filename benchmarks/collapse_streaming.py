@@ -32,16 +32,14 @@ from pathlib import Path
 import longseq.collapse.diagnostics as dg
 import longseq.collapse.evaluate as ev
 from longseq.cli import app
+from longseq.utils import process_memory_mib
 
 marks, args = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 records, calls = [], []
 
 def memory():
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(("VmRSS:", "VmHWM:")):
-            out[line[:5] + "_MiB"] = round(int(line.split()[1]) / 1024, 1)
-    return out
+    m = process_memory_mib()
+    return {"VmRSS_MiB": round(m["rss"], 1), "VmHWM_MiB": round(m["peak"], 1)}
 
 def probed(stream):
     def wrapped(model, ids, segment=1024, on_segment=None):

@@ -26,23 +26,15 @@ from pathlib import Path
 import torch
 
 from longseq.models.mamba2 import Mamba2Config, Mamba2ForCausalLM
-from longseq.utils import default_device, synchronize
+from longseq.utils import default_device, process_memory_mib, synchronize
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _rss_mib() -> float:
-    """Peak resident memory of this process (Linux), MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _peak_mib(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return _rss_mib()
+    return process_memory_mib()["peak"]
 
 
 def _time(fn, device, repeats=3) -> float:

@@ -48,7 +48,7 @@ from longseq import hub
 from longseq.data.arith import ArithTask, CharTokenizer
 from longseq.power import power_smc, sample
 from longseq.power.demo import evaluate_methods
-from longseq.utils import default_device, synchronize
+from longseq.utils import default_device, process_memory_mib, reset_peak_memory, synchronize
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -308,13 +308,6 @@ def _vocab_model(dtype: torch.dtype):
     return transformers.LlamaForCausalLM(cfg).to(dtype).eval()
 
 
-def _rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 @torch.no_grad()
 def _plain_loop(model, prompt, n, new_tokens, temperature, seed):
     """Plain batched sampling: forward, softmax, multinomial (the usual loop)."""
@@ -371,10 +364,10 @@ def vocab_child(mode: str, dtype_name: str, n: int, new_tokens: int, alpha: floa
         return {m: statistics.median(t) for m, t in times.items()}
     run = _vocab_runner(mode, model, n, new_tokens, alpha)
     run()  # warm-up
-    base = _rss_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    base = process_memory_mib()["rss"]
+    reset_peak_memory()
     run()
-    return {"peak_above_model_MiB": (_rss_kib("VmHWM") - base) / 1024}
+    return {"peak_above_model_MiB": process_memory_mib()["peak"] - base}
 
 
 def vocab_part(args) -> dict:

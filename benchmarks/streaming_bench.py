@@ -40,7 +40,6 @@ import json
 import platform
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict
 from multiprocessing import Pool
@@ -55,7 +54,7 @@ from longseq.media import frame_strip, labelled_rows, resize_video, write_image,
 from longseq.stats import paired_difference
 from longseq.streaming import BLENDINGS, StreamingT2VPipeline
 from longseq.streaming.evaluate import gate_prompts, gates, real_clip_metrics, video_metrics
-from longseq.utils import default_device
+from longseq.utils import default_device, process_memory_mib, reset_peak_memory
 
 RESULTS = Path(__file__).parent / "results"
 GENERATORS = {
@@ -129,11 +128,6 @@ def _gate_job(args: tuple) -> dict:
     return {"label": label, **gates(_pipe(GENERATORS[label], device), n, "test", steps)}
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * (4096 / 2**20)
-
-
 def measure_memory(frames: int, device: str | None) -> None:
     """Child process: generate ``frames`` frames; print the memory the generation added."""
     torch.set_num_threads(1)
@@ -143,20 +137,11 @@ def measure_memory(frames: int, device: str | None) -> None:
     pipe(caption, 16, progress=False, num_inference_steps=2)  # warm up allocators
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    before, peak, done = _rss_mib(), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
+    reset_peak_memory()
+    before = process_memory_mib()["rss"]
     for _ in pipe.stream(caption, frames, progress=False, num_inference_steps=2):
         pass  # streamed: only the newest chunk is held
-    done.set()
-    thread.join()
-    added = peak[0] - before
+    added = process_memory_mib()["peak"] - before
     if dev.type == "cuda":
         added = torch.cuda.max_memory_allocated(dev) / 2**20
     print(json.dumps({"frames": frames, "added_mib": added, "before_mib": before}))

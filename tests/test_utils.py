@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 from rich.progress import Progress
@@ -21,3 +23,20 @@ def test_unknown_device_is_a_value_error():
     with pytest.raises(ValueError, match="'bogus' is not a torch device"):
         default_device("bogus")
     assert default_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="Linux /proc only")
+def test_peak_memory_sees_an_allocation_and_resets_after_it_is_freed():
+    import numpy as np
+
+    from longseq.utils import process_memory_mib, reset_peak_memory
+
+    before = process_memory_mib()
+    assert before["peak"] >= before["rss"] > 0
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    during = process_memory_mib()
+    assert during["rss"] - before["rss"] > 48 and during["peak"] >= during["rss"]
+    del block
+    reset_peak_memory()
+    after = process_memory_mib()
+    assert after["peak"] - after["rss"] < 16  # the 64 MiB peak is forgotten

@@ -139,6 +139,29 @@ def progress_bar(description: str, total: int, enabled: bool = True):
         yield advance
 
 
+def process_memory_mib() -> dict[str, float]:
+    """This process's resident memory now (``rss``) and its peak so far (``peak``), MiB,
+    read from ``/proc/self/status`` (Linux); NaN where that file does not exist."""
+    out = {"rss": math.nan, "peak": math.nan}
+    try:
+        with open("/proc/self/status") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        for key, field in (("rss", "VmRSS:"), ("peak", "VmHWM:")):
+            if line.startswith(field):
+                out[key] = int(line.split()[1]) / 1024
+    return out
+
+
+def reset_peak_memory() -> None:
+    """Make the peak resident memory of :func:`process_memory_mib` the current one
+    (Linux ``/proc/self/clear_refs``), so a later peak is the peak of what runs after."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
 def warmup_cosine_lr(
     step: int, base_lr: float, warmup: int, total: int, floor: float = 0.05
 ) -> float:
