@@ -371,6 +371,7 @@ def palette_error(
     return PaletteError(nearest(a.object_color, objects), nearest(a.background_color, backgrounds))
 
 
+@functools.lru_cache(maxsize=16)
 def _world_means(size: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Mean frame colours of the world's backgrounds alone (colour x pattern, (n, 3)), the
     object colours (m, 3), and the largest share of a frame an object covers."""
