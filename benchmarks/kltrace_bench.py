@@ -164,11 +164,9 @@ def main() -> None:
     data = synthetic_set(args.clips, "test", args.size, 2, args.points)
     val_all = training_pairs(args.val_pairs, seed=1, split="val", max_gap=1)
     val_native = training_pairs(args.val_pairs, seed=2, split="val", max_gap=1, native=True)
-    results, models, tracks = {}, {}, {}
-    paired = {}
-    named = {"match": args.model} | ({"LRAS": args.lras} if args.lras else {})
-    for name in named.values():
-        model, cfg = load_tracer(name)
+    results, models, loaded, paired = {}, {}, {}, {}
+    for name in [args.model] + ([args.lras] if args.lras else []):
+        model, cfg = loaded[name] = load_tracer(name)
         tr: dict = {}
         res = evaluate_methods(model, data, cfg, methods=("kl", "rgb"), tracks_out=tr)
         for probe in ("kl", "rgb"):
@@ -176,18 +174,18 @@ def main() -> None:
         # KL against RGB on the same passes: paired per-clip delta_avg
         d_kl, d_rgb = per_clip_delta(data, *tr["kl"]), per_clip_delta(data, *tr["rgb"])
         paired[name] = asdict(paired_difference(d_kl, d_rgb))
-        info = hub.load(name)[1]
+        config = json.loads((hub.resolve(name)[1] / hub.CONFIG).read_text())
         models[name] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "trace": f"{cfg.n_masks} masks x zooms {list(cfg.scales)}, {cfg.reveal:.0%} revealed",
             "accuracy_all_zooms": code_accuracy(model, val_all, 0.1),
             "accuracy_native": code_accuracy(model, val_native, 0.1),
             "sec_per_point": res["kl"]["sec_per_point"],
-            "trace_config": {k: v for k, v in asdict(cfg).items()},
-            "training": info.extra.get("training", {}).get("argv"),
+            "trace_config": asdict(cfg),
+            "training": config.get("training", {}).get("argv"),
         }
-        tracks[name] = cfg
-    classical = evaluate_methods(None, data, tracks[args.model], methods=tuple(FLOW_METHODS))
+    base_model, base_cfg = loaded[args.model]
+    classical = evaluate_methods(None, data, base_cfg, methods=tuple(FLOW_METHODS))
     results |= classical
     still = np.repeat(data.query_points[..., None, [2, 1]], 2, 2)
     results["zero motion"] = tapvid_metrics(
@@ -195,7 +193,6 @@ def main() -> None:
     ) | {"sec_per_point": 0.0}
 
     ablation = {}
-    base_model, base_cfg = load_tracer(args.model)
     for item in args.ablation:
         label, path = item.split("=", 1)
         model, cfg = load_tracer(path)
