@@ -3,7 +3,7 @@
 Trains, for each seed, a deep Vim without shuffle, with the linear schedule
 (p_l = p_max * l / (L - 1)), with p_max / 2 at every layer ("vim-constant", the
 ``"uniform"`` schedule: the same expected number of shuffled layers), and a same-size
-ViT; writes the table to benchmarks/results/shuffle_experiment.{json,md} and exports the
+ViT; writes the table to benchmarks/results/shuffle_shipped_model.{json,md} and exports the
 best Vim.
 
     python scripts/train_shuffle_vim.py                    # the recorded run (CPU ok)
@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=8)
     ap.add_argument("--p-max", type=float, default=0.5)
     ap.add_argument("--run-dir", default="runs/shuffle")
-    ap.add_argument("--results", default=str(RESULTS / "shuffle_experiment"))
+    ap.add_argument("--results", default=str(RESULTS / "shuffle_shipped_model"))
     ap.add_argument("--export", default=str(hub.CHECKPOINT_DIR / NAME), help="'' to skip")
     args = ap.parse_args()
     device = setup_distributed()

@@ -125,3 +125,14 @@ def test_bad_input_is_named():
         t_quantile(1.0, 3)
     with pytest.raises(ValueError, match="df must"):
         t_quantile(0.9, 0)
+
+
+def test_mean_interval_is_the_t_interval_of_the_mean():
+    from longseq.stats import mean_interval
+
+    r = mean_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t_{0.975, 2} * sd / sqrt(n)
+    assert r["n"] == 3 and r["mean"] == pytest.approx(2.0)
+    assert (r["low"], r["high"]) == (pytest.approx(2 - half), pytest.approx(2 + half))
+    one = mean_interval([0.7])
+    assert one["mean"] == 0.7 and math.isnan(one["low"]) and math.isnan(one["high"])

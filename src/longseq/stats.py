@@ -12,7 +12,8 @@ incomplete beta function (:func:`t_quantile`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,3 +163,15 @@ def paired_differences(
     return {
         k: paired_difference([r[k] for r in rows_a], [r[k] for r in rows_b], **kwargs) for k in keys
     }
+
+
+def mean_interval(values: Iterable[float], confidence: float = 0.95) -> dict:
+    """Mean of independent values (e.g. one per seed) with its t-interval:
+    ``{"mean", "low", "high", "n"}``; low and high are NaN for fewer than 2 values."""
+    v = [float(x) for x in values]
+    n = len(v)
+    m = statistics.mean(v)
+    if n < 2:
+        return {"mean": m, "low": math.nan, "high": math.nan, "n": n}
+    half = t_quantile((1 + confidence) / 2, n - 1) * statistics.stdev(v) / math.sqrt(n)
+    return {"mean": m, "low": m - half, "high": m + half, "n": n}
