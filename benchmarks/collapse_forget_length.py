@@ -16,9 +16,16 @@ line is fitted through the brackets' geometric midpoints.
                128:runs/forget-seed1/T128/dstate128:1 ...
 
 (``T:run_dir[:seed]``; the seed is 0 unless given). Per state size and T the model is
-called collapsed when the mean rise over its seeds exceeds the margin.
+called collapsed when the mean rise over its seeds exceeds the margin. Every run of the
+recipe sees the same number of training tokens: 1,500 steps of 2,048 tokens (batch
+16 x 128 bytes at T = 128, so batch 2048 / T), e.g. a second seed at d_state 256:
 
-The shipped ``collapse-mamba2`` (d_state 128, T = 128) is always included.
+    python scripts/train_collapse_mamba.py --d-state 256 --seq-len 512 --batch-size 4 \
+        --seed 1 --run-dir runs/forget-seed1/T512 --export-dir runs/forget-seed1/export
+
+The shipped ``collapse-mamba2`` (d_state 128, T = 128) is always included. ``--add``
+keeps the rows already in ``forget_length.json`` (whose runs may be gone), reads only
+the given runs, with the NLL weighting recorded there, and writes the whole table again.
 """
 
 from __future__ import annotations
@@ -39,11 +46,26 @@ RESULTS = Path(__file__).parent / "results" / "collapse"
 PAPER = {"slope_k_tokens_per_M": 5.172, "intercept_k_tokens": -4.469}
 
 
-def collapse_rise(model: Mamba2ForCausalLM, t: int, factor: int) -> dict:
+WEIGHTING_TEXT = {
+    "token": "nats/token, every token weighing the same",
+    "bins": "means of log-spaced bins, 4 per octave",
+}
+
+
+def collapse_rise(model: Mamba2ForCausalLM, t: int, factor: int, weighting: str = "token") -> dict:
     n = factor * t
     curve = loss_curve(model, long_text(n, "newline"), t)
-    inside, beyond = curve.mean_between(0, t), curve.mean_between(n // 4, n)
-    return {"nll_in_training": inside, "nll_last_three_quarters": beyond, "rise": beyond - inside}
+    inside = curve.mean_between(0, t, weighting)
+    beyond = curve.mean_between(n // 4, n, weighting)
+    row = {"nll_in_training": inside, "nll_last_three_quarters": beyond, "rise": beyond - inside}
+    if weighting != "token":  # the token-weighted values too
+        tok_in, tok_beyond = curve.mean_between(0, t), curve.mean_between(n // 4, n)
+        row["token_weighted"] = {
+            "nll_in_training": tok_in,
+            "nll_last_three_quarters": tok_beyond,
+            "rise": tok_beyond - tok_in,
+        }
+    return row
 
 
 def plot(rows: list[dict], fit: dict | None, path: Path) -> None:
@@ -80,10 +102,22 @@ def main() -> None:
     ap.add_argument("--runs", nargs="*", default=[], help="T:run_dir[:seed] entries")
     ap.add_argument("--factor", type=int, default=64)
     ap.add_argument("--margin", type=float, default=1.0, help="NLL rise (nats) = collapse")
+    ap.add_argument("--add", action="store_true", help="keep the rows already written")
     args = ap.parse_args()
     shipped, info = hub.load("collapse-mamba2")
     shipped_cfg = shipped.config.to_dict()
     entries = [(int(info.extra["train_length"]), 0, shipped)]
+    old_rows, old_runs, weighting = [], [], "token"
+    if args.add:
+        old = json.loads((RESULTS / "forget_length.json").read_text())
+        if (old["factor"], old["margin"]) != (args.factor, args.margin):
+            raise SystemExit(
+                f"--add: the file was written with --factor {old['factor']} --margin "
+                f"{old['margin']}; give the same"
+            )
+        old_rows, old_runs = old["rows"], old["runs"]
+        weighting = "bins" if old["nll_weighting"].startswith("mean of log-spaced") else "token"
+        entries = []
     for spec in args.runs:
         t, _, rest = spec.partition(":")
         path, _, seed = rest.partition(":")
@@ -98,11 +132,13 @@ def main() -> None:
             "state_elements": model.config.state_elements,
             "train_length": t,
             "seed": seed,
-            **collapse_rise(model, t, args.factor),
+            **collapse_rise(model, t, args.factor, weighting),
         }
         row["collapsed"] = row["rise"] > args.margin
         rows.append(row)
         print(json.dumps(row), flush=True)
+    have = {(r["d_state"], r["train_length"], r["seed"]) for r in rows}
+    rows += [r for r in old_rows if (r["d_state"], r["train_length"], r["seed"]) not in have]
     rows.sort(key=lambda r: (r["d_state"], r["train_length"], r["seed"]))
 
     brackets = []
@@ -135,16 +171,17 @@ def main() -> None:
         fit = {"slope_k_tokens_per_M": float(slope), "intercept_k_tokens": float(intercept)}
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"factor": args.factor, "margin": args.margin, "runs": args.runs}
-    record |= {"nll_weighting": "token", "rows": rows}
+    record = {"factor": args.factor, "margin": args.margin, "runs": old_runs + args.runs}
+    weighting_text = old["nll_weighting"] if args.add else "token"
+    record |= {"nll_weighting": weighting_text, "rows": rows}
     record |= {"brackets": brackets, "fit": fit, "paper": PAPER}
     (RESULTS / "forget_length.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# Forget length versus state size",
         "",
         f'Read on "\\n" x {args.factor}T; collapsed = NLL over the last 3/4 more than '
-        f"{args.margin} nats above the NLL inside the training length (nats/token, every "
-        "token weighing the same). Written by `benchmarks/collapse_forget_length.py`.",
+        f"{args.margin} nats above the NLL inside the training length (NLL: "
+        f"{WEIGHTING_TEXT[weighting]}). Written by `benchmarks/collapse_forget_length.py`.",
         "",
         '| d_state | state elements | training length T | seed | "\\n" NLL in T | last 3/4 | rise '
         "| collapsed |",

@@ -190,6 +190,18 @@ def test_loss_curve_bins_are_means_of_the_full_forward():
     # ranges are means over their tokens, not over their (log-spaced) bins
     for lo, hi in ((0, 64), (64, 256), (76, 299)):
         assert curve.mean_between(lo, hi) == pytest.approx(nll[lo:hi].mean().item(), abs=1e-4)
+    # "bins": the plain mean of the means of the bins inside the range
+    inside = [
+        (a, b)
+        for a, b in zip(curve.edges[:-1], curve.edges[1:], strict=True)
+        if a >= 64 and b <= 256
+    ]
+    bin_means = [nll[a:b].mean().item() for a, b in inside]
+    assert curve.mean_between(64, 256, "bins") == pytest.approx(
+        sum(bin_means) / len(inside), abs=1e-4
+    )
+    with pytest.raises(ValueError, match="weighting"):
+        curve.mean_between(0, 64, "tokens")
     with pytest.raises(ValueError, match="at least 2"):
         loss_curve(m, ids[:1], train_length=64)
 

@@ -101,16 +101,21 @@ class LossCurve:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def mean_between(self, lo: int, hi: int) -> float:
-        """Mean NLL over the positions in [lo, hi), every token weighing the same (bins
-        that lie inside the range only)."""
+    def mean_between(self, lo: int, hi: int, weighting: str = "token") -> float:
+        """Mean NLL over the positions in [lo, hi) (bins that lie inside the range only):
+        every token weighing the same (``weighting="token"``), or the plain mean of the
+        bins' means (``"bins"``: every log-spaced bin weighing the same, so short
+        distances count more)."""
+        if weighting not in ("token", "bins"):
+            raise ValueError(f"weighting must be 'token' or 'bins', got {weighting!r}")
         total = weight = 0.0
         for a, b, v, c in zip(
             self.edges[:-1], self.edges[1:], self.mean_nll, self.counts, strict=True
         ):
             if a >= lo and b <= hi and c:
-                total += v * c
-                weight += c
+                w = c if weighting == "token" else 1
+                total += v * w
+                weight += w
         return total / weight if weight else float("nan")
 
 
