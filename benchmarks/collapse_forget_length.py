@@ -160,6 +160,10 @@ def main() -> None:
                 "longest_collapsing_T": lo,
                 "shortest_stable_T": hi,
                 "forget_length_estimate": mid,
+                "mean_rise_by_T": {str(t): mean_rise[t] for t in sorted(mean_rise)},
+                "seeds_by_T": {
+                    str(t): sum(r["train_length"] == t for r in rs) for t in sorted(mean_rise)
+                },
             }
         )
     fit = None
@@ -171,7 +175,8 @@ def main() -> None:
         fit = {"slope_k_tokens_per_M": float(slope), "intercept_k_tokens": float(intercept)}
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    record = {"factor": args.factor, "margin": args.margin, "runs": old_runs + args.runs}
+    runs = list(dict.fromkeys(old_runs + args.runs))  # in order, each once
+    record = {"factor": args.factor, "margin": args.margin, "runs": runs}
     weighting_text = old["nll_weighting"] if args.add else "token"
     record |= {"nll_weighting": weighting_text, "rows": rows}
     record |= {"brackets": brackets, "fit": fit, "paper": PAPER}
@@ -193,12 +198,19 @@ def main() -> None:
             f"{r['nll_in_training']:.2f} | {r['nll_last_three_quarters']:.2f} | "
             f"{r['rise']:+.2f} | {'yes' if r['collapsed'] else 'no'} |"
         )
-    lines += ["", "| d_state | state elements | forget length bracket (T) |", "|---|---|---|"]
+    lines += [
+        "",
+        "| d_state | state elements | mean rise by T (seeds) | forget length bracket (T) |",
+        "|---|---|---|---|",
+    ]
     for b in brackets:
         lo, hi = b["longest_collapsing_T"], b["shortest_stable_T"]
         closed = f"({lo}, {hi}]" if lo else f"<= {hi}"
         text = closed if hi else f"> {lo}"
-        lines.append(f"| {b['d_state']} | {b['state_elements']:,} | {text} |")
+        rises = ", ".join(
+            f"{t}: {r:+.2f} ({b['seeds_by_T'][t]})" for t, r in b["mean_rise_by_T"].items()
+        )
+        lines.append(f"| {b['d_state']} | {b['state_elements']:,} | {rises} | {text} |")
     if fit:
         lines += [
             "",
