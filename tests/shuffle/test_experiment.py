@@ -142,9 +142,11 @@ def test_quick_experiment_trains_real_models(tmp_path):
 def test_gate_fails_when_the_unregularized_model_does_not_overfit(tmp_path):
     cfg = small_cfg()
     res = ex.run_experiment(cfg, tmp_path, workers=0, log=lambda s: None, runner=fake_runner({}))
-    assert all(g["passed"] for g in ex.summarize(res, cfg)["gates"])  # 50% test, gap 40
+    gates = ex.summarize(res, cfg)["gates"]
+    assert all(g["passed"] and g["fits_training_set"] for g in gates)  # 90% train, gap 40
     for r in res.values():
         r["train_acc"], r["gap"] = r["test_acc"] + 0.01, 0.01
     gates = ex.summarize(res, cfg)["gates"]
     assert [g["depth"] for g in gates] == [2, 4] and not any(g["passed"] for g in gates)
+    assert not any(g["fits_training_set"] for g in gates)  # about 51% train
     assert "FAILED" in ex.to_markdown(ex.summarize(res, cfg))
