@@ -6,11 +6,14 @@ eval mode (where the shuffle is off by construction). Steps of the two variants 
 interleaved and the median is reported, so drift in machine load hits both alike.
 Target: training overhead < 3%; inference identical.
 
-On CPU the model is the experiment's (depth 12, width 64, 32x32 images, patch 8); on
-CUDA a Vim-Base-size model (d=768, depth 24, 224x224, patch 16, bf16 autocast) is
-timed as well.
+Two models: the small one of the shapes experiments (depth 12, width 64, 32x32 images,
+patch 8; ``--steps`` steps of batch 128) and a Vim-Base-size stack (d=768, depth 24,
+224x224, patch 16: 197 tokens; ``--base-steps`` steps). On CPU the
+Vim-Base stack runs in float32 with batch ``--base-batch-cpu`` (a few steps: each takes
+seconds); on CUDA with batch 64 and bf16 autocast.
 
-    python benchmarks/shuffle_bench.py
+    python benchmarks/shuffle_bench.py                 # CPU: both models
+    python benchmarks/shuffle_bench.py --base-steps 0  # the small model only
 """
 
 from __future__ import annotations
@@ -91,6 +94,8 @@ def time_setting(name: str, cfg: dict, batch: int, steps: int, device, amp: bool
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--base-steps", type=int, default=3, help="Vim-Base steps (0: skip it)")
+    ap.add_argument("--base-batch-cpu", type=int, default=1)
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=str(RESULTS / "shuffle"))
     args = ap.parse_args()
@@ -99,7 +104,7 @@ def main() -> None:
         img_size=32, patch_size=8, dim=64, depth=12, num_classes=8, headdim=16, chunk_size=32
     )
     rows = [time_setting("experiment model", small, 128, args.steps, device, amp=False)]
-    if device.type == "cuda":
+    if args.base_steps > 0:
         base = dict(
             img_size=224,
             patch_size=16,
@@ -109,7 +114,9 @@ def main() -> None:
             headdim=64,
             chunk_size=64,
         )
-        rows.append(time_setting("Vim-Base size", base, 64, args.steps, device, amp=True))
+        cuda = device.type == "cuda"
+        batch = 64 if cuda else args.base_batch_cpu
+        rows.append(time_setting("Vim-Base size", base, batch, args.base_steps, device, cuda))
     desc = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -121,7 +128,8 @@ def main() -> None:
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     lines = [
         "# Layer-wise shuffle cost\n",
-        f"Device: {desc}. Median of {args.steps} interleaved steps. "
+        f"Device: {desc}. Median of {args.steps} interleaved steps (Vim-Base size: "
+        f"{args.base_steps}). "
         "Written by `benchmarks/shuffle_bench.py`.\n",
         "| model | batch | params | train ms (off / on) | train overhead | layers shuffled / step "
         "| inference ms (off / on) | inference difference |",
