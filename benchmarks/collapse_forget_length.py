@@ -107,7 +107,7 @@ def main() -> None:
     shipped, info = hub.load("collapse-mamba2")
     shipped_cfg = shipped.config.to_dict()
     entries = [(int(info.extra["train_length"]), 0, shipped)]
-    old_rows, old_runs, weighting = [], [], "token"
+    old_rows, old_runs, weighting, weighting_text = [], [], "token", "token"
     if args.add:
         old = json.loads((RESULTS / "forget_length.json").read_text())
         if (old["factor"], old["margin"]) != (args.factor, args.margin):
@@ -115,8 +115,8 @@ def main() -> None:
                 f"--add: the file was written with --factor {old['factor']} --margin "
                 f"{old['margin']}; give the same"
             )
-        old_rows, old_runs = old["rows"], old["runs"]
-        weighting = "bins" if old["nll_weighting"].startswith("mean of log-spaced") else "token"
+        old_rows, old_runs, weighting_text = old["rows"], old["runs"], old["nll_weighting"]
+        weighting = "bins" if weighting_text.startswith("mean of log-spaced") else "token"
         entries = []
     for spec in args.runs:
         t, _, rest = spec.partition(":")
@@ -177,7 +177,6 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     runs = list(dict.fromkeys(old_runs + args.runs))  # in order, each once
     record = {"factor": args.factor, "margin": args.margin, "runs": runs}
-    weighting_text = old["nll_weighting"] if args.add else "token"
     record |= {"nll_weighting": weighting_text, "rows": rows}
     record |= {"brackets": brackets, "fit": fit, "paper": PAPER}
     (RESULTS / "forget_length.json").write_text(json.dumps(record, indent=2) + "\n")
