@@ -16,7 +16,8 @@ use the same attribute names. Caches of another layout fall back on their own
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache as _memo
 
 import torch
@@ -42,23 +43,48 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 
 @_memo
-def _takes_logits_to_keep(cls: type) -> bool:
+def _forward_params(cls: type) -> frozenset[str]:
     try:
-        return "logits_to_keep" in inspect.signature(cls.forward).parameters
+        return frozenset(inspect.signature(cls.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()
 
 
-def forward(model, input_ids: torch.Tensor, cache=None, float32: bool = True):
+def _takes_logits_to_keep(cls: type) -> bool:
+    return "logits_to_keep" in _forward_params(cls)
+
+
+def takes_padding(model) -> bool:
+    """Whether ``model`` decodes left-padded batches: its forward takes an
+    ``attention_mask`` (batch, past + new) and ``position_ids`` (batch, new), as every
+    `transformers` attention model and :class:`longseq.models.gpt.GPT` do."""
+    params = _forward_params(type(model))
+    return "attention_mask" in params and "position_ids" in params
+
+
+def forward(
+    model,
+    input_ids: torch.Tensor,
+    cache=None,
+    float32: bool = True,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+):
     """One call of ``model`` with a cache; returns (last-position logits, cache).
 
     The logits are float32 unless ``float32=False`` (then in the model's dtype, so a
     caller that upcasts in its own buffer avoids a second (batch, vocab) copy). Models
     that take ``logits_to_keep`` (every `transformers` causal LM) compute the output
-    head for the last position only. Raises a clear error when the model does not
-    follow the calling convention.
+    head for the last position only. ``attention_mask`` (1 = token, 0 = padding, over
+    the cached and the new positions) and ``position_ids`` are passed on when given (a
+    left-padded batch; see :func:`takes_padding`). Raises a clear error when the model
+    does not follow the calling convention.
     """
     kw = {"logits_to_keep": 1} if _takes_logits_to_keep(type(model)) else {}
+    if attention_mask is not None:
+        kw["attention_mask"] = attention_mask
+    if position_ids is not None:
+        kw["position_ids"] = position_ids
     try:
         out = model(input_ids, cache=cache, use_cache=True, **kw)
     except TypeError as e:
@@ -198,6 +224,169 @@ def gumbel_sample(scores: torch.Tensor, generator: torch.Generator) -> torch.Ten
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+class Streams:
+    """One random stream per prompt of a batch whose rows come in equal blocks, one
+    block per prompt (its particles or samples).
+
+    A sampler draws from a prompt's stream only while that prompt decodes, so what a
+    prompt draws does not depend on the other prompts of its batch: decoded alone with
+    the same seed it sees the same random numbers.
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator]) -> None:
+        self.generators = list(generators)
+
+    @classmethod
+    def seeded(cls, device: torch.device, seeds: Sequence[int]) -> Streams:
+        return cls([make_generator(device, s) for s in seeds])
+
+    def subset(self, index: Sequence[int]) -> Streams:
+        """The streams of prompts ``index`` (the same generator objects)."""
+        return Streams([self.generators[i] for i in index])
+
+    def rand(self, n: int, device: torch.device) -> torch.Tensor:
+        """(n,) float64 uniforms, ``n / len(self)`` from each prompt's stream in turn."""
+        k = n // len(self.generators)
+        parts = [
+            torch.rand(k, generator=g, device=device, dtype=torch.float64) for g in self.generators
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+
+def uniforms(source: torch.Generator | Streams, n: int, device: torch.device) -> torch.Tensor:
+    """(n,) float64 uniforms from one generator, or from per-prompt :class:`Streams`."""
+    if isinstance(source, Streams):
+        return source.rand(n, device)
+    return torch.rand(n, generator=source, device=device, dtype=torch.float64)
+
+
+@dataclass
+class PromptBatch:
+    """Prompts of different lengths as one left-padded batch.
+
+    ``ids`` (B, P): each prompt right-aligned, padding on the left; ``lengths`` (B,):
+    the real tokens of each. The attention mask and the position ids follow from them.
+    """
+
+    ids: torch.Tensor
+    lengths: list[int]
+    single: bool = False  # the caller gave one prompt (outputs drop the batch dimension)
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+    @property
+    def padded(self) -> bool:
+        return min(self.lengths) < self.width
+
+    def mask(self) -> torch.Tensor:
+        """(B, P) long: 1 on tokens, 0 on the left padding."""
+        start = torch.tensor([self.width - n for n in self.lengths], device=self.ids.device)
+        return (torch.arange(self.width, device=self.ids.device) >= start[:, None]).long()
+
+    def positions(self) -> torch.Tensor:
+        """(B, P) position ids: 0 at each prompt's first token (and on its padding)."""
+        return (self.mask().cumsum(-1) - 1).clamp_min(0)
+
+    def select(self, index: Sequence[int]) -> PromptBatch:
+        """Prompts ``index``, with only the padding they need."""
+        lengths = [self.lengths[i] for i in index]
+        rows = self.ids[torch.tensor(list(index), device=self.ids.device)]
+        return PromptBatch(rows[:, self.width - max(lengths) :], lengths)
+
+    def prompt(self, i: int) -> torch.Tensor:
+        return self.ids[i, self.width - self.lengths[i] :]
+
+
+def _int_ids(x, what: str) -> torch.Tensor:
+    if torch.is_tensor(x):
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise TypeError(f"{what} must hold integer token ids, got dtype {x.dtype}")
+        return x.long()
+    if isinstance(x, Sequence) and not isinstance(x, str):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in x):
+            raise TypeError(f"{what} must be a list of integer token ids")
+        return torch.tensor(list(x), dtype=torch.long)
+    raise TypeError(
+        f"{what} must be a LongTensor, a list of token ids or a list of prompts, "
+        f"got {type(x).__name__}"
+    )
+
+
+def prompt_batch(input_ids, attention_mask=None, pad_token_id: int = 0, device=None) -> PromptBatch:
+    """Normalize the prompt arguments every sampler takes into a :class:`PromptBatch`.
+
+    ``input_ids``: one prompt (1-d tensor or list of ids), a (B, P) tensor, a list of
+    prompts of any lengths, or a tokenizer's ``BatchEncoding`` / a dict with
+    ``input_ids`` (and ``attention_mask``). With an ``attention_mask`` each row's
+    tokens are the positions marked 1, which must be contiguous: left- and right-padded
+    batches both work (right padding is moved to the left). A 1-d prompt or a batch of
+    one is ``single``.
+    """
+    if isinstance(input_ids, Mapping):
+        if "input_ids" not in input_ids:
+            raise TypeError("the prompt mapping has no 'input_ids'")
+        if attention_mask is None:
+            attention_mask = input_ids.get("attention_mask")
+        input_ids = input_ids["input_ids"]
+    listed = isinstance(input_ids, Sequence) and not isinstance(input_ids, str) and input_ids
+    if listed and not all(isinstance(v, int) and not isinstance(v, bool) for v in input_ids):
+        if attention_mask is not None:
+            raise ValueError("attention_mask goes with a (batch, length) tensor, not a list")
+        rows = [_int_ids(r, "each prompt") for r in input_ids]
+        if any(r.dim() != 1 for r in rows):
+            raise ValueError("each prompt of a list must be a 1-d sequence of token ids")
+        return _pack(rows, pad_token_id, device, single=len(rows) == 1)
+    ids = _int_ids(input_ids, "input_ids")
+    if ids.dim() not in (1, 2) or ids.shape[-1] < 1 or ids.numel() == 0:
+        raise ValueError(
+            "input_ids must be a non-empty prompt of shape (prompt_len,) or (batch, prompt_len), "
+            f"got shape {tuple(ids.shape)}"
+        )
+    single = ids.dim() == 1 or ids.shape[0] == 1
+    ids = ids if ids.dim() == 2 else ids[None]
+    if attention_mask is None:
+        return PromptBatch(_to(ids, device), [ids.shape[1]] * ids.shape[0], single)
+    mask = torch.as_tensor(attention_mask)
+    if mask.dim() == 1:
+        mask = mask[None]
+    if mask.shape != ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(ids.shape)}"
+        )
+    mask = mask.bool().cpu()
+    rows = []
+    for i, m in enumerate(mask):
+        on = torch.nonzero(m).flatten()
+        if on.numel() == 0:
+            raise ValueError(f"prompt {i} is empty: its attention_mask is all 0")
+        if on[-1] - on[0] + 1 != on.numel():
+            raise ValueError(
+                f"prompt {i}: its attention_mask has padding between tokens; a row must be "
+                "one run of 1s (left or right padding)"
+            )
+        rows.append(ids[i, int(on[0]) : int(on[-1]) + 1])
+    return _pack(rows, pad_token_id, device, single)
+
+
+def _pack(rows: list[torch.Tensor], pad: int, device, single: bool) -> PromptBatch:
+    if any(r.numel() == 0 for r in rows):
+        raise ValueError("every prompt must hold at least one token")
+    width = max(r.numel() for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - r.numel() :] = r.cpu()
+    return PromptBatch(_to(ids, device), [r.numel() for r in rows], single)
+
+
+def _to(x: torch.Tensor, device) -> torch.Tensor:
+    return x if device is None else x.to(device)
 
 
 @torch.no_grad()

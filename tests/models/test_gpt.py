@@ -61,3 +61,32 @@ def test_loss_ignores_masked_labels():
     logp = m(ids).logits[:, :-1].log_softmax(-1)
     nll = -logp.gather(-1, ids[:, 1:, None])[..., 0][:, 3:].mean()
     torch.testing.assert_close(loss, nll)
+
+
+def test_left_padded_batch_matches_each_row_alone():
+    """With an attention mask and position ids, a left-padded row (prefill, then cached
+    steps) gives the logits of the same tokens decoded alone."""
+    m = model()
+    rows = [torch.randint(0, 11, (n,)) for n in (7, 3, 5)]
+    nxt = torch.randint(0, 11, (3, 4))
+    ids = torch.zeros(3, 7, dtype=torch.long)
+    mask = torch.zeros(3, 7, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, 7 - len(r) :], mask[i, 7 - len(r) :] = r, 1
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = m(ids, use_cache=True, attention_mask=mask, position_ids=pos)
+    got = [out.logits[:, -1]]
+    for t in range(4):
+        mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1)
+        step = m(
+            nxt[:, t : t + 1],
+            cache=out.cache,
+            use_cache=True,
+            attention_mask=mask,
+            position_ids=pos[:, -1:] + t + 1,
+        )
+        got.append(step.logits[:, -1])
+    for i, r in enumerate(rows):
+        ref = m(torch.cat([r, nxt[i]])[None]).logits[0, len(r) - 1 :]
+        torch.testing.assert_close(torch.stack([g[i] for g in got]), ref, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(out.cache.layers[1].keys).all()  # padding never attends to nothing

@@ -88,7 +88,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(self, x: torch.Tensor, layer_cache: _KVLayer | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, layer_cache: _KVLayer | None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.c_attn(x).split(c, dim=2)
         # (b, h, t, d)
@@ -100,7 +102,9 @@ class CausalSelfAttention(nn.Module):
             past = 0 if layer_cache.keys is None else layer_cache.keys.shape[2]
             k, v = layer_cache.update(k, v)
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if mask is not None:  # padded batch: (b, 1, t, past + t) built by GPT.forward
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         elif t == 1:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
@@ -130,8 +134,10 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, layer_cache: _KVLayer | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), layer_cache)
+    def forward(
+        self, x: torch.Tensor, layer_cache: _KVLayer | None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layer_cache, mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -172,20 +178,37 @@ class GPT(nn.Module):
         cache: GPTCache | None = None,
         use_cache: bool = False,
         labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> CausalLMOutput:
+        """``attention_mask`` (b, past + t), 1 on tokens and 0 on padding, and
+        ``position_ids`` (b, t) decode a left-padded batch: padding is never attended to
+        and each row's positions start at its first token."""
         b, t = input_ids.shape
         if use_cache and cache is None:
             cache = GPTCache(self.config.n_layer)
         past = cache.get_seq_length() if cache is not None else 0
-        if past + t > self.config.block_size:
+        if position_ids is None:
+            pos = torch.arange(past, past + t, device=input_ids.device)
+            longest = past + t
+        else:
+            pos = position_ids
+            longest = int(pos.max()) + 1
+        if longest > self.config.block_size:
             raise ValueError(
-                f"sequence length {past + t} exceeds the model's block_size "
-                f"{self.config.block_size}"
+                f"sequence length {longest} exceeds the model's block_size {self.config.block_size}"
             )
-        pos = torch.arange(past, past + t, device=input_ids.device)
+        mask = None
+        if attention_mask is not None:
+            # (b, 1, t, past + t): causal, padding hidden; each position also sees
+            # itself, so a padding query is never fully masked (no NaN in the cache)
+            keys = torch.arange(past + t, device=input_ids.device)
+            query = torch.arange(past, past + t, device=input_ids.device)[:, None]
+            mask = (keys <= query) & attention_mask.bool()[:, None, None, :]
+            mask = mask | (keys == query)
         x = self.drop(self.wte(input_ids) + self.wpe(pos))
         for i, block in enumerate(self.h):
-            x = block(x, cache.layers[i] if cache is not None else None)
+            x = block(x, cache.layers[i] if cache is not None else None, mask)
         logits = self.lm_head(self.ln_f(x))
         loss = None
         if labels is not None:  # labels are aligned with input_ids; -100 is ignored

@@ -34,9 +34,9 @@ from longseq.power.smc import (
     _check_alpha,
     _eos_list,
     _validate,
-    fit_context,
     make_controls,
-    prepare_prompts,
+    prepare,
+    prompt_seeds,
     run_particles,
 )
 from longseq.utils import progress_bar
@@ -45,58 +45,89 @@ from longseq.utils import progress_bar
 @dataclass
 class SampleOutput:
     """``sequences``: prompt + generation, padded after EOS; ``(n, len)`` for one prompt,
-    ``(B, n, len)`` for B prompts. ``seq_logprobs``: log p(y | x) of each; ``lengths``:
-    generated tokens of each (EOS or stop token included)."""
+    ``(B, n, len)`` for B prompts (left-padded to ``prompt_len`` columns). ``seq_logprobs``:
+    log p(y | x) of each; ``lengths``: generated tokens of each (EOS or stop token
+    included). Per-prompt fields have a leading B for a batch."""
 
     sequences: torch.Tensor
     seq_logprobs: torch.Tensor
     elapsed_s: float = 0.0
     lengths: torch.Tensor | None = None
-    stopped_by_time: bool = False
-    new_tokens_bound: int = 0  # max_new_tokens after fitting the model's context
+    stopped_by_time: bool | torch.Tensor = False
+    new_tokens_bound: int | torch.Tensor = 0  # max_new_tokens after fitting the context
+    prompt_len: int = 0  # columns of ``sequences`` that hold the (left-padded) prompt
+    steps: int | torch.Tensor = 0  # decoding steps (tokens decoded per sample)
 
 
 def _decode(
-    model, input_ids, n, temperature, max_new_tokens, eos_token_id, seed, pad_token_id, ctl
+    model,
+    input_ids,
+    attention_mask,
+    n,
+    temperature,
+    max_new_tokens,
+    eos_token_id,
+    seed,
+    pad_token_id,
+    ctl,
 ):
-    _validate(input_ids, n, max_new_tokens, 0.0, 1, 1)
+    _validate(n, max_new_tokens, 0.0, 1, 1)
     beta = 1.0 / _check_alpha(temperature, "temperature")
     eos = _eos_list(eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
-    max_new_tokens = fit_context(model, input_ids.shape[-1], max_new_tokens, stacklevel=4)
-    prompts, single = prepare_prompts(model, input_ids)
-    gen = lm.make_generator(prompts.device, seed)
+    batch, streams, bounds = prepare(
+        model, input_ids, attention_mask, pad, seed, max_new_tokens, stacklevel=5
+    )
     const = lambda t: beta  # noqa: E731
     r = run_particles(
         model,
-        prompts,
+        batch,
         n,
-        max_new_tokens,
+        bounds,
         eos,
         pad,
         const,
         const,
         beta,
         0.0,
-        max_new_tokens,
-        gen,
+        max(bounds),
+        streams,
         controls=ctl,
     )
-    b = prompts.shape[0]
-    seqs = torch.cat([prompts[:, None].expand(b, n, -1), r.tokens], dim=-1)
-    return seqs, r, single, max_new_tokens
+    b = len(batch.lengths)
+    seqs = torch.cat([batch.ids[:, None].expand(b, n, -1), r.tokens], dim=-1)
+    return seqs, r, batch, bounds
+
+
+def _output(seqs, logp, t0, lengths, r, batch, bounds) -> SampleOutput:
+    out = SampleOutput(
+        seqs,
+        logp,
+        time.perf_counter() - t0,
+        lengths,
+        r.stopped_by_time,
+        torch.tensor(bounds),
+        batch.width,
+        r.steps,
+    )
+    if batch.single:
+        out.sequences, out.seq_logprobs, out.lengths = seqs[0], logp[0], lengths[0]
+        out.stopped_by_time, out.new_tokens_bound = bool(r.stopped_by_time[0]), bounds[0]
+        out.steps = int(r.steps[0])
+    return out
 
 
 def sample(
     model,
-    input_ids: torch.Tensor,
+    input_ids,
     n: int = 16,
     temperature: float = 1.0,
     max_new_tokens: int = 256,
     eos_token_id: int | list[int] | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     pad_token_id: int | None = None,
     *,
+    attention_mask: torch.Tensor | None = None,
     min_new_tokens: int = 0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -105,29 +136,37 @@ def sample(
     max_time: float | None = None,
 ) -> SampleOutput:
     """``n`` independent samples per prompt from softmax(logits / temperature), on the
-    top-k / top-p support when given (computed at temperature 1)."""
+    top-k / top-p support when given (computed at temperature 1).
+
+    Prompts, ``attention_mask`` and ``seed`` (prompt i of a batch uses ``seed + i``)
+    as in :func:`longseq.power.power_smc`."""
     t0 = time.perf_counter()
     ctl = make_controls(top_k, top_p, min_new_tokens, stop_strings, tokenizer, max_time)
-    seqs, r, single, bound = _decode(
-        model, input_ids, n, temperature, max_new_tokens, eos_token_id, seed, pad_token_id, ctl
+    seqs, r, batch, bounds = _decode(
+        model,
+        input_ids,
+        attention_mask,
+        n,
+        temperature,
+        max_new_tokens,
+        eos_token_id,
+        seed,
+        pad_token_id,
+        ctl,
     )
-    out = SampleOutput(
-        seqs, r.seq_logp, time.perf_counter() - t0, r.lengths, r.stopped_by_time, bound
-    )
-    if single:
-        out.sequences, out.seq_logprobs, out.lengths = seqs[0], r.seq_logp[0], r.lengths[0]
-    return out
+    return _output(seqs, r.seq_logp, t0, r.lengths, r, batch, bounds)
 
 
 def best_of_n(
     model,
-    input_ids: torch.Tensor,
+    input_ids,
     n: int = 16,
     max_new_tokens: int = 256,
     eos_token_id: int | list[int] | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     pad_token_id: int | None = None,
     *,
+    attention_mask: torch.Tensor | None = None,
     min_new_tokens: int = 0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -139,23 +178,23 @@ def best_of_n(
     sequence log-likelihood (``sequences`` is ``(len,)``, or ``(B, len)``)."""
     t0 = time.perf_counter()
     ctl = make_controls(top_k, top_p, min_new_tokens, stop_strings, tokenizer, max_time)
-    seqs, r, single, bound = _decode(
-        model, input_ids, n, 1.0, max_new_tokens, eos_token_id, seed, pad_token_id, ctl
+    seqs, r, batch, bounds = _decode(
+        model,
+        input_ids,
+        attention_mask,
+        n,
+        1.0,
+        max_new_tokens,
+        eos_token_id,
+        seed,
+        pad_token_id,
+        ctl,
     )
     best = r.seq_logp.argmax(-1)
     idx = torch.arange(seqs.shape[0], device=seqs.device)
-    out = SampleOutput(
-        seqs[idx, best],
-        r.seq_logp[idx, best],
-        time.perf_counter() - t0,
-        r.lengths[idx, best],
-        r.stopped_by_time,
-        bound,
+    return _output(
+        seqs[idx, best], r.seq_logp[idx, best], t0, r.lengths[idx, best], r, batch, bounds
     )
-    if single:
-        out.sequences, out.seq_logprobs = out.sequences[0], out.seq_logprobs[0]
-        out.lengths = out.lengths[0]
-    return out
 
 
 @dataclass
@@ -171,16 +210,17 @@ class MHOutput:
 
 def mh_power_sample(
     model,
-    input_ids: torch.Tensor,
+    input_ids,
     alpha: float = 4.0,
     max_new_tokens: int = 256,
     eos_token_id: int | list[int] | None = None,
     n_blocks: int = 16,
     mh_steps: int = 10,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     pad_token_id: int | None = None,
     progress: bool = False,
     *,
+    attention_mask: torch.Tensor | None = None,
     min_new_tokens: int = 0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -192,12 +232,14 @@ def mh_power_sample(
 
     The generation is built in ``n_blocks`` blocks of ``ceil(max_new_tokens / n_blocks)``
     tokens; after each block, ``mh_steps`` MH moves resample a suffix that starts at
-    a uniformly chosen position of the current generation. Chains run one after the
-    other; a batch of B prompts returns a list of B results. ``max_time`` is checked
+    a uniformly chosen position of the current generation. Prompts, ``attention_mask``
+    and ``seed`` (prompt i uses ``seed + i``) as in :func:`longseq.power.power_smc`;
+    the chains of a batch run one after the other (each MH move depends on the last),
+    and a batch of B prompts returns a list of B results. ``max_time`` is checked
     between MH steps (the chain keeps its state at that point).
     """
     alpha = _check_alpha(alpha)
-    _validate(input_ids, 1, max_new_tokens, 0.0, 1, 1)
+    _validate(1, max_new_tokens, 0.0, 1, 1)
     for name, v in (("n_blocks", n_blocks), ("mh_steps", mh_steps)):
         if not isinstance(v, int) or v < (1 if name == "n_blocks" else 0):
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -205,19 +247,16 @@ def mh_power_sample(
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     ctl = make_controls(top_k, top_p, min_new_tokens, stop_strings, tokenizer, max_time)
     deadline, ctl = ctl.deadline, dataclasses.replace(ctl, deadline=None)
-    max_new_tokens = fit_context(model, input_ids.shape[-1], max_new_tokens)
-    prompts, single = prepare_prompts(model, input_ids)
-    gen = lm.make_generator(prompts.device, seed)
-    rng = np.random.default_rng(seed)
-    block = math.ceil(max_new_tokens / n_blocks)
+    batch, streams, bounds = prepare(model, input_ids, attention_mask, pad, seed, max_new_tokens)
+    seeds = prompt_seeds(seed, len(batch.lengths))
     const = lambda t: alpha  # noqa: E731
     decoded = 0
 
     def extend(prefix_tokens: list[int], n_new: int):
         """Propose n_new tokens after prompt + prefix: (tokens, log p, log q) lists."""
         nonlocal decoded
-        ids = torch.tensor(prefix_tokens, dtype=torch.long, device=prompts.device)
-        x = torch.cat([prompt, ids])[None]
+        ids = torch.tensor(prefix_tokens, dtype=torch.long, device=prompt.device)
+        x = lm.PromptBatch(torch.cat([prompt, ids])[None], [len(prompt) + len(ids)])
         c = dataclasses.replace(ctl, min_new_tokens=max(0, ctl.min_new_tokens - len(ids)))
         r = run_particles(
             model, x, 1, n_new, eos, pad, const, const, alpha, 0.0, n_new, gen, controls=c
@@ -239,7 +278,10 @@ def mh_power_sample(
         return ctl.stop is not None and ctl.stop.first_end(toks, max(0, len(toks) - 1)) is not None
 
     results = []
-    for prompt in prompts:
+    for j, max_new_tokens in enumerate(bounds):
+        prompt, gen = batch.prompt(j), streams.subset([j])
+        rng = np.random.default_rng(seeds[j])
+        block = math.ceil(max_new_tokens / n_blocks)
         t0 = time.perf_counter()
         toks: list[int] = []
         lps: list[float] = []
@@ -283,4 +325,4 @@ def mh_power_sample(
                 stopped_by_time=out_of_time,
             )
         )
-    return results[0] if single else results
+    return results[0] if batch.single else results

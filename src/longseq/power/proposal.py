@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import torch
 
+from longseq import lm
+
 CHUNK = 4096  # tokens per block of the two-level draw and of the in-place masking
 
 
@@ -84,14 +86,16 @@ def _threshold(
 def propose(
     logits: torch.Tensor,
     beta: float,
-    generator: torch.Generator,
+    generator: torch.Generator | lm.Streams,
     top_k: int | None = None,
     top_p: float | None = None,
     banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw one token per row of ``logits`` (N, V) from q ∝ p^beta on the support.
 
-    Returns ``(tokens, logp, log_norm)``, each (N,): the tokens, their log p under the
+    ``generator``: one generator for every row, or :class:`longseq.lm.Streams` (one
+    stream per prompt, the rows in equal blocks per prompt). Returns ``(tokens, logp,
+    log_norm)``, each (N,): the tokens, their log p under the
     model's full distribution, and L = log sum_{v in S} p(v)^beta. Non-finite logits
     give non-finite ``logp``/``log_norm`` (the caller checks).
     """
@@ -122,7 +126,7 @@ def propose(
     return tokens, logp, log_norm
 
 
-def _draw(w: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _draw(w: torch.Tensor, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """One index per row of non-negative weights ``w`` (N, V) with probability
     w / w.sum(), by a two-level inverse CDF; also returns the row sums (float64)."""
     n, v = w.shape
@@ -135,7 +139,7 @@ def _draw(w: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, to
     block = torch.cat(parts, dim=1).double()  # (N, blocks)
     cum = block.cumsum(-1)
     total = cum[:, -1]
-    u = torch.rand(n, generator=generator, device=w.device, dtype=torch.float64) * total
+    u = lm.uniforms(generator, n, w.device) * total
     b = torch.searchsorted(cum, u[:, None], right=True)[:, 0].clamp_max(block.shape[1] - 1)
     b = _last_positive_if_empty(block, b)
     rest = u - (cum.gather(1, b[:, None]) - block.gather(1, b[:, None]))[:, 0]

@@ -48,7 +48,9 @@ class PowerSMCOutput:
 
     For a single prompt (1-d ``input_ids`` or a batch of one) the leading prompt
     dimension is dropped: ``sequences`` is ``(n_particles * n_rounds, prompt_len +
-    new_len)``. For a batch of B prompts every field has a leading B.
+    new_len)``. For a batch of B prompts every per-prompt field has a leading B
+    (``stopped_by_time``, ``new_tokens_bound`` and ``steps`` too), and the prompts
+    are left-padded to ``prompt_len`` columns.
     """
 
     sequences: torch.Tensor  # prompt + generation, padded after EOS
@@ -61,9 +63,11 @@ class PowerSMCOutput:
     rows_copied: int = 0  # cache rows rewritten by resampling (all rows when cache_reorder="copy")
     ess_history: list[float] = field(default_factory=list)  # mean ESS/N at each check
     elapsed_s: float = 0.0
-    stopped_by_time: bool = False  # max_time ran out: live particles were truncated there
+    stopped_by_time: bool | torch.Tensor = False  # max_time ran out: live particles cut there
     sample_index: int | torch.Tensor = 0  # which particle ``sample`` is
-    new_tokens_bound: int = 0  # max_new_tokens after fitting the model's context
+    new_tokens_bound: int | torch.Tensor = 0  # max_new_tokens after fitting the model's context
+    prompt_len: int = 0  # columns of ``sequences`` that hold the (left-padded) prompt
+    steps: int | torch.Tensor = 0  # decoding steps (tokens decoded per particle, all rounds)
 
     @property
     def weights(self) -> torch.Tensor:
@@ -82,7 +86,8 @@ class _Round:
     n_resamples: int
     rows_copied: int
     ess_history: list[float]
-    stopped_by_time: bool = False
+    stopped_by_time: torch.Tensor  # (B,) bool: the deadline cut the prompt's decoding
+    steps: torch.Tensor  # (B,) decoding steps each prompt ran
 
 
 @dataclass
@@ -159,11 +164,16 @@ def alpha_schedule(alpha: float, ramp_tokens: int) -> Callable[[int], float]:
 def systematic_resample(log_w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Ancestor indices (B, N) by systematic resampling of each row of ``log_w``:
     one uniform per row, N evenly spaced points through the cumulative weights."""
+    b = log_w.shape[0]
+    u = torch.rand((b, 1), generator=generator, device=log_w.device, dtype=torch.float64)
+    return _systematic(log_w, u)
+
+
+def _systematic(log_w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     b, n = log_w.shape
     w = torch.softmax(log_w.double(), dim=-1)
     cdf = w.cumsum(-1)
     cdf[:, -1] = 1.0
-    u = torch.rand((b, 1), generator=generator, device=log_w.device, dtype=torch.float64)
     points = (u + torch.arange(n, device=log_w.device, dtype=torch.float64)) / n
     return torch.searchsorted(cdf, points).clamp_max(n - 1)
 
@@ -186,16 +196,7 @@ def cow_assignment(ancestors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(dst), np.concatenate(src)
 
 
-def _validate(input_ids, n_particles, max_new_tokens, kappa, block_size, n_rounds):
-    if not torch.is_tensor(input_ids):
-        raise TypeError(f"input_ids must be a LongTensor, got {type(input_ids).__name__}")
-    if input_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int64):
-        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-    if input_ids.dim() not in (1, 2) or input_ids.shape[-1] < 1 or input_ids.numel() == 0:
-        raise ValueError(
-            f"input_ids must be a non-empty prompt of shape (prompt_len,) or (batch, prompt_len), "
-            f"got shape {tuple(input_ids.shape)}"
-        )
+def _validate(n_particles, max_new_tokens, kappa, block_size, n_rounds):
     for name, val, lo in (
         ("n_particles", n_particles, 1),
         ("max_new_tokens", max_new_tokens, 1),
@@ -206,6 +207,40 @@ def _validate(input_ids, n_particles, max_new_tokens, kappa, block_size, n_round
             raise ValueError(f"{name} must be an integer >= {lo}, got {val!r}")
     if not (0.0 <= kappa <= 1.0):
         raise ValueError(f"kappa must be in [0, 1], got {kappa!r}")
+
+
+def prompt_seeds(seed, n_prompts: int) -> list[int]:
+    """One seed per prompt: ``seed`` + i for prompt i, or the list given."""
+    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+        return [int(seed) + i for i in range(n_prompts)]
+    if isinstance(seed, Sequence) and not isinstance(seed, str):
+        seeds = list(seed)
+        if len(seeds) == n_prompts and all(
+            isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seeds
+        ):
+            return [int(s) for s in seeds]
+    raise ValueError(
+        f"seed must be an integer or a list of {n_prompts} integers (one per prompt), got {seed!r}"
+    )
+
+
+def prepare(model, input_ids, attention_mask, pad: int, seed, max_new_tokens: int, stacklevel=4):
+    """Prompts as a left-padded batch on the model's device, one random stream per
+    prompt, and each prompt's length bound (fitted to the model's context)."""
+    batch = lm.prompt_batch(input_ids, attention_mask, pad, lm.model_device(model))
+    streams = lm.Streams.seeded(batch.ids.device, prompt_seeds(seed, len(batch.lengths)))
+    bounds = fit_contexts(model, batch.lengths, max_new_tokens, stacklevel + 1)
+    return batch, streams, bounds
+
+
+def fit_contexts(model, lengths: list[int], max_new_tokens: int, stacklevel: int) -> list[int]:
+    """:func:`fit_context` for each prompt; one warning, for the longest prompt."""
+    longest = max(lengths)
+    fit_context(model, longest, max_new_tokens, stacklevel + 1)
+    ctx = lm.context_length(model)
+    if ctx is None:
+        return [max_new_tokens] * len(lengths)
+    return [min(max_new_tokens, ctx - n) for n in lengths]
 
 
 def _check_alpha(alpha: float, name: str = "alpha") -> float:
@@ -229,9 +264,9 @@ def _eos_list(eos_token_id) -> list[int]:
 @torch.no_grad()
 def run_particles(
     model,
-    prompts: torch.Tensor,
+    batch: lm.PromptBatch,
     n: int,
-    max_new_tokens: int,
+    max_new_tokens: int | Sequence[int],
     eos: list[int],
     pad_token_id: int,
     target_exponent: Callable[[int], float],
@@ -239,7 +274,7 @@ def run_particles(
     final_exponent: float,
     kappa: float,
     block_size: int,
-    generator: torch.Generator,
+    streams: lm.Streams,
     cache_reorder: str = "inplace",
     progress: bool = False,
     controls: Controls | None = None,
@@ -249,37 +284,78 @@ def run_particles(
     Token t is drawn from q ∝ p^proposal_exponent(t) on the support the controls leave;
     weights target p^target_exponent(t) restricted to that support, and at the end
     p^final_exponent. With kappa = 0 nothing is resampled, which is plain (tempered)
-    sampling with importance weights. Decoding stops early once every row has ended
-    (EOS or a stop string) or the controls' deadline has passed.
+    sampling with importance weights.
+
+    Every prompt is its own SMC run: its particles, its ESS checks and resampling, its
+    random stream (``streams``, one per prompt) and its end. A prompt stops decoding once
+    all its rows have ended (EOS or a stop string), at its length bound
+    (``max_new_tokens``: one for all, or one per prompt) or at the controls' deadline;
+    from then on it draws nothing, and its weights no longer change, so its result does
+    not depend on the prompts decoded beside it. Prompts of different lengths are
+    left-padded (attention mask and position ids) when the model takes them
+    (:func:`longseq.lm.takes_padding`), else decoded in groups of equal length.
     """
+    b = len(batch.lengths)
+    bounds = [max_new_tokens] * b if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if batch.padded and not lm.takes_padding(model):
+        return _by_length(
+            model, batch, n, bounds, eos, pad_token_id, target_exponent, proposal_exponent,
+            final_exponent, kappa, block_size, streams, cache_reorder, progress, controls,
+        )  # fmt: skip
     ctl = controls or Controls()
+    prompts = batch.ids
     device = prompts.device
-    b = prompts.shape[0]
     m = b * n
-    logits, cache = lm.forward(model, prompts, float32=False)  # prompt prefilled once
+    longest = max(bounds)
+    padded = batch.padded
+    if padded:
+        mask = batch.mask()
+        logits, cache = lm.forward(
+            model, prompts, float32=False, attention_mask=mask, position_ids=batch.positions()
+        )
+        row_mask = torch.ones((m, batch.width + longest), dtype=torch.long, device=device)
+        row_mask[:, : batch.width] = mask.repeat_interleave(n, dim=0)
+        row_pos = torch.tensor(batch.lengths, device=device).repeat_interleave(n)[:, None]
+    else:
+        logits, cache = lm.forward(model, prompts, float32=False)  # prompt prefilled once
     lm.check_finite(logits, "for the prompt")
     logits = logits.repeat_interleave(n, dim=0)
     cache = lm.repeat_cache(cache, n)
     eos_t = torch.tensor(eos, device=device, dtype=torch.long)
-    tokens = torch.full((m, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
-    token_logp = torch.zeros((m, max_new_tokens), device=device)
-    token_logq = torch.zeros((m, max_new_tokens), device=device)
+    # the working rows: those of the prompts still decoding (b of them, m = b * n rows)
+    tokens = torch.full((m, longest), pad_token_id, dtype=torch.long, device=device)
+    token_logp = torch.zeros((m, longest), device=device)
+    token_logq = torch.zeros((m, longest), device=device)
     seq_logp = torch.zeros(m, device=device)
     lengths = torch.zeros(m, dtype=torch.long, device=device)
     finished = torch.zeros(m, dtype=torch.bool, device=device)
     log_w = torch.zeros(m, device=device)
     log_z = torch.zeros(b, device=device, dtype=torch.float64)
+    alive = list(range(b))  # original index of each working prompt
+    # results, filled in as prompts stop
+    out = _Round(
+        tokens=torch.full_like(tokens, pad_token_id),
+        log_w=torch.zeros(m, device=device),
+        log_z=torch.zeros(b, device=device, dtype=torch.float64),
+        seq_logp=torch.zeros_like(seq_logp),
+        token_logp=torch.zeros_like(token_logp),
+        token_logq=torch.zeros_like(token_logq),
+        lengths=torch.zeros_like(lengths),
+        n_resamples=0,
+        rows_copied=0,
+        ess_history=[],
+        stopped_by_time=torch.zeros(b, dtype=torch.bool),
+        steps=torch.zeros(b, dtype=torch.long),
+    )
     a_prev = target_exponent(0)
-    n_resamples, rows_copied, ess_hist = 0, 0, []
-    steps, timed_out = max_new_tokens, False
     can_end = bool(eos) or ctl.stop is not None
-    with progress_bar("decoding", max_new_tokens, enabled=progress) as advance:
-        for t in range(max_new_tokens):
+    with progress_bar("decoding", longest, enabled=progress) as advance:
+        for t in range(longest):
             a_t, b_t = target_exponent(t), proposal_exponent(t)
             if a_t != a_prev:  # exponent ramp: reweight the prefix (finished ones too)
                 log_w += (a_t - a_prev) * seq_logp
             banned = eos_t if eos and t < ctl.min_new_tokens else None
-            tok, lp_tok, log_norm = propose(logits, b_t, generator, ctl.top_k, ctl.top_p, banned)
+            tok, lp_tok, log_norm = propose(logits, b_t, streams, ctl.top_k, ctl.top_p, banned)
             live = ~finished
             tok = torch.where(live, tok, pad_token_id)
             lq_tok = b_t * lp_tok - log_norm
@@ -298,32 +374,73 @@ def run_particles(
                     finished |= hit
             a_prev = a_t
             advance()
-            last = t + 1 == max_new_tokens
-            if not last and can_end and bool(finished.all()):
-                last, steps = True, t + 1
-            if not last and ctl.deadline is not None and time.perf_counter() >= ctl.deadline:
-                last, steps, timed_out = True, t + 1, True
-            if last:
-                break
+            # prompts that stop here: length bound, every row ended, or out of time
+            ended = finished.view(b, n).all(-1).tolist() if can_end else [False] * b
+            late = ctl.deadline is not None and time.perf_counter() >= ctl.deadline
+            stop = [t + 1 >= bounds[alive[i]] or ended[i] or late for i in range(b)]
+            if any(stop):
+                for i in range(b):
+                    if stop[i]:
+                        j = alive[i]
+                        out.steps[j] = t + 1
+                        out.stopped_by_time[j] = late and not (t + 1 >= bounds[j] or ended[i])
+                keep = [i for i in range(b) if not stop[i]]
+                rows = _rows([i for i in range(b) if stop[i]], n, device)
+                dst = _rows([alive[i] for i in range(b) if stop[i]], n, device)
+                if not bool(torch.isfinite(log_w.index_select(0, rows)).all()):
+                    raise ValueError("model returned NaN or infinite logits during decoding")
+                lw = log_w.index_select(0, rows)
+                if final_exponent != a_t:  # the ramp had not reached the target exponent
+                    lw += (final_exponent - a_t) * seq_logp.index_select(0, rows)
+                for name, x in (
+                    ("tokens", tokens),
+                    ("token_logp", token_logp),
+                    ("token_logq", token_logq),
+                    ("seq_logp", seq_logp),
+                    ("lengths", lengths),
+                ):
+                    getattr(out, name).index_copy_(0, dst, x.index_select(0, rows))
+                out.log_w.index_copy_(0, dst, lw)
+                lwb = lw.view(-1, n).double()
+                idx = torch.tensor([alive[i] for i in range(b) if stop[i]], device=device)
+                src = torch.tensor([i for i in range(b) if stop[i]], device=device)
+                out.log_z.index_copy_(0, idx, log_z[src] + lwb.logsumexp(-1) - math.log(n))
+                if not keep:
+                    break
+                # decode on with the other prompts' rows only
+                sel = _rows(keep, n, device)
+                tokens, token_logp, token_logq = (x[sel] for x in (tokens, token_logp, token_logq))
+                seq_logp, lengths, finished, log_w = (
+                    x[sel] for x in (seq_logp, lengths, finished, log_w)
+                )
+                log_z = log_z[torch.tensor(keep, device=device)]
+                cache = lm.select_cache(cache, sel)
+                logits = None
+                if padded:
+                    row_mask, row_pos = row_mask[sel], row_pos[sel]
+                streams = streams.subset(keep)
+                alive = [alive[i] for i in keep]
+                b, m = len(keep), len(keep) * n
             if (t + 1) % block_size == 0:
                 if not bool(torch.isfinite(log_w).all()):
                     raise ValueError(f"model returned NaN or infinite logits by token {t}")
                 lw = log_w.view(b, n)
                 wn = torch.softmax(lw.double(), dim=-1)
                 ess = 1.0 / (wn**2).sum(-1)  # (b,)
-                ess_hist.append(float((ess / n).mean()))
+                out.ess_history.append(float((ess / n).mean()))
                 need = ess < kappa * n
                 if bool(need.any()):
-                    anc = systematic_resample(lw, generator)
-                    keep = torch.arange(n, device=device).expand(b, n)
-                    anc = torch.where(need[:, None], anc, keep)
+                    u = _resample_uniforms(streams, need.tolist(), device)
+                    anc = _systematic(lw, u)
+                    keep_i = torch.arange(n, device=device).expand(b, n)
+                    anc = torch.where(need[:, None], anc, keep_i)
                     log_z += torch.where(need, lw.double().logsumexp(-1) - math.log(n), 0.0)
                     lw[need] = 0.0
                     dst, src = cow_assignment(anc.cpu().numpy())
                     dst_t = torch.from_numpy(dst).to(device)
                     src_t = torch.from_numpy(src).to(device)
-                    n_resamples += int(need.sum())
-                    rows_copied += len(dst) if cache_reorder == "inplace" else m
+                    out.n_resamples += int(need.sum())
+                    out.rows_copied += len(dst) if cache_reorder == "inplace" else m
                     if cache_reorder == "inplace":
                         for x in (tokens, token_logp, token_logq, seq_logp, lengths, finished):
                             x.index_copy_(0, dst_t, x.index_select(0, src_t))
@@ -337,26 +454,84 @@ def run_particles(
                         seq_logp, lengths, finished = seq_logp[full], lengths[full], finished[full]
                         cache = lm.select_cache(cache, full)
             # the rows may have been reordered: read the tokens back
-            logits, cache = lm.forward(model, tokens[:, t : t + 1], cache, float32=False)
-    if not bool(torch.isfinite(log_w).all()):
-        raise ValueError("model returned NaN or infinite logits during decoding")
-    if final_exponent != a_prev:  # the ramp had not reached the target exponent
-        log_w += (final_exponent - a_prev) * seq_logp
-    lw = log_w.view(b, n).double()
-    log_z += lw.logsumexp(-1) - math.log(n)
+            if padded:
+                logits, cache = lm.forward(
+                    model,
+                    tokens[:, t : t + 1],
+                    cache,
+                    float32=False,
+                    attention_mask=row_mask[:, : batch.width + t + 1],
+                    position_ids=row_pos + t,
+                )
+            else:
+                logits, cache = lm.forward(model, tokens[:, t : t + 1], cache, float32=False)
+    width = int(out.steps.max())
+    b0 = len(batch.lengths)
+    out.tokens = out.tokens[:, :width].view(b0, n, width)
+    out.token_logp = out.token_logp[:, :width].view(b0, n, width)
+    out.token_logq = out.token_logq[:, :width].view(b0, n, width)
+    out.log_w = out.log_w.view(b0, n).double()
+    out.seq_logp, out.lengths = out.seq_logp.view(b0, n), out.lengths.view(b0, n)
+    return out
+
+
+def _rows(prompts: list[int], n: int, device) -> torch.Tensor:
+    """Row indices of the particles of ``prompts`` (n rows each)."""
+    p = torch.tensor(prompts, device=device, dtype=torch.long)
+    return (p[:, None] * n + torch.arange(n, device=device)).flatten()
+
+
+def _resample_uniforms(streams: lm.Streams, need: list[bool], device) -> torch.Tensor:
+    """(B, 1) float64: one uniform from the stream of each prompt that resamples."""
+    u = [
+        torch.rand((1, 1), generator=g, device=device, dtype=torch.float64)
+        if on
+        else torch.zeros((1, 1), device=device, dtype=torch.float64)
+        for g, on in zip(streams.generators, need, strict=True)
+    ]
+    return torch.cat(u)
+
+
+def _by_length(model, batch, n, bounds, *args) -> _Round:
+    """A padded batch for a model without attention mask / position ids: each group of
+    prompts of one length decoded as its own batch, the results put back in order."""
+    groups: dict[int, list[int]] = {}
+    for i, length in enumerate(batch.lengths):
+        groups.setdefault(length, []).append(i)
+    (eos, pad, target, proposal, final, kappa, block, streams, *rest) = args
+    parts, order = [], []
+    for index in groups.values():
+        parts.append(
+            run_particles(
+                model, batch.select(index), n, [bounds[i] for i in index], eos, pad, target,
+                proposal, final, kappa, block, streams.subset(index), *rest,
+            )
+        )  # fmt: skip
+        order += index
+    back = torch.tensor(order).argsort()
+    cat = lambda name, fill=0: _pad_cat0([getattr(r, name) for r in parts], fill)[back]  # noqa: E731
     return _Round(
-        tokens=tokens[:, :steps].view(b, n, steps),
-        log_w=lw,
-        log_z=log_z,
-        seq_logp=seq_logp.view(b, n),
-        token_logp=token_logp[:, :steps].view(b, n, steps),
-        token_logq=token_logq[:, :steps].view(b, n, steps),
-        lengths=lengths.view(b, n),
-        n_resamples=n_resamples,
-        rows_copied=rows_copied,
-        ess_history=ess_hist,
-        stopped_by_time=timed_out,
+        tokens=cat("tokens", pad),
+        log_w=cat("log_w"),
+        log_z=cat("log_z"),
+        seq_logp=cat("seq_logp"),
+        token_logp=cat("token_logp"),
+        token_logq=cat("token_logq"),
+        lengths=cat("lengths"),
+        n_resamples=sum(r.n_resamples for r in parts),
+        rows_copied=sum(r.rows_copied for r in parts),
+        ess_history=[e for r in parts for e in r.ess_history],
+        stopped_by_time=cat("stopped_by_time"),
+        steps=cat("steps"),
     )
+
+
+def _pad_cat0(parts: list[torch.Tensor], pad) -> torch.Tensor:
+    """Concatenate along dim 0, padding a last dimension (tokens) to the longest."""
+    if parts[0].dim() == 3:
+        width = max(p.shape[-1] for p in parts)
+        parts = [torch.nn.functional.pad(p, (0, width - p.shape[-1]), value=pad) for p in parts]
+    return torch.cat([p.to(parts[0].device) for p in parts])
 
 
 def _pad_cat(parts: list[torch.Tensor], pad: int) -> torch.Tensor:
@@ -366,16 +541,9 @@ def _pad_cat(parts: list[torch.Tensor], pad: int) -> torch.Tensor:
     return torch.cat(out, dim=1)
 
 
-def prepare_prompts(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """(B, P) prompts on the model's device, and whether the caller gave one prompt."""
-    single = input_ids.dim() == 1 or input_ids.shape[0] == 1
-    prompts = input_ids if input_ids.dim() == 2 else input_ids[None]
-    return prompts.to(lm.model_device(model), dtype=torch.long), single
-
-
 def power_smc(
     model,
-    input_ids: torch.Tensor,
+    input_ids,
     alpha: float = 4.0,
     n_particles: int = 16,
     max_new_tokens: int = 256,
@@ -383,12 +551,13 @@ def power_smc(
     kappa: float = 0.5,
     block_size: int = 64,
     ramp_tokens: int = 0,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     n_rounds: int = 1,
     pad_token_id: int | None = None,
     cache_reorder: str = "inplace",
     progress: bool = False,
     *,
+    attention_mask: torch.Tensor | None = None,
     min_new_tokens: int = 0,
     top_k: int | None = None,
     top_p: float | None = None,
@@ -400,8 +569,11 @@ def power_smc(
 
     Args:
         model: causal LM called as ``model(ids, cache=cache, use_cache=True)``.
-        input_ids: prompt ``(prompt_len,)``, or ``(B, prompt_len)`` for B prompts of one
-            length (unpadded), each with its own particles, all decoded as one batch.
+        input_ids: one prompt ``(prompt_len,)`` (a tensor or a list of ids), or a batch:
+            a ``(B, prompt_len)`` tensor (with ``attention_mask`` when padded), a list of
+            B prompts of any lengths, or a tokenizer's ``BatchEncoding``. Each prompt has
+            its own particles, resampling, stopping and random stream, and all decode as
+            one batch (left-padded; see :func:`longseq.lm.prompt_batch`).
         alpha: power exponent (paper default 4); must be > 0.
         n_particles: particles per prompt and round (paper default 64).
         max_new_tokens: generation length bound; particles that reach it are truncated.
@@ -412,12 +584,18 @@ def power_smc(
         block_size: check the ESS every this many tokens (paper default 64).
         ramp_tokens: length of the linear exponent ramp from 1 to alpha (0 = no ramp;
             paper uses 100-400 on long generations).
-        seed: seeds the proposal draws and the resampling uniforms.
+        seed: seeds the proposal draws and the resampling uniforms: prompt i of a batch
+            uses ``seed + i``, or give one seed per prompt. A prompt's result does not
+            depend on the other prompts of its batch: alone, with its seed, it is the
+            same (up to the rounding of a padded forward pass).
         n_rounds: independent SMC rounds combined by their normalizing-constant
             estimates (each round's particles weighted by its Z-hat).
-        pad_token_id: token written after EOS (default: the first EOS id, else 0).
+        pad_token_id: token written after EOS and on the left of shorter prompts
+            (default: the first EOS id, else 0).
         cache_reorder: ``"inplace"`` (copy-on-write rows) or ``"copy"`` (naive full copy).
         progress: show a progress bar over tokens.
+        attention_mask: with a ``(B, prompt_len)`` tensor of padded prompts, 1 on tokens
+            and 0 on padding (left or right padding; each row's tokens contiguous).
         min_new_tokens: EOS is not allowed before this many new tokens. Target:
             p^alpha restricted to sequences at least this long (p itself unchanged).
         top_k, top_p: restrict every token to the top-k / nucleus support of the
@@ -432,9 +610,14 @@ def power_smc(
             and every live particle is truncated there, as if max_new_tokens had been
             that length (``stopped_by_time`` says so). Rounds after the deadline
             generate one token.
+
+    Returns:
+        :class:`PowerSMCOutput`; for a batch, ``sequences`` is ``(B, n_particles *
+        n_rounds, prompt_len + new_len)`` with the prompts left-padded to
+        ``prompt_len`` (``out.prompt_len``): the generation starts at that column.
     """
     alpha = _check_alpha(alpha)
-    _validate(input_ids, n_particles, max_new_tokens, kappa, block_size, n_rounds)
+    _validate(n_particles, max_new_tokens, kappa, block_size, n_rounds)
     if not isinstance(ramp_tokens, int) or ramp_tokens < 0:
         raise ValueError(f"ramp_tokens must be an integer >= 0, got {ramp_tokens!r}")
     if cache_reorder not in ("inplace", "copy"):
@@ -443,16 +626,15 @@ def power_smc(
     pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
     t0 = time.perf_counter()
     ctl = make_controls(top_k, top_p, min_new_tokens, stop_strings, tokenizer, max_time)
-    max_new_tokens = fit_context(model, input_ids.shape[-1], max_new_tokens)
-    prompts, single = prepare_prompts(model, input_ids)
-    gen = lm.make_generator(prompts.device, seed)
+    batch, streams, bounds = prepare(model, input_ids, attention_mask, pad, seed, max_new_tokens)
+    prompts = batch.ids
     sched = alpha_schedule(alpha, ramp_tokens)
     rounds = [
         run_particles(
             model,
-            prompts,
+            batch,
             n_particles,
-            max_new_tokens,
+            bounds,
             eos,
             pad,
             sched,
@@ -460,7 +642,7 @@ def power_smc(
             alpha,
             kappa,
             block_size,
-            gen,
+            streams,
             cache_reorder,
             progress,
             ctl,
@@ -476,10 +658,17 @@ def power_smc(
     gen_tokens = _pad_cat([r.tokens for r in rounds], pad)
     b, total = log_w.shape
     seqs = torch.cat([prompts[:, None].expand(b, total, -1), gen_tokens], dim=-1)
-    pick = torch.multinomial(log_w.exp().float(), 1, generator=gen)[:, 0]
+    probs = log_w.exp().float()
+    pick = torch.cat(
+        [
+            torch.multinomial(probs[i : i + 1], 1, generator=g)[:, 0]
+            for i, g in enumerate(streams.generators)
+        ]
+    )
     sample = seqs[torch.arange(b, device=seqs.device), pick]
     seq_logp = torch.cat([r.seq_logp for r in rounds], dim=1)
     lengths = torch.cat([r.lengths for r in rounds], dim=1)
+    timed_out = torch.stack([r.stopped_by_time for r in rounds]).any(0)
     elapsed = time.perf_counter() - t0
     out = PowerSMCOutput(
         sequences=seqs,
@@ -492,12 +681,16 @@ def power_smc(
         rows_copied=sum(r.rows_copied for r in rounds),
         ess_history=[e for r in rounds for e in r.ess_history],
         elapsed_s=elapsed,
-        stopped_by_time=any(r.stopped_by_time for r in rounds),
+        stopped_by_time=timed_out,
         sample_index=pick,
-        new_tokens_bound=max_new_tokens,
+        new_tokens_bound=torch.tensor(bounds),
+        prompt_len=batch.width,
+        steps=torch.stack([r.steps for r in rounds]).sum(0),
     )
-    if single:
+    if batch.single:
         out.sample_index = int(pick[0])
         out.sequences, out.log_weights, out.sample = seqs[0], out.log_weights[0], sample[0]
         out.seq_logprobs, out.log_z, out.lengths = seq_logp[0], float(log_z[0]), lengths[0]
+        out.stopped_by_time, out.new_tokens_bound = bool(timed_out[0]), bounds[0]
+        out.steps = int(out.steps[0])
     return out
