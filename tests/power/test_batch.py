@@ -86,7 +86,9 @@ def test_batch_of_prompts_matches_the_exact_power_distributions():
     token-level temperature 1/alpha gets."""
     model = tiny_gpt()
     prompts = [[3], [1, 3], [3, 2, 1]]
-    enums = [exact.enumerate_sequences(model, torch.tensor(p), 4, eos_token_id=EOS) for p in prompts]
+    enums = [
+        exact.enumerate_sequences(model, torch.tensor(p), 4, eos_token_id=EOS) for p in prompts
+    ]
     tv = [0.0] * 3
     seeds = [0, 100, 200]
     for s in seeds:
