@@ -238,6 +238,9 @@ def power_eval(
         None, help="results folder, one METHOD.jsonl each (default: power-eval/DATA-MODEL)"
     ),
     dtype: str = typer.Option("float32", help="model weights: float32 | bfloat16 | float16"),
+    batch_size: int = typer.Option(
+        1, min=1, help="problems decoded together (same answers as 1, each its own seed)"
+    ),
     seed: int = typer.Option(0),
     device: str = typer.Option(None),
 ) -> None:
@@ -314,6 +317,7 @@ def power_eval(
                 instruction=instruction,
                 code_timeout=code_timeout,
                 run_info={"model": model, "data": str(data), "dtype": dtype},
+                batch_size=batch_size,
             )
         except (MissingExtra, ValueError, TypeError) as e:
             fail(str(e))

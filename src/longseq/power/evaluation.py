@@ -197,6 +197,98 @@ def run_sampler(
     }
 
 
+def run_batch(
+    model, prompts: list[list[int]], cfg: SamplerConfig, eos: list[int], tokenizer, seeds
+) -> list[dict]:
+    """:func:`run_sampler` for several prompts decoded as one batch (each with its own
+    seed, so each answer is the one it gets alone); time is shared out evenly."""
+    kw = dict(
+        max_new_tokens=cfg.max_new_tokens,
+        eos_token_id=eos or None,
+        seed=list(seeds),
+        min_new_tokens=cfg.min_new_tokens,
+        top_k=cfg.top_k,
+        top_p=cfg.top_p,
+        stop_strings=cfg.stop_strings or None,
+        tokenizer=tokenizer if cfg.stop_strings else None,
+        max_time=cfg.max_time,
+    )
+    t0, c0 = time.perf_counter(), time.process_time()
+    rows = []  # (generated ids, length, decoded tokens, stopped by time)
+    if cfg.method == "mh":
+        outs = mh_power_sample(
+            model, prompts, alpha=cfg.alpha, n_blocks=cfg.mh_blocks, mh_steps=cfg.mh_steps, **kw
+        )
+        for ids, o in zip(prompts, outs, strict=True):
+            gen = o.sequence[len(ids) :]
+            rows.append((gen, gen.numel(), o.tokens_decoded, o.stopped_by_time))
+    else:
+        if cfg.method in ("temp-1", "temp-alpha"):
+            temp = 1.0 if cfg.method == "temp-1" else 1.0 / cfg.alpha
+            out = sample(model, prompts, n=1, temperature=temp, **kw)
+            gens, lengths, n = out.sequences[:, 0], out.lengths[:, 0], 1
+        elif cfg.method == "best-of-n":
+            out = best_of_n(model, prompts, n=cfg.n_particles, **kw)
+            gens, lengths, n = out.sequences, out.lengths, cfg.n_particles
+        else:
+            out = power_smc(
+                model,
+                prompts,
+                alpha=cfg.alpha,
+                n_particles=cfg.n_particles,
+                block_size=cfg.block_size,
+                ramp_tokens=cfg.ramp_tokens,
+                kappa=cfg.kappa,
+                **kw,
+            )
+            pick = out.sample_index
+            gens, n = out.sample, cfg.n_particles
+            lengths = out.lengths.gather(1, pick[:, None])[:, 0]
+        for i in range(len(prompts)):
+            steps = int(out.steps[i])
+            rows.append(
+                (gens[i, out.prompt_len :], int(lengths[i]), n * steps, out.stopped_by_time[i])
+            )
+    seconds = (time.perf_counter() - t0) / len(prompts)
+    cpu = (time.process_time() - c0) / len(prompts)
+    return [
+        {
+            "tokens": gen[:length].tolist(),
+            "new_tokens": int(length),
+            "decoded_tokens": int(decoded),
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "stopped_by_time": bool(late),
+        }
+        for gen, length, decoded, late in rows
+    ]
+
+
+def _answers(model, tokenizer, todo, prompt, cfg, eos, batch_size, notes):
+    """(problem, sampler result) for each problem, sampled ``batch_size`` at a time; a
+    note is added when max_new_tokens did not fit the model's context."""
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        ids = [prompt(p) for p in chunk]
+        seeds = [problem_seed(cfg.seed, p.id) for p in chunk]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ContextClampWarning)
+            if len(chunk) == 1:
+                results = [run_sampler(model, ids[0], cfg, eos, tokenizer, seeds[0])]
+            else:
+                results = run_batch(model, ids, cfg, eos, tokenizer, seeds)
+        for w in caught:
+            if issubclass(w.category, ContextClampWarning):
+                ctx = lm.context_length(model)
+                notes.add(
+                    f"max_new_tokens={cfg.max_new_tokens} was lowered to what the "
+                    f"model's context ({ctx} tokens) leaves after each prompt"
+                )
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        yield from zip(chunk, results, strict=True)
+
+
 def _flat(d: dict) -> dict:
     out = {}
     for k, v in d.items():
@@ -242,6 +334,7 @@ def evaluate(
     code_timeout: float = 10.0,
     progress: bool = True,
     run_info: dict | None = None,
+    batch_size: int = 1,
 ) -> EvalSummary:
     """Sample one answer per problem with ``sampler`` and grade it.
 
@@ -256,10 +349,16 @@ def evaluate(
         template, instruction: prompt text (see :func:`longseq.power.build_prompt`).
         code_timeout: seconds per program for the code grader.
         run_info: extra settings recorded in the results file (model, data, ...).
+        batch_size: problems decoded together as one batch. Each keeps its own seed,
+            so the answers are those of ``batch_size=1`` (up to the rounding of a
+            padded forward pass); the time of a batch is shared out evenly among its
+            problems, and ``max_time`` applies to each batch.
     """
     cfg = sampler or SamplerConfig()
     if not problems:
         raise ValueError("no problems to evaluate")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     eos = eos_ids(model, tokenizer)
     use_chat = None if chat is None else bool(chat)
     _, _, mode = build_prompt(problems[0], tokenizer, use_chat, template, instruction)
@@ -291,20 +390,8 @@ def evaluate(
         disable=not progress or not (get_console().is_terminal or get_console().is_jupyter),
     ) as bar:
         task = bar.add_task(cfg.method, total=len(problems), completed=len(records), acc="")
-        for p in todo:
-            ids, _, _ = build_prompt(p, tokenizer, use_chat, template, instruction)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", ContextClampWarning)
-                res = run_sampler(model, ids, cfg, eos, tokenizer, problem_seed(cfg.seed, p.id))
-            for w in caught:
-                if issubclass(w.category, ContextClampWarning):
-                    ctx = lm.context_length(model)
-                    notes.add(
-                        f"max_new_tokens={cfg.max_new_tokens} was lowered to what the "
-                        f"model's context ({ctx} tokens) leaves after each prompt"
-                    )
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        prompt = lambda p: build_prompt(p, tokenizer, use_chat, template, instruction)[0]  # noqa: E731
+        for p, res in _answers(model, tokenizer, todo, prompt, cfg, eos, batch_size, notes):
             completion = _decode(tokenizer, res.pop("tokens"))
             ok, pred = grade(p.kind, completion, p, code_timeout, chat=mode == "chat")
             rec = {
