@@ -4,6 +4,7 @@ problem at a time, on prompts of different lengths, and resumable."""
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from longseq import hub
@@ -84,3 +85,23 @@ def test_cli_batch_size(tmp_path):
     assert _rows(tmp_path / "1" / "temp-1.jsonl") == _rows(tmp_path / "3" / "temp-1.jsonl")
     res = CliRunner().invoke(app, [*args, "--batch-size", "0"])
     assert res.exit_code == 2
+
+
+def test_batch_benchmark_runs_and_batches_agree(tmp_path, monkeypatch):
+    from benchmarks import power_batch
+
+    out = tmp_path / "pb"
+    argv = ["power_batch.py", "--problems", "6", "--batch-sizes", "1", "3", "--repeats", "1"]
+    argv += ["--skip-llama", "--tmp", str(tmp_path), "--out", str(out)]
+    monkeypatch.setattr("sys.argv", argv)
+    threads = torch.get_num_threads()
+    try:
+        power_batch.main()
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.with_suffix(".json").read_text())
+    rows = res["arith"]["rows"]
+    assert [r["batch_size"] for r in rows] == [1, 3]
+    assert all(r["answers_differing_from_b1"] == 0 for r in rows)
+    assert rows[0]["accuracy"] == rows[1]["accuracy"]
+    assert "| 3 |" in out.with_suffix(".md").read_text()

@@ -46,18 +46,38 @@ class CausalLMOutput:
 
 
 class _KVLayer:
-    """Keys and values of one attention layer: (b, n_head, t, head_dim)."""
+    """Keys and values of one attention layer: (b, n_head, t, head_dim).
+
+    ``keys``/``values`` are views of buffers with room to grow (doubled when full), so a
+    decoding step writes one position instead of copying the whole cache. Code that
+    replaces ``keys``/``values`` with new tensors (row selection) is fine: the next
+    update sees they are no longer views of the buffers and starts new ones.
+    """
 
     def __init__(self) -> None:
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
+        self._k: torch.Tensor | None = None  # (b, n_head, capacity, head_dim)
+        self._v: torch.Tensor | None = None
 
     def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.keys is None:
             self.keys, self.values = k, v
-        else:
-            self.keys = torch.cat([self.keys, k], dim=2)
-            self.values = torch.cat([self.values, v], dim=2)
+            return k, v
+        n, t = self.keys.shape[2], k.shape[2]
+        fits = (
+            self._k is not None
+            and self._k.shape[0] == k.shape[0]
+            and self.keys.data_ptr() == self._k.data_ptr()
+            and self.values.data_ptr() == self._v.data_ptr()
+            and n + t <= self._k.shape[2]
+        )
+        if not fits:
+            shape = (*self.keys.shape[:2], max(2 * (n + t), 16), self.keys.shape[3])
+            self._k, self._v = self.keys.new_empty(shape), self.values.new_empty(shape)
+            self._k[:, :, :n], self._v[:, :, :n] = self.keys, self.values
+        self._k[:, :, n : n + t], self._v[:, :, n : n + t] = k, v
+        self.keys, self.values = self._k[:, :, : n + t], self._v[:, :, : n + t]
         return self.keys, self.values
 
 
