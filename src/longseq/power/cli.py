@@ -15,6 +15,23 @@ app = App(
     help="Power-SMC: sample p(y|x)^alpha with sequential Monte Carlo.",
 )
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_model(model: str, device: str | None, dtype: str):
+    """(model, codec, device) as ``power sample`` and ``power eval`` load them: on the
+    device asked for (default: cuda when present), weights cast to ``dtype``. Raises
+    ValueError / CheckpointError with a one-line message."""
+    import torch
+
+    from longseq.utils import default_device
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    dev = default_device(device)
+    lm_model, codec, _ = hub.load_causal_lm(model, dev)
+    return lm_model.to(getattr(torch, dtype)), codec, dev
+
 
 @app.command("demo")
 def power_demo(
@@ -107,33 +124,41 @@ def power_sample(
     min_new_tokens: int = typer.Option(0, min=0, help="no EOS before this many new tokens"),
     stop: list[str] = typer.Option(None, help="stop string (repeatable)"),
     max_time: float = typer.Option(None, help="stop decoding after this many seconds"),
+    chat: bool = typer.Option(
+        None, "--chat/--no-chat", help="use the tokenizer's chat template (default: if it has one)"
+    ),
+    dtype: str = typer.Option("float32", help="model weights: float32 | bfloat16 | float16"),
     seed: int = typer.Option(0),
     device: str = typer.Option(None),
     show: int = typer.Option(8, min=0, help="particles to list (smc)"),
 ) -> None:
-    """Sample one completion of PROMPT (and, for smc, show the weighted particles)."""
+    """Sample one completion of PROMPT (and, for smc, show the weighted particles).
+
+    As in ``power eval``, PROMPT goes through the tokenizer's chat template when it has
+    one, and a particle ends at any EOS id of the tokenizer or of the model's generation
+    config."""
     import warnings
 
     import torch
 
     from longseq.power import best_of_n, mh_power_sample, power_smc, sample
+    from longseq.power.evaluation import eos_ids
+    from longseq.power.problems import encode_prompt
     from longseq.power.smc import ContextClampWarning
-    from longseq.utils import default_device
 
     if method not in ("smc", "temp", "best-of-n", "mh"):
         fail(f"--method must be one of smc, temp, best-of-n, mh; got {method!r}")
     if not prompt:
         fail("PROMPT is empty: give the text to continue, e.g. '47+85+23='")
     try:
-        dev = default_device(device)
-        lm_model, codec, _ = hub.load_causal_lm(model, dev)
-        ids = torch.tensor(codec.encode(prompt), dtype=torch.long)
+        lm_model, codec, _ = load_model(model, device, dtype)
+        ids = torch.tensor(encode_prompt(prompt, codec, chat)[0], dtype=torch.long)
         if max_new_tokens is None:
             ctx = lm.context_length(lm_model)
             max_new_tokens = 256 if ctx is None else max(1, min(256, ctx - len(ids)))
         kw = dict(
             max_new_tokens=max_new_tokens,
-            eos_token_id=codec.eos_token_id,
+            eos_token_id=eos_ids(lm_model, codec) or None,
             seed=seed,
             top_k=top_k,
             top_p=top_p,
@@ -251,18 +276,16 @@ def power_eval(
     when it has one. Example: longseq power eval arith --method temp-1 --method smc
     --block-size 4 --ramp-tokens 16
     """
-    import torch
 
     from longseq.cliutils import make_folder
     from longseq.power.evaluation import METHODS, SamplerConfig, evaluate, summary_table
     from longseq.power.graders import MissingExtra, require_math_verify
     from longseq.power.problems import load_problems
-    from longseq.utils import default_device
 
     bad = [m for m in method if m not in METHODS]
     if bad:
         fail(f"--method must be among {', '.join(METHODS)}; got {', '.join(bad)}")
-    if dtype not in ("float32", "bfloat16", "float16"):
+    if dtype not in DTYPES:
         fail(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
     if top_p is not None and not 0 < top_p <= 1:
         fail(f"--top-p must be in (0, 1], got {top_p}")
@@ -290,9 +313,7 @@ def power_eval(
             )
             for m in method
         ]
-        dev = default_device(device)
-        lm_model, codec, _ = hub.load_causal_lm(model, dev)
-        lm_model = lm_model.to(getattr(torch, dtype))
+        lm_model, codec, dev = load_model(model, device, dtype)
     except (MissingExtra, hub.CheckpointError, ValueError, TypeError) as e:
         fail(str(e))
     stem = Path(data).stem if Path(data).exists() else data

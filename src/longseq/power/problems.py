@@ -247,3 +247,10 @@ def build_prompt(
         return ids, text, "chat"
     text = (template or "{problem}").format(problem=problem.question, instruction=instr)
     return list(tokenizer.encode(text)), text, "plain"
+
+
+def encode_prompt(text: str, tokenizer, chat: bool | None = None) -> tuple[list[int], str, str]:
+    """(token ids, prompt text, "chat" or "plain") for free text, the way
+    :func:`build_prompt` renders a problem: through the tokenizer's chat template as the
+    user message when it has one (``chat=None``) or when ``chat=True``, else as is."""
+    return build_prompt(Problem("prompt", "exact", text, ""), tokenizer, chat, "{problem}")
