@@ -5,7 +5,8 @@ own particles and seed, so that every problem gets the answer it gets alone:
 
 * ``power-arith-gpt`` (the shipped model) through :func:`longseq.power.evaluate` on
   held-out arithmetic problems, with accuracy and its 95% Wilson interval, and the
-  number of answers that differ from B = 1 (expected: none);
+  number of answers that differ from B = 1 (expected: none); also MH power sampling,
+  whose chains advance together in a batch;
 * randomly initialised `transformers` Llamas (no download), a tiny one (0.1M
   parameters, where the per-step overhead of a forward call dominates) and a 3.4M one
   (where, on one CPU thread, the arithmetic of B * N rows does), on prompts of random
@@ -46,14 +47,16 @@ def _order(sizes: list[int], repeats: int) -> list[int]:
     return out
 
 
-def arith_part(args, device) -> dict:
+def arith_part(args, device, method: str = "smc", n_problems: int | None = None) -> dict:
     model, codec, _ = hub.load_causal_lm("power-arith-gpt", device)
-    problems = load_problems("arith", limit=args.problems)
+    problems = load_problems("arith", limit=n_problems or args.problems)
     cfg = SamplerConfig(
-        "smc",
+        method,
         n_particles=args.particles,
         block_size=4,
         ramp_tokens=16,
+        mh_blocks=4,
+        mh_steps=10,
         max_new_tokens=64,
         seed=0,
     )
@@ -70,7 +73,10 @@ def arith_part(args, device) -> dict:
         rows = [json.loads(x) for x in path.read_text().splitlines()[1:]]
         answers[b] = {r["id"]: r["completion"] for r in rows}
         path.unlink()
-    return _rows("power-arith-gpt, held-out 3-term additions", problems, times, answers, summaries)
+    title = "power-arith-gpt, held-out 3-term additions"
+    if method == "mh":
+        title += ", MH power sampling (4 blocks, 10 steps) instead of Power-SMC"
+    return _rows(title, problems, times, answers, summaries)
 
 
 def _rows(model, problems, times, answers, summaries=None) -> dict:
@@ -159,12 +165,12 @@ def to_markdown(res: dict) -> str:
         f"{res['repeats']} interleaved repeats; CPU time is this process's (one thread), "
         "which a machine shared with other work disturbs less than wall time.\n",
     ]
-    for key in ("arith", "llama_small", "llama"):
+    for key in ("arith", "arith_mh", "llama_small", "llama"):
         part = res.get(key)
         if not part:
             continue
         lines.append(f"## {part['model']}: {part['problems']} problems\n")
-        if key != "arith":
+        if key.startswith("llama"):
             lines.append(
                 f"Prompts of {part['prompt_lengths'][0]}-{part['prompt_lengths'][1]} tokens "
                 f"(left-padded), {part['new_tokens']} new tokens each.\n"
@@ -195,6 +201,7 @@ def to_markdown(res: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", type=int, default=96, help="arithmetic problems")
+    ap.add_argument("--mh-problems", type=int, default=32, help="0: skip MH")
     ap.add_argument("--llama-problems", type=int, default=32)
     ap.add_argument("--llama-new-tokens", type=int, default=32)
     ap.add_argument("--particles", type=int, default=16)
@@ -222,6 +229,8 @@ def main() -> None:
         "repeats": args.repeats,
     }
     res["arith"] = arith_part(args, device)
+    if args.mh_problems:
+        res["arith_mh"] = arith_part(args, device, "mh", args.mh_problems)
     if not args.skip_llama:
         res["llama_small"] = llama_part(args, device, hidden=64, layers=2, vocab=512)
         res["llama"] = llama_part(args, device, hidden=256, layers=4, vocab=2048)

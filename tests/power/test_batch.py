@@ -181,3 +181,47 @@ def test_prompts_stop_on_their_own_and_fit_their_own_context():
     assert out.new_tokens_bound.tolist() == [8, 3]
     assert out.lengths[1].max() == 3 and out.lengths[0].max() == 8
     assert lm.prompt_batch([[1], long]).padded
+
+
+class _Chars:
+    def decode(self, ids):
+        return "".join("abcd"[i] for i in ids)
+
+
+@pytest.mark.parametrize("fn", [power_smc, sample, best_of_n, mh_power_sample])
+def test_controls_per_prompt_in_a_batch(fn):
+    """min_new_tokens, top-k and stop strings in a batch of prompts of different lengths:
+    each prompt's result is its result alone (MH's chains also ban EOS row by row, as
+    their prefixes differ in length)."""
+    model = tiny_gpt(seed=3, scale=2.0)
+    kw = dict(max_new_tokens=8, eos_token_id=EOS, pad_token_id=2, min_new_tokens=3, top_k=3)
+    kw.update(stop_strings=["cb"], tokenizer=_Chars())
+    if fn is mh_power_sample:
+        kw.update(n_blocks=3, mh_steps=3)
+    batch = fn(model, PROMPTS, seed=20, **kw)
+    for i, p in enumerate(PROMPTS):
+        one = fn(model, torch.tensor(p), seed=20 + i, **kw)
+        if fn is mh_power_sample:
+            assert batch[i].sequence.tolist() == one.sequence.tolist()
+            assert batch[i].n_proposals == one.n_proposals
+            assert batch[i].tokens_decoded == one.tokens_decoded
+            continue
+        got = _trim(_gen(batch.sequences[i], 4), 2)
+        assert got == _trim(_gen(one.sequences, len(p)), 2)
+        assert all(r.index(EOS) >= 2 for r in got if EOS in r)  # min_new_tokens
+
+
+def test_eos_banned_on_some_rows_only():
+    from longseq.power.proposal import propose
+
+    logits = torch.randn(4, 6)
+    eos = torch.tensor([0])
+    rows = torch.tensor([True, False, True, False])
+    g = torch.Generator().manual_seed(0)
+    tok, logp, log_norm = propose(logits, 2.0, g, top_k=4, banned=eos, banned_rows=rows)
+    _, _, ref_banned = propose(logits, 2.0, torch.Generator(), top_k=4, banned=eos)
+    _, _, ref_free = propose(logits, 2.0, torch.Generator(), top_k=4)
+    torch.testing.assert_close(log_norm, torch.where(rows, ref_banned, ref_free))
+    assert not bool((tok[rows] == 0).any())
+    ref_logp = logits.log_softmax(-1).gather(1, tok[:, None])[:, 0]
+    torch.testing.assert_close(logp, ref_logp)

@@ -92,7 +92,7 @@ def test_batch_benchmark_runs_and_batches_agree(tmp_path, monkeypatch):
 
     out = tmp_path / "pb"
     argv = ["power_batch.py", "--problems", "6", "--batch-sizes", "1", "3", "--repeats", "1"]
-    argv += ["--skip-llama", "--tmp", str(tmp_path), "--out", str(out)]
+    argv += ["--skip-llama", "--mh-problems", "0", "--tmp", str(tmp_path), "--out", str(out)]
     monkeypatch.setattr("sys.argv", argv)
     threads = torch.get_num_threads()
     try:

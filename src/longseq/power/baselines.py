@@ -24,7 +24,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -198,6 +198,27 @@ def best_of_n(
 
 
 @dataclass
+class _Chain:
+    """The state of one MH chain (one prompt)."""
+
+    prompt: torch.Tensor
+    stream: torch.Generator  # token proposals
+    rng: np.random.Generator  # positions and acceptances
+    bound: int  # max_new_tokens, fitted to the model's context
+    block: int  # tokens per block
+    toks: list[int] = field(default_factory=list)
+    lps: list[float] = field(default_factory=list)  # log p of each token
+    lqs: list[float] = field(default_factory=list)  # log q (proposal) of each token
+    target: int = 0  # length of the generation after the current block
+    accepted: int = 0
+    proposals: int = 0
+    decoded: int = 0
+    done: bool = False
+    out_of_time: bool = False
+    elapsed: float = 0.0
+
+
+@dataclass
 class MHOutput:
     sequence: torch.Tensor  # prompt + generation
     seq_logprob: float
@@ -233,10 +254,12 @@ def mh_power_sample(
     The generation is built in ``n_blocks`` blocks of ``ceil(max_new_tokens / n_blocks)``
     tokens; after each block, ``mh_steps`` MH moves resample a suffix that starts at
     a uniformly chosen position of the current generation. Prompts, ``attention_mask``
-    and ``seed`` (prompt i uses ``seed + i``) as in :func:`longseq.power.power_smc`;
-    the chains of a batch run one after the other (each MH move depends on the last),
-    and a batch of B prompts returns a list of B results. ``max_time`` is checked
-    between MH steps (the chain keeps its state at that point).
+    and ``seed`` (prompt i uses ``seed + i``) as in :func:`longseq.power.power_smc`.
+    The chains of a batch advance together: each block's extensions, and each MH step's
+    proposals of every chain, decode as one batch; each chain keeps its own random
+    streams, so its result is the one it gets alone. A batch of B prompts returns a list
+    of B results. ``max_time`` is checked between MH steps (each chain keeps its state
+    at that point).
     """
     alpha = _check_alpha(alpha)
     _validate(1, max_new_tokens, 0.0, 1, 1)
@@ -248,81 +271,107 @@ def mh_power_sample(
     ctl = make_controls(top_k, top_p, min_new_tokens, stop_strings, tokenizer, max_time)
     deadline, ctl = ctl.deadline, dataclasses.replace(ctl, deadline=None)
     batch, streams, bounds = prepare(model, input_ids, attention_mask, pad, seed, max_new_tokens)
-    seeds = prompt_seeds(seed, len(batch.lengths))
-    const = lambda t: alpha  # noqa: E731
-    decoded = 0
-
-    def extend(prefix_tokens: list[int], n_new: int):
-        """Propose n_new tokens after prompt + prefix: (tokens, log p, log q) lists."""
-        nonlocal decoded
-        ids = torch.tensor(prefix_tokens, dtype=torch.long, device=prompt.device)
-        x = lm.PromptBatch(torch.cat([prompt, ids])[None], [len(prompt) + len(ids)])
-        c = dataclasses.replace(ctl, min_new_tokens=max(0, ctl.min_new_tokens - len(ids)))
-        r = run_particles(
-            model, x, 1, n_new, eos, pad, const, const, alpha, 0.0, n_new, gen, controls=c
+    t0 = time.perf_counter()
+    chains = [
+        _Chain(
+            prompt=batch.prompt(j),
+            stream=streams.generators[j],
+            rng=np.random.default_rng(s),
+            bound=bound,
+            block=math.ceil(bound / n_blocks),
         )
-        cut = int(r.lengths[0, 0])
-        decoded += cut
-        toks = r.tokens[0, 0, :cut].tolist()
-        lp, lq = r.token_logp[0, 0, :cut].tolist(), r.token_logq[0, 0, :cut].tolist()
-        if ctl.stop is not None:  # a stop string may span the prefix and the new tokens
-            end = ctl.stop.first_end(prefix_tokens + toks, len(prefix_tokens))
-            if end is not None:
-                k = end - len(prefix_tokens)
-                toks, lp, lq = toks[:k], lp[:k], lq[:k]
-        return toks, lp, lq
+        for j, (s, bound) in enumerate(zip(prompt_seeds(seed, len(bounds)), bounds, strict=True))
+    ]
+    const = lambda t: alpha  # noqa: E731
+
+    def extend(group: list[_Chain], prefixes: list[list[int]], n_new: list[int]):
+        """Propose n_new[k] tokens after prompt + prefixes[k] for every chain of ``group``,
+        as one batch: a list of (tokens, log p, log q) lists."""
+        rows = [
+            torch.cat([c.prompt, torch.tensor(p, dtype=torch.long, device=c.prompt.device)])
+            for c, p in zip(group, prefixes, strict=True)
+        ]
+        x = lm.prompt_batch(rows, pad_token_id=pad, device=rows[0].device)
+        c = dataclasses.replace(
+            ctl, min_new_tokens=[max(0, ctl.min_new_tokens - len(p)) for p in prefixes]
+        )
+        r = run_particles(
+            model, x, 1, n_new, eos, pad, const, const, alpha, 0.0, max(n_new),
+            lm.Streams([ch.stream for ch in group]), controls=c,
+        )  # fmt: skip
+        out = []
+        for k, (chain, prefix) in enumerate(zip(group, prefixes, strict=True)):
+            cut = int(r.lengths[k, 0])
+            chain.decoded += cut
+            toks = r.tokens[k, 0, :cut].tolist()
+            lp, lq = r.token_logp[k, 0, :cut].tolist(), r.token_logq[k, 0, :cut].tolist()
+            if ctl.stop is not None:  # a stop string may span the prefix and the new tokens
+                end = ctl.stop.first_end(prefix + toks, len(prefix))
+                if end is not None:
+                    e = end - len(prefix)
+                    toks, lp, lq = toks[:e], lp[:e], lq[:e]
+            out.append((toks, lp, lq))
+        return out
 
     def ended(toks: list[int]) -> bool:
         if toks and toks[-1] in eos:
             return True
         return ctl.stop is not None and ctl.stop.first_end(toks, max(0, len(toks) - 1)) is not None
 
-    results = []
-    for j, max_new_tokens in enumerate(bounds):
-        prompt, gen = batch.prompt(j), streams.subset([j])
-        rng = np.random.default_rng(seeds[j])
-        block = math.ceil(max_new_tokens / n_blocks)
-        t0 = time.perf_counter()
-        toks: list[int] = []
-        lps: list[float] = []
-        lqs: list[float] = []
-        accepted = proposals = decoded = 0
-        out_of_time = False
-        with progress_bar("MH blocks", n_blocks, enabled=progress) as advance:
-            for k in range(n_blocks):
-                target_len = min((k + 1) * block, max_new_tokens)
-                if ended(toks):
+    def late() -> bool:
+        return deadline is not None and time.perf_counter() >= deadline
+
+    with progress_bar("MH blocks", n_blocks, enabled=progress) as advance:
+        for k in range(n_blocks):
+            active = []
+            for c in chains:
+                if c.done:
+                    continue
+                if ended(c.toks) or late():
+                    c.done, c.elapsed = True, time.perf_counter() - t0
+                    c.out_of_time = c.out_of_time or not ended(c.toks)
+                    continue
+                c.target = min((k + 1) * c.block, c.bound)
+                active.append(c)
+            if not active:
+                break
+            grow = [c for c in active if len(c.toks) < c.target]
+            if grow:
+                new = extend(grow, [c.toks for c in grow], [c.target - len(c.toks) for c in grow])
+                for c, (t, p, q) in zip(grow, new, strict=True):
+                    c.toks, c.lps, c.lqs = c.toks + t, c.lps + p, c.lqs + q
+            moving = active
+            for _ in range(mh_steps):
+                if late():  # every chain keeps its state at this point
+                    for c in moving:
+                        c.out_of_time = True
                     break
-                if deadline is not None and time.perf_counter() >= deadline:
-                    out_of_time = True
-                    break
-                if len(toks) < target_len:
-                    t, p, q = extend(toks, target_len - len(toks))
-                    toks, lps, lqs = toks + t, lps + p, lqs + q
-                for _ in range(mh_steps):
-                    if deadline is not None and time.perf_counter() >= deadline:
-                        out_of_time = True
-                        break
-                    i = int(rng.integers(len(toks)))
-                    t, p, q = extend(toks[:i], target_len - i)
-                    log_acc = alpha * (sum(p) - sum(lps[i:])) + (sum(lqs[i:]) - sum(q))
+                pos = [int(c.rng.integers(len(c.toks))) for c in moving]
+                new = extend(moving, [c.toks[:i] for c, i in zip(moving, pos, strict=True)],
+                             [c.target - i for c, i in zip(moving, pos, strict=True)])  # fmt: skip
+                for c, i, (t, p, q) in zip(moving, pos, new, strict=True):
+                    log_acc = alpha * (sum(p) - sum(c.lps[i:])) + (sum(c.lqs[i:]) - sum(q))
                     # the position is uniform over the current length, which EOS can change
-                    log_acc += math.log(len(toks)) - math.log(i + len(t))
-                    proposals += 1
-                    if math.log(max(rng.random(), 1e-300)) < log_acc:
-                        toks, lps, lqs = toks[:i] + t, lps[:i] + p, lqs[:i] + q
-                        accepted += 1
-                advance()
-        seq = torch.cat([prompt, torch.tensor(toks, dtype=torch.long, device=prompt.device)])
+                    log_acc += math.log(len(c.toks)) - math.log(i + len(t))
+                    c.proposals += 1
+                    if math.log(max(c.rng.random(), 1e-300)) < log_acc:
+                        c.toks, c.lps, c.lqs = c.toks[:i] + t, c.lps[:i] + p, c.lqs[:i] + q
+                        c.accepted += 1
+            advance()
+    results = []
+    for c in chains:
+        if not c.done:
+            c.elapsed = time.perf_counter() - t0
+        seq = torch.cat([c.prompt, torch.tensor(c.toks, dtype=torch.long, device=c.prompt.device)])
         results.append(
             MHOutput(
                 sequence=seq,
-                seq_logprob=float(sum(lps)),
-                acceptance_rate=accepted / max(proposals, 1),
-                n_proposals=proposals,
-                elapsed_s=time.perf_counter() - t0,
-                tokens_decoded=decoded,
-                stopped_by_time=out_of_time,
+                seq_logprob=float(sum(c.lps)),
+                acceptance_rate=c.accepted / max(c.proposals, 1),
+                n_proposals=c.proposals,
+                elapsed_s=c.elapsed,
+                tokens_decoded=c.decoded,
+                stopped_by_time=c.out_of_time,
             )
         )
     return results[0] if batch.single else results

@@ -49,6 +49,7 @@ def _threshold(
     top_k: int | None,
     top_p: float | None,
     banned: torch.Tensor | None,
+    banned_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N,) float32 logit threshold: token v is in the support when x[v] >= threshold.
 
@@ -64,7 +65,10 @@ def _threshold(
         vals, idx = x.topk(min(v, k + nb), dim=-1)
         vals = vals.float()
         if nb:  # drop banned ids, keep the order of the rest
-            vals = vals.masked_fill(torch.isin(idx, banned), float("-inf"))
+            drop = torch.isin(idx, banned)
+            if banned_rows is not None:
+                drop &= banned_rows[:, None]
+            vals = vals.masked_fill(drop, float("-inf"))
             vals = vals.sort(dim=-1, descending=True).values
         return vals
 
@@ -90,11 +94,13 @@ def propose(
     top_k: int | None = None,
     top_p: float | None = None,
     banned: torch.Tensor | None = None,
+    banned_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw one token per row of ``logits`` (N, V) from q ∝ p^beta on the support.
 
     ``generator``: one generator for every row, or :class:`longseq.lm.Streams` (one
-    stream per prompt, the rows in equal blocks per prompt). Returns ``(tokens, logp,
+    stream per prompt, the rows in equal blocks per prompt). ``banned_rows`` (N,) bool:
+    the rows whose support leaves out ``banned`` (default: every row). Returns ``(tokens, logp,
     log_norm)``, each (N,): the tokens, their log p under the
     model's full distribution, and L = log sum_{v in S} p(v)^beta. Non-finite logits
     give non-finite ``logp``/``log_norm`` (the caller checks).
@@ -109,14 +115,21 @@ def propose(
     log_s1 = s1.log()  # log p(v) = x[v] - m - log_s1
     log_mass = log_s1
     if banned is not None and banned.numel():
-        log_mass = (s1 - buf.index_select(1, banned).sum(-1)).clamp_min(1e-30).log()
+        removed = buf.index_select(1, banned).sum(-1)
+        if banned_rows is not None:
+            removed = removed * banned_rows
+        log_mass = (s1 - removed).clamp_min(1e-30).log()
     thr = None
     if (top_k is not None and top_k < v) or (top_p is not None and top_p < 1.0):
-        thr = _threshold(logits, m, log_mass, top_k, top_p, banned)
+        thr = _threshold(logits, m, log_mass, top_k, top_p, banned, banned_rows)
     if beta != 1.0:
         buf.pow_(beta)  # exp(beta (x - m))
     if banned is not None and banned.numel():
-        buf.index_fill_(1, banned, 0.0)
+        if banned_rows is None:
+            buf.index_fill_(1, banned, 0.0)
+        else:
+            kept = buf.index_select(1, banned) * ~banned_rows[:, None]
+            buf.index_copy_(1, banned, kept)
     if thr is not None:
         for c in range(0, v, CHUNK):
             buf[:, c : c + CHUNK].masked_fill_(logits[:, c : c + CHUNK] < thr[:, None], 0.0)

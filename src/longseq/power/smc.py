@@ -31,7 +31,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -96,7 +96,7 @@ class Controls:
 
     top_k: int | None = None
     top_p: float | None = None
-    min_new_tokens: int = 0
+    min_new_tokens: int | list[int] = 0  # one for all prompts, or one per prompt
     stop: StopStrings | None = None
     deadline: float | None = None  # time.perf_counter() value after which decoding stops
 
@@ -354,8 +354,10 @@ def run_particles(
             a_t, b_t = target_exponent(t), proposal_exponent(t)
             if a_t != a_prev:  # exponent ramp: reweight the prefix (finished ones too)
                 log_w += (a_t - a_prev) * seq_logp
-            banned = eos_t if eos and t < ctl.min_new_tokens else None
-            tok, lp_tok, log_norm = propose(logits, b_t, streams, ctl.top_k, ctl.top_p, banned)
+            banned, ban_rows = _eos_ban(eos_t, ctl.min_new_tokens, t, alive, n, device)
+            tok, lp_tok, log_norm = propose(
+                logits, b_t, streams, ctl.top_k, ctl.top_p, banned, ban_rows
+            )
             live = ~finished
             tok = torch.where(live, tok, pad_token_id)
             lq_tok = b_t * lp_tok - log_norm
@@ -475,6 +477,21 @@ def run_particles(
     return out
 
 
+def _eos_ban(eos_t, min_new, t, alive, n, device):
+    """(banned ids, banned rows) at token t: EOS is banned before ``min_new`` tokens (one
+    number, or one per prompt); rows None means every row."""
+    if not eos_t.numel():
+        return None, None
+    if isinstance(min_new, int):
+        return (eos_t, None) if t < min_new else (None, None)
+    ban = [t < min_new[j] for j in alive]
+    if not any(ban):
+        return None, None
+    if all(ban):
+        return eos_t, None
+    return eos_t, torch.tensor(ban, device=device).repeat_interleave(n)
+
+
 def _rows(prompts: list[int], n: int, device) -> torch.Tensor:
     """Row indices of the particles of ``prompts`` (n rows each)."""
     p = torch.tensor(prompts, device=device, dtype=torch.long)
@@ -498,13 +515,16 @@ def _by_length(model, batch, n, bounds, *args) -> _Round:
     groups: dict[int, list[int]] = {}
     for i, length in enumerate(batch.lengths):
         groups.setdefault(length, []).append(i)
-    (eos, pad, target, proposal, final, kappa, block, streams, *rest) = args
+    (eos, pad, target, proposal, final, kappa, block, streams, reorder, progress, ctl) = args
     parts, order = [], []
     for index in groups.values():
+        c = ctl
+        if ctl is not None and not isinstance(ctl.min_new_tokens, int):
+            c = replace(ctl, min_new_tokens=[ctl.min_new_tokens[i] for i in index])
         parts.append(
             run_particles(
                 model, batch.select(index), n, [bounds[i] for i in index], eos, pad, target,
-                proposal, final, kappa, block, streams.subset(index), *rest,
+                proposal, final, kappa, block, streams.subset(index), reorder, progress, c,
             )
         )  # fmt: skip
         order += index
