@@ -26,14 +26,26 @@ def _trim(rows: list[list[int]], pad: int) -> list[list[int]]:
 
 
 def _models():
-    return {"gpt": tiny_gpt(), **hf_models()}
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(1)
+    qwen2 = transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            vocab_size=40,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    ).eval()
+    return {"gpt": tiny_gpt(), "qwen2": qwen2, **hf_models()}
 
 
-@pytest.mark.parametrize("name", ["gpt", "llama", "gpt2", "mamba2"])
+@pytest.mark.parametrize("name", ["gpt", "llama", "qwen2", "gpt2", "mamba2"])
 def test_power_smc_batch_equals_each_prompt_alone(name):
     """Mixed prompt lengths, resampling, a ramp and EOS: every prompt's particles,
     weights, log Z and pick are those of the same prompt decoded alone with its seed
-    (llama, gpt2 and our GPT decode the batch left-padded; Mamba-2 takes no position ids
+    (Llama, Qwen2, GPT-2 and our GPT decode the batch left-padded; Mamba-2 takes no position ids
     and is decoded in groups of one length)."""
     model = _models()[name]
     kw = dict(alpha=4.0, n_particles=8, max_new_tokens=6, eos_token_id=EOS, pad_token_id=2)
