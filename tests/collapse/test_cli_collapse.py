@@ -142,8 +142,7 @@ def test_demo_says_what_it_is_doing(tmp_path):
     }
 
 
-def test_readme_states_losses_in_the_unit_the_cli_prints():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Stuffed Mamba")[1].split("\n## ")[0]
-    assert NLL_UNIT in section
-    assert "nats/byte" not in section
+def test_docs_state_losses_in_the_unit_the_cli_prints():
+    page = (ROOT / "docs" / "collapse.md").read_text()
+    assert NLL_UNIT in page
+    assert "nats/byte" not in page
