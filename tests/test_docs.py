@@ -194,5 +194,8 @@ def test_the_site_builds_strictly_and_documents_every_public_name(tmp_path):
         html = (site / "api" / f"{method}.html").read_text()
         missing = [n for n in module.__all__ if f'id="longseq.{method}.{n}"' not in html]
         assert not missing, (method, missing)
-    for img in re.findall(r'<img [^>]*src="([^"]+)"', (site / "power.html").read_text()):
-        assert (site / img).exists(), img
+    for page in site.rglob("*.html"):
+        for img in re.findall(r'<img [^>]*src="([^"]+)"', page.read_text()):
+            assert (page.parent / img).exists(), (page.name, img)
+    for page in (site / "api").glob("*.html"):
+        assert ":class:`" not in page.read_text(), page.name  # roles shown as code
