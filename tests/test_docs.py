@@ -199,3 +199,11 @@ def test_the_site_builds_strictly_and_documents_every_public_name(tmp_path):
             assert (page.parent / img).exists(), (page.name, img)
     for page in (site / "api").glob("*.html"):
         assert ":class:`" not in page.read_text(), page.name  # roles shown as code
+
+
+def test_the_site_home_shows_the_readme_status_table():
+    def table(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("|")]
+
+    readme = [row.replace("](docs/", "](") for row in table(README.read_text())]
+    assert readme and table((DOCS / "index.md").read_text()) == readme
