@@ -1,7 +1,9 @@
 """Stuffed Mamba: diagnose and fix Mamba-2 state collapse beyond the training length.
 
+```python
 from longseq.collapse import state_statistics, apply_mitigation, parse_mitigation
 from longseq.collapse import passkey_accuracy, loss_curve
+```
 """
 
 from longseq.collapse.diagnostics import StateTrace, state_statistics

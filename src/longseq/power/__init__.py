@@ -1,10 +1,12 @@
 """Power-SMC: sequence-level power sampling p(y | x)^alpha for any causal LM.
 
+```python
 from longseq.power import power_smc
 out = power_smc(model, input_ids, alpha=4.0, n_particles=16, max_new_tokens=256)
 
 from longseq.power import SamplerConfig, evaluate, load_problems
 summary = evaluate(model, tokenizer, load_problems("problems.jsonl"), SamplerConfig("smc"))
+```
 """
 
 from longseq.power import exact

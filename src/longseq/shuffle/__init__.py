@@ -1,6 +1,8 @@
 """ShuffleMamba: stochastic layer-wise token shuffle for deep Vision Mamba training.
 
+```python
 from longseq.shuffle import shuffle_probabilities, LayerwiseShuffle, DropPath
+```
 """
 
 from longseq.models.shuffle import (
