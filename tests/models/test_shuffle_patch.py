@@ -296,7 +296,7 @@ def test_patch_errors_name_the_problem():
         patch(model, "vit.embeddings")
     two = nn.Module()
     two.a, two.b = nn.ModuleList([nn.Identity()]), nn.ModuleList([nn.Identity()])
-    with pytest.raises(ValueError, match="2 non-empty block lists.*'a', 'b'.*blocks_attr"):
+    with pytest.raises(ValueError, match="2 non-empty nn.ModuleLists.*'a', 'b'.*blocks_attr"):
         patch(two)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         patch([nn.Identity()])
@@ -327,3 +327,25 @@ def test_attention_masks_and_maps_move_with_their_tokens():
     assert stack.fired == [True]
     torch.testing.assert_close(h, plain_h)
     torch.testing.assert_close(w, plain_w)
+
+
+def test_a_sequential_block_list_named_by_blocks_attr():
+    """timm keeps its ViT blocks in an nn.Sequential: named, it is patched the same way."""
+
+    class CumSum(nn.Module):
+        def forward(self, x):
+            return x.cumsum(1) / x.shape[1]
+
+    model = nn.Module()
+    model.blocks = nn.Sequential(CumSum(), CumSum(), CumSum())
+    model.train()
+    shuffle = patch(model, "blocks", p_max=1.0, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(2, 5, 3)
+    out = model.blocks(x)
+    h = x
+    for p in naive_draws(shuffle.probs, 5, 2):
+        h = h.cumsum(1) / 5 if p is None else (h[:, p].cumsum(1) / 5)[:, inverse(p)]
+    torch.testing.assert_close(out, h)
+    assert shuffle.fired[2]
+    with pytest.raises(ValueError, match="0 non-empty nn.ModuleLists.*'blocks'"):
+        patch(model)

@@ -328,7 +328,8 @@ def patch(
 
     ``blocks_attr`` is the dotted path of the list (``"vit.layers"`` for a
     transformers ``ViTForImageClassification``, ``"layers"`` for a Vim from
-    ``mamba_ssm``); left out, the model's only ``nn.ModuleList`` is taken. The model's
+    ``mamba_ssm``, ``"blocks"`` for a timm ViT, whose ``nn.Sequential`` works too); left
+    out, the model's only non-empty ``nn.ModuleList`` is taken. The model's
     own forward keeps calling its blocks; a hook before each block permutes its
     per-token arguments when the block fires (in training mode, with the schedule's
     probability) and a hook after it restores the token order of its output. Nothing is
@@ -361,17 +362,18 @@ def patch(
 
 
 def _block_list(model: nn.Module, blocks_attr: str | None) -> nn.ModuleList | nn.Sequential:
-    lists = [
-        name
-        for name, m in model.named_modules()
-        if isinstance(m, nn.ModuleList | nn.Sequential) and len(m) > 0
-    ]
-    found = ", ".join(repr(n) for n in lists) or "none"
+    """The block list at ``blocks_attr`` (an nn.ModuleList or nn.Sequential), or the
+    model's only non-empty nn.ModuleList; ValueError / TypeError naming the problem and
+    the lists the model has."""
+    named = [(n, m) for n, m in model.named_modules() if len(getattr(m, "_modules", ())) > 0]
+    lists = [n for n, m in named if isinstance(m, nn.ModuleList)]
+    seqs = [n for n, m in named if isinstance(m, nn.Sequential)]
+    found = ", ".join(repr(n) for n in lists + seqs) or "none"
     if blocks_attr is None:
         if len(lists) != 1:
             raise ValueError(
-                f"{type(model).__name__} has {len(lists)} non-empty block lists "
-                f"(nn.ModuleList or nn.Sequential: {found}); say which with blocks_attr="
+                f"{type(model).__name__} has {len(lists)} non-empty nn.ModuleLists "
+                f"(block lists: {found}); say which holds the blocks with blocks_attr="
             )
         return model.get_submodule(lists[0])
     if not isinstance(blocks_attr, str) or not blocks_attr:
