@@ -162,10 +162,14 @@ def test_keyword_arguments_none_masks_and_per_token_masks():
 def test_token_args_names_the_per_token_arguments():
     block = Recorder()
     stack = LayerwiseShuffle([block], 1.0, "uniform", token_args=["x"]).train()
-    x, mask = torch.randn(2, 6, 4), torch.ones(2, 6)
+    x, mask = torch.randn(2, 6, 4), torch.rand(2, 6)
     stack(x, mask)
     assert block.got["mask"] is mask  # not named: passed as it came
     assert not torch.equal(block.got["x"], x)
+    stack = LayerwiseShuffle([block], 1.0, "uniform", token_args=[0, 1]).train()
+    stack(x, mask)  # by position: both move, with the same permutation
+    perm = [int((x[0] == block.got["x"][0, j]).all(-1).nonzero()) for j in range(6)]
+    assert torch.equal(block.got["mask"], mask[:, perm])
     with pytest.raises(ValueError, match="token_args names 'head_mask'.*shape \\(3,\\)"):
         LayerwiseShuffle([Recorder()], 1.0, "uniform", token_args=["x", "head_mask"]).train()(
             x, head_mask=torch.ones(3)

@@ -1,6 +1,8 @@
 import shutil
 
+import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from longseq.cli import app
@@ -75,7 +77,7 @@ def image_folder(root, per_class=6):
 TINY = ["--depth", "2", "--dim", "16", "--patch", "4", "--img-size", "16"]
 
 
-def test_shuffle_train_on_a_folder_of_images(tmp_path):
+def test_shuffle_train_on_a_folder_of_images(tmp_path, monkeypatch):
     import json
 
     from longseq import hub
@@ -99,6 +101,27 @@ def test_shuffle_train_on_a_folder_of_images(tmp_path):
     # a model of other classes is no shapes classifier: demo says so
     res = runner.invoke(app, ["shuffle", "demo", "--model", str(out), "--images", "8"])
     assert res.exit_code == 2 and "classes" in res.output
+    # predict names the class of each file: the model's own argmax on the resized image
+    monkeypatch.chdir(data)  # short names in the table
+    res = runner.invoke(app, ["shuffle", "predict", "dark", "--model", str(out)])
+    assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    rows = [line.split("│")[1:4] for line in res.output.splitlines() if ".png" in line]
+    assert len(rows) == 6
+    for name, cls, prob in rows:
+        img = Image.open(data / name.strip()).convert("RGB")
+        x = torch.tensor(np.asarray(img.resize((16, 16), Image.Resampling.BILINEAR)))
+        x = (x.permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
+        with torch.no_grad():
+            p = net(x).softmax(-1)[0]
+        assert cls.strip() == ["bright", "dark"][int(p.argmax())]
+        assert abs(float(prob) - float(p.max())) < 1e-3
+    res = runner.invoke(app, ["shuffle", "predict", str(tmp_path / "no.png"), "--model", str(out)])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    (tmp_path / "empty").mkdir()
+    res = runner.invoke(app, ["shuffle", "predict", str(tmp_path / "empty"), "--model", str(out)])
+    assert res.exit_code == 2 and "no image files" in res.output
 
 
 @pytest.mark.parametrize(
@@ -169,6 +192,9 @@ def test_shuffle_train_a_transformers_vit_with_the_shuffle_patched_in(tmp_path):
     before = transformers.ViTForImageClassification.from_pretrained(tmp_path / "vit")
     w0, w1 = before.vit.layers[0].mlp.fc1.weight, trained.vit.layers[0].mlp.fc1.weight
     assert not torch.equal(w0, w1)  # trained
+    res = runner.invoke(app, ["shuffle", "predict", str(data), "--model", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("bright") + res.output.count("dark") >= 12  # class names shown
     res = runner.invoke(
         app, ["shuffle", "train", "--model", str(tmp_path), "--out", str(tmp_path / "x")]
     )

@@ -116,3 +116,27 @@ def load_image_folder(
         labels = torch.tensor([label for _, label in items], dtype=torch.long)
         out[split] = (torch.stack(images), labels)
     return out
+
+
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """The image files among ``paths``: a file as given, a folder searched (subfolders
+    too, sorted) for files with an image suffix. ValueError for a path that does not
+    exist or when no image is found."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"{p} does not exist")
+    if not files:
+        shown = ", ".join(str(p) for p in paths)
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {shown}")
+    return files

@@ -222,3 +222,37 @@ def shuffle_train(
         else f"test {100 * res['test_acc']:.1f}%  gap {100 * res['gap']:.1f}"
     )
     console.print(f"train {100 * res['train_acc']:.1f}%  {held_out}  -> {out}")
+
+
+@app.command("predict")
+def shuffle_predict(
+    images: list[Path] = typer.Argument(..., help="image files, or folders searched for them"),
+    model: str = typer.Option(
+        ...,
+        help="a folder written by shuffle train (--arch or --model), or a shipped checkpoint",
+    ),
+    device: str = typer.Option(None),
+) -> None:
+    """Classify image files with a trained classifier; the class names come from the
+    checkpoint."""
+    import torch
+
+    from longseq.data.folder import image_files, read_image
+    from longseq.shuffle.train import load_classifier, probabilities
+    from longseq.utils import default_device
+
+    try:
+        files = image_files(images)
+        dev = default_device(device)
+        net, classes, size = load_classifier(model, dev)
+        x = torch.stack([read_image(f, size) for f in files])
+    except (hub.CheckpointError, ValueError) as e:
+        fail(str(e))
+    probs = probabilities(net, x, dev)
+    table = Table(title=f"{model}: {len(files)} images")
+    for col in ("image", "class", "probability"):
+        table.add_column(col, overflow="fold")
+    for f, p in zip(files, probs, strict=True):
+        k = int(p.argmax())
+        table.add_row(str(f), classes[k], f"{float(p[k]):.3f}")
+    console.print(table)

@@ -100,15 +100,21 @@ def _random_flips(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, images: torch.Tensor, device, batch: int = 500) -> torch.Tensor:
-    """Predicted class of each image (n, 3, H, W) in [0, 1] (or uint8), in eval mode."""
+def probabilities(model, images: torch.Tensor, device, batch: int = 500) -> torch.Tensor:
+    """Class probabilities (n, classes), float32 on the CPU, of images (n, 3, H, W) in
+    [0, 1] (or uint8), in eval mode."""
     model.eval()
     out = []
     for i in range(0, len(images), batch):
         x = normalize(as_float(images[i : i + batch].to(device)))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(x).argmax(-1).cpu())
+            out.append(model(x).float().softmax(-1).cpu())
     return torch.cat(out)
+
+
+def predict(model, images: torch.Tensor, device, batch: int = 500) -> torch.Tensor:
+    """Predicted class of each image (n, 3, H, W) in [0, 1] (or uint8), in eval mode."""
+    return probabilities(model, images, device, batch).argmax(-1)
 
 
 def accuracy(model, images: torch.Tensor, labels: torch.Tensor, device) -> float:
@@ -244,11 +250,12 @@ class TransformersClassifier(torch.nn.Module):
 
 
 def load_transformers_classifier(
-    path: str | Path, classes: list[str]
+    path: str | Path, classes: list[str] | None = None
 ) -> tuple[TransformersClassifier, int]:
     """(classifier, image size) for a `transformers` image-classification folder
     (``save_pretrained`` layout, e.g. a ``ViTForImageClassification``), its head sized to
-    ``classes`` (a new head, randomly initialised, when the number differs).
+    ``classes`` (a new head, randomly initialised, when the number differs; None keeps
+    the model's own head and labels, ``model.config.id2label``).
     ``image_mean`` / ``image_std`` come from the folder's ``preprocessor_config.json``
     when it has one, else 0.5 (ViT's). Raises ValueError naming the problem."""
     from longseq.hub import quiet_transformers
@@ -262,13 +269,16 @@ def load_transformers_classifier(
         raise ValueError("--model needs transformers: pip install 'longseq[hf]'") from e
     try:
         with quiet_transformers():
+            head = {}
+            if classes is not None:
+                head = dict(
+                    num_labels=len(classes),
+                    id2label=dict(enumerate(classes)),
+                    label2id={c: i for i, c in enumerate(classes)},
+                    ignore_mismatched_sizes=True,
+                )
             model = AutoModelForImageClassification.from_pretrained(
-                path,
-                local_files_only=True,
-                num_labels=len(classes),
-                id2label=dict(enumerate(classes)),
-                label2id={c: i for i, c in enumerate(classes)},
-                ignore_mismatched_sizes=True,
+                path, local_files_only=True, **head
             )
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -287,3 +297,29 @@ def load_transformers_classifier(
             raise ValueError(f"{pre} is not valid JSON ({e})") from None
         mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
     return TransformersClassifier(model, mean, std), size
+
+
+def load_classifier(
+    name_or_path: str | Path, device: torch.device
+) -> tuple[torch.nn.Module, list[str], int]:
+    """(model in eval mode, class names, image size) for a checkpoint written by
+    ``longseq shuffle train`` (or a shipped one, by name), or a `transformers` image
+    classifier folder (what ``shuffle train --model`` writes). Raises ValueError or
+    :class:`longseq.hub.CheckpointError` naming the problem."""
+    from longseq import hub
+    from longseq.data.shapes import CLASSES
+
+    path = Path(name_or_path)
+    if (path / "config.json").is_file():
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path / 'config.json'} is not valid JSON ({e})") from None
+        if "architecture" not in cfg:  # not ours: a transformers model
+            net, size = load_transformers_classifier(path)
+            labels = net.model.config.id2label
+            return net.to(device).eval(), [labels[i] for i in range(len(labels))], size
+    net, info = hub.load(name_or_path, device)
+    if info.config.get("architecture") not in ("vim", "vit"):
+        raise ValueError(f"{str(name_or_path)!r} is not an image classifier checkpoint")
+    return net, list(info.extra.get("classes", CLASSES)), net.config.img_size
