@@ -353,3 +353,12 @@ def test_a_sequential_block_list_named_by_blocks_attr():
     assert shuffle.fired[2]
     with pytest.raises(ValueError, match="0 non-empty nn.ModuleLists.*'blocks'"):
         patch(model)
+
+
+def test_blocks_shuffled_by_their_own_stack_are_not_patched_twice():
+    from longseq.models.vim import Vim
+
+    cfg = dict(img_size=16, patch_size=4, dim=32, depth=2, num_classes=3, headdim=16)
+    with pytest.raises(ValueError, match=r"already run in a LayerwiseShuffle \(p_max=0.5\)"):
+        patch(Vim(shuffle_p_max=0.5, **cfg))
+    patch(Vim(**cfg))  # p_max 0: its own stack never fires

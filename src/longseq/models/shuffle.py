@@ -349,6 +349,12 @@ def patch(
             "these blocks already carry a layer-wise shuffle; call .remove() on the "
             "object patch() returned before patching again"
         )
+    for m in model.modules():
+        if isinstance(m, LayerwiseShuffle) and m.blocks is blocks and m.p_max > 0:
+            raise ValueError(
+                f"these blocks already run in a LayerwiseShuffle (p_max={m.p_max:g}); set "
+                "its p_max to 0 (e.g. shuffle_p_max=0 in the model's config) to patch them"
+            )
     stack = LayerwiseShuffle(blocks, p_max, schedule, token_dim, generator, token_args)
     for i, block in enumerate(blocks):
         stack._hooks.append(
