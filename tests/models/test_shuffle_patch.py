@@ -362,3 +362,18 @@ def test_blocks_shuffled_by_their_own_stack_are_not_patched_twice():
     with pytest.raises(ValueError, match=r"already run in a LayerwiseShuffle \(p_max=0.5\)"):
         patch(Vim(shuffle_p_max=0.5, **cfg))
     patch(Vim(**cfg))  # p_max 0: its own stack never fires
+
+
+def test_every_block_gets_the_keyword_masks_in_its_own_token_order():
+    """A per-token keyword argument is permuted for a firing block only: the next block
+    gets it in token order again (or permuted by its own draw)."""
+    torch.manual_seed(0)
+    blocks = [Recorder() for _ in range(3)]
+    stack = LayerwiseShuffle(blocks, 1.0, "uniform", generator=torch.Generator().manual_seed(4))
+    x, mask = torch.randn(2, 6, 4), torch.rand(2, 6)
+    out = stack.train()(x, mask=mask)
+    h = x
+    for block, p in zip(blocks, naive_draws(stack.probs, 6, 4), strict=True):
+        torch.testing.assert_close(block.got["mask"], mask[:, p])
+        h = (h[:, p].cumsum(1) * mask[:, p, None])[:, inverse(p)]
+    torch.testing.assert_close(out, h)

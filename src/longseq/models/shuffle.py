@@ -176,9 +176,9 @@ class LayerwiseShuffle(nn.Module):
         for i, block in enumerate(self.blocks):
             if self._hooks:  # patched: the hooks shuffle
                 out = block(*args, **kwargs)
-            else:
-                args, kwargs, undo = self._shuffle_inputs(i, block, args, kwargs)
-                out = self._restore(block(*args, **kwargs), undo)
+            else:  # kwargs stay in token order for the next block
+                a, kw, undo = self._shuffle_inputs(i, block, args, kwargs)
+                out = self._restore(block(*a, **kw), undo)
             args = tuple(out) if isinstance(out, tuple) else (out,)
         return args if len(args) > 1 else args[0]
 
