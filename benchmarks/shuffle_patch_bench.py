@@ -5,7 +5,7 @@ The same randomly initialised ``ViTForImageClassification`` (ViT-Tiny size: d=19
 depth 12, 3 heads, 224x224 images, patch 16: 197 tokens) unpatched and patched in place
 (linear schedule, p_max = 0.5): training-step time (forward + backward + AdamW) and
 inference time in eval mode, steps of the two interleaved, medians reported. Also the
-largest eval-mode logit difference between the two (0 expected: the hooks change
+largest eval-mode logit difference between the two (0 expected: the patch changes
 nothing in eval mode) and, since attention is permutation-equivariant, the largest
 training-mode logit difference with dropout off (float rounding only).
 

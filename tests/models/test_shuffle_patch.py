@@ -69,12 +69,17 @@ class TinyVim(nn.Module):
         return self.head(feats[:, self.cls])
 
 
+def plain(block, *args, **kwargs):
+    """The block's own forward, whatever patch did to the instance."""
+    return type(block).forward(block, *args, **kwargs)
+
+
 def naive_vim(model, x, perms):
     def call(i, layer, h, r):
         if perms[i] is None:
-            return layer.forward(h, r, inference_params=None)  # .forward: no hooks
+            return plain(layer, h, r, inference_params=None)
         p, inv = perms[i], inverse(perms[i])
-        h, r = layer.forward(h[:, p], None if r is None else r[:, p], inference_params=None)
+        h, r = plain(layer, h[:, p], None if r is None else r[:, p], inference_params=None)
         return h[:, inv], r[:, inv]
 
     return model.head(model.features(x, call)[:, model.cls])
@@ -257,10 +262,16 @@ def test_transformers_vit_layers_see_the_scheduled_shuffle():
     model = tiny_vit(0).train()
     shuffle = patch(model, "vit.layers", p_max=1.0, generator=torch.Generator())
     assert shuffle.probs == [0.0, 0.5, 1.0]
-    seen = {}
-    for i, layer in enumerate(model.vit.layers):  # registered after the shuffle's hooks
-        layer.register_forward_pre_hook(
-            lambda m, args, kwargs, i=i: seen.__setitem__(i, (args, kwargs)), with_kwargs=True
+    seen, outside = {}, {}
+    for i, layer in enumerate(model.vit.layers):
+        # what the layer computes on: the input of its first norm
+        layer.layernorm_before.register_forward_pre_hook(
+            lambda m, args, i=i: seen.__setitem__(i, args[0])
+        )
+        # what hooks on the layer itself see: arguments and output in token order
+        layer.register_forward_hook(
+            lambda m, args, kwargs, out, i=i: outside.__setitem__(i, (args, kwargs, out)),
+            with_kwargs=True,
         )
     x = torch.randn(2, 3, 16, 16)
     n = (16 // 4) ** 2 + 1
@@ -275,17 +286,27 @@ def test_transformers_vit_layers_see_the_scheduled_shuffle():
         h = model.vit.embeddings(x)
         for i, (layer, p) in enumerate(zip(model.vit.layers, perms, strict=True)):
             inp = h if p is None else h[:, p]
-            args, kwargs = seen[i]
-            torch.testing.assert_close(args[0], inp)
+            torch.testing.assert_close(seen[i], inp)
+            args, kwargs, out = outside[i]
+            assert torch.equal(args[0], h)
             assert all(a is None for a in args[1:])  # the attention mask, None, passed
-            h = layer.forward(inp, None)
+            h = plain(layer, inp, None)
             h = h if p is None else h[:, inverse(p)]
+            assert torch.equal(out, h)
         expected = model.classifier(model.vit.layernorm(h)[:, 0])  # class token at 0
         torch.testing.assert_close(logits, expected)
     assert fired_any == {1, 2}
-    # attention is permutation-equivariant: a ViT computes the same with or without
+    # attention is permutation-equivariant: a ViT computes the same with or without,
+    # and the hidden states transformers records (through hooks on the layers) agree
     with torch.no_grad():
-        torch.testing.assert_close(model(pixel_values=x).logits, tiny_vit(0)(pixel_values=x).logits)
+        ours = model(pixel_values=x, output_hidden_states=True)
+        ref = tiny_vit(0).train()(pixel_values=x, output_hidden_states=True)
+    assert sum(shuffle.fired) >= 1
+    torch.testing.assert_close(ours.logits, ref.logits)
+    for a, b in zip(ours.hidden_states, ref.hidden_states, strict=True):
+        torch.testing.assert_close(a, b)
+    shuffle.remove()
+    assert all("forward" not in vars(layer) for layer in model.vit.layers)
 
 
 def test_patch_errors_name_the_problem():
@@ -377,3 +398,27 @@ def test_every_block_gets_the_keyword_masks_in_its_own_token_order():
         torch.testing.assert_close(block.got["mask"], mask[:, p])
         h = (h[:, p].cumsum(1) * mask[:, p, None])[:, inverse(p)]
     torch.testing.assert_close(out, h)
+
+
+def test_a_copy_of_a_patched_model_runs_its_own_blocks():
+    """copy.deepcopy (an EMA copy) and pickling keep the shuffle on the copy's blocks."""
+    import copy
+    import io
+
+    torch.manual_seed(0)
+    model = TinyVim().train()
+    shuffle = patch(model, p_max=1.0, schedule="uniform", generator=torch.Generator())
+    x = torch.randn(2, 7, 3)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    for twin in (copy.deepcopy(model), torch.load(io.BytesIO(buf.getvalue()), weights_only=False)):
+        with torch.no_grad():
+            for p in twin.parameters():
+                p.mul_(2.0)  # the copy's weights differ from the original's
+        twin_shuffle = twin.layers._longseq_layerwise_shuffle
+        assert twin_shuffle is not shuffle
+        twin_shuffle.generator.manual_seed(1)
+        out = twin(x)
+        perms = naive_draws(twin_shuffle.probs, 7, 1)
+        torch.testing.assert_close(out, naive_vim(twin, x, perms))
+        assert not torch.allclose(out, naive_vim(model, x, perms))

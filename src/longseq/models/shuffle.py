@@ -21,8 +21,9 @@ model at no extra cost. The plug-in has no parameters.
 
 Two ways to use it, one implementation: :class:`LayerwiseShuffle` holds a block list
 and runs it (the project's ``Vim`` and ``ViT``); :func:`patch` puts the same shuffle on
-a model's own block list in place, through forward hooks, so a transformers ViT or a
-``mamba_ssm`` Vim keeps its forward, its module tree and its state-dict keys::
+a model's own block list in place, by wrapping each block's ``forward`` on the instance
+(as ``accelerate`` attaches its hooks), so a transformers ViT or a ``mamba_ssm`` Vim
+keeps its forward, its module tree and its state-dict keys::
 
     shuffle = patch(model, "vit.layers", p_max=0.5)   # transformers ViTForImageClassification
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable, Sequence
-from functools import partial
 
 import torch
 import torch.nn as nn
@@ -130,7 +130,8 @@ class LayerwiseShuffle(nn.Module):
     block and is back at its index in the output, as the method prescribes.
 
     To shuffle a model's own block list in place (its module tree and state-dict keys
-    unchanged), use :func:`patch`; the stack it returns drives hooks on the blocks.
+    unchanged), use :func:`patch`; the stack it returns drives the blocks' wrapped
+    ``forward``.
     """
 
     def __init__(
@@ -161,8 +162,7 @@ class LayerwiseShuffle(nn.Module):
         self.token_args = None if token_args is None else tuple(token_args)
         self.generator = generator
         self.fired: list[bool] = [False] * len(self.blocks)  # last call of each block
-        self._hooks: list = []  # set by patch(): the blocks' hooks do the shuffling
-        self._undo: list = [None] * len(self.blocks)  # between a hooked block's two hooks
+        self._patched: list = []  # set by patch(): (block, its instance forward before)
         self._arg_names: dict[int, list[str]] = {}
 
     @property
@@ -174,7 +174,7 @@ class LayerwiseShuffle(nn.Module):
 
     def forward(self, *args, **kwargs):
         for i, block in enumerate(self.blocks):
-            if self._hooks:  # patched: the hooks shuffle
+            if self._patched:  # the blocks' wrapped forward shuffles
                 out = block(*args, **kwargs)
             else:  # kwargs stay in token order for the next block
                 a, kw, undo = self._shuffle_inputs(i, block, args, kwargs)
@@ -266,26 +266,49 @@ class LayerwiseShuffle(nn.Module):
             ]
         return self._arg_names[i]
 
-    # -- hooks, for patch() ------------------------------------------------------------
+    # -- patch(): the shuffle inside each block's forward ---------------------------------
 
-    def _pre_hook(self, i: int, block: nn.Module, args: tuple, kwargs: dict):
-        args, kwargs, self._undo[i] = self._shuffle_inputs(i, block, args, kwargs)
-        return args, kwargs
-
-    def _post_hook(self, i: int, block: nn.Module, args: tuple, kwargs: dict, out):
-        undo, self._undo[i] = self._undo[i], None
-        return self._restore(out, undo)
+    def _wrap(self, i: int, block: nn.Module) -> None:
+        """Make block ``i`` shuffle around its own forward. An instance attribute, so
+        the class, the parameters and the state-dict keys stay as they are, and hooks
+        others put on the block see its arguments and output in token order."""
+        self._names(i, block)  # the signature of the plain forward
+        before = vars(block).get("forward")  # one another tool put on the instance
+        self._patched.append((block, before))
+        block.forward = _ShuffledForward(self, i, block, before)
 
     def remove(self) -> None:
         """Take the shuffle off the blocks :func:`patch` put it on (nothing else changes)."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        for block, before in self._patched:
+            if before is None:
+                del block.forward
+            else:
+                block.forward = before
+        self._patched = []
         if getattr(self.blocks, _PATCHED, None) is self:
             object.__delattr__(self.blocks, _PATCHED)
 
 
 _PATCHED = "_longseq_layerwise_shuffle"
+
+
+class _ShuffledForward:
+    """Block ``i``'s forward with the shuffle around it, as :func:`patch` puts it on the
+    block instance. An object, not a closure, so that ``copy.deepcopy`` of the model (an
+    EMA copy, say) and pickling give a copy that runs its own blocks."""
+
+    def __init__(self, stack: LayerwiseShuffle, i: int, block: nn.Module, before) -> None:
+        self.stack, self.i, self.block, self.before = stack, i, block, before
+        self.__wrapped__ = before if before is not None else type(block).forward
+        self.__doc__ = self.__wrapped__.__doc__
+
+    def __call__(self, *args, **kwargs):
+        args, kwargs, undo = self.stack._shuffle_inputs(self.i, self.block, args, kwargs)
+        if self.before is not None:
+            out = self.before(*args, **kwargs)
+        else:
+            out = type(self.block).forward(self.block, *args, **kwargs)
+        return self.stack._restore(out, undo)
 
 
 def _describe(x) -> str:
@@ -329,16 +352,19 @@ def patch(
     ``blocks_attr`` is the dotted path of the list (``"vit.layers"`` for a
     transformers ``ViTForImageClassification``, ``"layers"`` for a Vim from
     ``mamba_ssm``, ``"blocks"`` for a timm ViT, whose ``nn.Sequential`` works too); left
-    out, the model's only non-empty ``nn.ModuleList`` is taken. The model's
-    own forward keeps calling its blocks; a hook before each block permutes its
-    per-token arguments when the block fires (in training mode, with the schedule's
-    probability) and a hook after it restores the token order of its output. Nothing is
-    added to the model: its modules, parameters and state-dict keys are unchanged, so
-    checkpoints saved before or after load either way, and in eval mode the model
-    computes exactly what it did. ``p_max`` defaults to the paper's 0.5 (ShuffleMamba-B);
-    the other arguments are :class:`LayerwiseShuffle`'s.
+    out, the model's only non-empty ``nn.ModuleList`` is taken.
 
-    Returns the :class:`LayerwiseShuffle` that drives the hooks (``.fired`` tells which
+    The model's own forward keeps calling its blocks. Each block's ``forward`` is
+    wrapped on the instance: when the block fires (training mode, one draw per call with
+    the schedule's probability) its per-token arguments are permuted, the block runs, and
+    its output is put back in token order, so hooks on the block (transformers' output
+    recording, for one) see arguments and outputs in token order. Nothing is added to
+    the model: its modules, parameters and state-dict keys are unchanged, so checkpoints
+    saved before or after load either way, and in eval mode the model computes exactly
+    what it did. ``p_max`` defaults to the paper's 0.5 (ShuffleMamba-B); the other
+    arguments are :class:`LayerwiseShuffle`'s.
+
+    Returns the :class:`LayerwiseShuffle` that drives the blocks (``.fired`` tells which
     blocks fired on their last call; ``.remove()`` takes the shuffle off).
     """
     if not isinstance(model, nn.Module):
@@ -357,12 +383,7 @@ def patch(
             )
     stack = LayerwiseShuffle(blocks, p_max, schedule, token_dim, generator, token_args)
     for i, block in enumerate(blocks):
-        stack._hooks.append(
-            block.register_forward_pre_hook(partial(stack._pre_hook, i), with_kwargs=True)
-        )
-        stack._hooks.append(
-            block.register_forward_hook(partial(stack._post_hook, i), with_kwargs=True)
-        )
+        stack._wrap(i, block)
     object.__setattr__(blocks, _PATCHED, stack)  # a plain attribute: not a submodule
     return stack
 
