@@ -422,3 +422,23 @@ def test_a_copy_of_a_patched_model_runs_its_own_blocks():
         perms = naive_draws(twin_shuffle.probs, 7, 1)
         torch.testing.assert_close(out, naive_vim(twin, x, perms))
         assert not torch.allclose(out, naive_vim(model, x, perms))
+
+
+def test_gradient_checkpointing_recomputes_the_same_shuffle():
+    """transformers checkpoints inside a layer's forward, so the backward pass replays
+    the layer on the inputs it was given, already shuffled: the gradients equal those of
+    the same draws without checkpointing."""
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny_vit(0).train()
+        if checkpointing:
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)()
+            assert all(layer.gradient_checkpointing for layer in model.vit.layers)
+        shuffle = patch(model, p_max=1.0, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+        model(pixel_values=x).logits.square().sum().backward()
+        assert shuffle.fired == [False, True, True]
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
