@@ -1,7 +1,7 @@
 """ShuffleMamba: stochastic layer-wise token shuffle for deep Vision Mamba training.
 
 ```python
-from longseq.shuffle import shuffle_probabilities, LayerwiseShuffle, DropPath
+from longseq.shuffle import shuffle_probabilities, LayerwiseShuffle, DropPath, patch
 ```
 """
 
@@ -10,7 +10,15 @@ from longseq.models.shuffle import (
     DropPath,
     LayerwiseShuffle,
     drop_path_rates,
+    patch,
     shuffle_probabilities,
 )
 
-__all__ = ["SCHEDULES", "DropPath", "LayerwiseShuffle", "drop_path_rates", "shuffle_probabilities"]
+__all__ = [
+    "SCHEDULES",
+    "DropPath",
+    "LayerwiseShuffle",
+    "drop_path_rates",
+    "patch",
+    "shuffle_probabilities",
+]
