@@ -228,9 +228,9 @@ class TextCodec:
         return isinstance(self.tokenizer, ByteTokenizer)
 
     def decode(self, ids) -> str:
-        if hasattr(self.tokenizer, "stoi"):
-            return self.tokenizer.decode(ids)
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        if hasattr(self.tokenizer, "all_special_ids"):  # a transformers tokenizer
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode(ids)  # CharTokenizer, ByteTokenizer
 
 
 def _codec(info: CheckpointInfo) -> TextCodec:

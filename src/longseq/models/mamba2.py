@@ -991,6 +991,32 @@ class Mamba2ForCausalLM(nn.Module):
             model = model.to(dtype)
         return model.to(device).eval()
 
+    @classmethod
+    def from_transformers(cls, model: nn.Module) -> Mamba2ForCausalLM:
+        """Our Mamba-2 over the parameters of a `transformers` ``Mamba2ForCausalLM``: the
+        same tensors, not copies (no memory is added, and a change to either model's
+        weights is seen by both), so the collapse toolkit can change its SSM."""
+        hf_cfg = getattr(model, "config", None)
+        model_type = getattr(hf_cfg, "model_type", None)
+        if model_type != "mamba2" or not hasattr(model, "lm_head"):
+            raise TypeError(
+                f"{type(model).__name__} (model_type {model_type!r}) is not a transformers "
+                "Mamba2ForCausalLM"
+            )
+        cfg = Mamba2Config.from_hf(hf_cfg.to_dict())
+        with torch.device("meta"):
+            ours = cls(cfg)
+        theirs = dict(model.named_parameters(remove_duplicate=False))
+        for name, mine in list(ours.named_parameters(remove_duplicate=False)):
+            if name not in theirs or theirs[name].shape != mine.shape:
+                raise TypeError(
+                    f"{type(model).__name__} does not match its config: parameter {name} "
+                    f"{'is missing' if name not in theirs else 'has another shape'}"
+                )
+            owner, _, leaf = name.rpartition(".")
+            ours.get_submodule(owner)._parameters[leaf] = theirs[name]
+        return ours.train(model.training)
+
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write config.json (the `transformers` Mamba2Config layout, plus ``extra`` under
         ``"longseq"``) and model.safetensors; `transformers` loads it as it is."""
