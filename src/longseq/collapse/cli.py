@@ -16,9 +16,9 @@ app = App(
 
 MODEL_HELP = "shipped name, or a Mamba-2 folder in the transformers or the mamba_ssm layout"
 TRAIN_LENGTH_HELP = (
-    "the model's training length in tokens (default: the checkpoint's "
-    '"longseq": {"train_length": N} in config.json); the window, norm and dt '
-    "mitigations and the default lengths need it"
+    "the model's training length in tokens (default: train_length under longseq in the "
+    "checkpoint's config.json); the window, norm and dt mitigations and the default "
+    "lengths need it"
 )
 TOKENIZER_HELP = "folder with the tokenizer's files (default: the model's folder)"
 TEXT_FILE_HELP = "read this UTF-8 text (repeated to --length) instead of --prompt's"
@@ -115,14 +115,18 @@ def _read_text_file(path: Path | None) -> str | None:
     return text
 
 
-def _input_ids(n: int, prompt: str, text: str | None, codec):
-    """``n`` tokens of the prompt (or of the --text-file text) in the model's tokens."""
+def _input_ids(net, n: int, prompt: str, text: str | None, codec):
+    """``n`` tokens of the prompt (or of the --text-file text) in the model's tokens,
+    checked against its vocabulary before any work."""
     from longseq.collapse import long_text, text_tokens
+    from longseq.collapse.streaming import check_vocabulary
 
     try:
-        return text_tokens(text, n, codec) if text is not None else long_text(n, prompt, codec)
+        ids = text_tokens(text, n, codec) if text is not None else long_text(n, prompt, codec)
+        check_vocabulary(net, ids)
     except ValueError as e:
         fail(str(e))
+    return ids
 
 
 def _out_dir(out: Path) -> Path:
@@ -171,7 +175,7 @@ def collapse_diagnose(
     label = "text file" if text is not None else prompt
     try:
         trace = state_statistics(
-            net, _input_ids(n, prompt, text, codec), segment, histogram_at=hist
+            net, _input_ids(net, n, prompt, text, codec), segment, histogram_at=hist
         )
     except ValueError as e:
         fail(str(e))
@@ -318,7 +322,7 @@ def collapse_loss_curve(
     _check_mitigations(mitigation, t_train, loaded=True)
     n = _length(length, t_train)
     label = "file" if text is not None else prompt
-    ids = _input_ids(n, prompt, text, codec)
+    ids = _input_ids(net, n, prompt, text, codec)
     curves = _curves(net, model, label, ids, t_train, mitigation, codec)
     _write_curves(curves, out, model, label, t_train, n)
     console.print(f"wrote {out / f'loss_{label}.png'} and {out / f'loss_{label}.json'}")
@@ -405,7 +409,7 @@ def collapse_demo(
     )
     for i, prompt in enumerate(("text", "newline")):
         step = (i * len(DEFAULT_CURVES), 2 * len(DEFAULT_CURVES))
-        ids = _input_ids(n, prompt, None, codec)
+        ids = _input_ids(net, n, prompt, None, codec)
         curves = _curves(net, model, prompt, ids, t_train, DEFAULT_CURVES, codec, step)
         _write_curves(curves, out, model, prompt, t_train, n)
     console.print(f"plots and JSON in {out}")
