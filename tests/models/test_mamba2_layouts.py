@@ -16,10 +16,10 @@ transformers = pytest.importorskip("transformers")
 VOCAB, PADDED = 50, 56  # mamba_ssm pads the vocabulary to a multiple of 8
 
 
-def hf_model(tie, ngroups, seed=0):
+def hf_model(tie, ngroups, seed=0, vocab_size=PADDED):
     torch.manual_seed(seed)
     cfg = transformers.Mamba2Config(
-        vocab_size=PADDED,
+        vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_heads=4,
@@ -131,3 +131,32 @@ def test_other_configs_are_refused_in_one_line(tmp_path):
     (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(hub.CheckpointError, match="not a Mamba-2 checkpoint.*'llama'"):
         hub.load_mamba2(tmp_path / "llama")
+
+
+def test_every_collapse_command_runs_on_a_mamba_ssm_folder(tmp_path):
+    """A mamba_ssm folder with the tokenizer's files beside it, as a user assembles it
+    (its config.json has no model_type for AutoTokenizer to go by)."""
+    from tests.collapse.test_user_models import bpe_tokenizer
+
+    tok = bpe_tokenizer()
+    assert len(tok) == 300  # padded to 304 by mamba_ssm
+    path = save_mamba_ssm(hf_model(True, 1, vocab_size=304), tmp_path / "ms", True, 1)
+    cfg = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**cfg, "vocab_size": len(tok)}))
+    with hub.quiet_transformers():
+        tok.save_pretrained(path)
+    _, codec, _ = hub.load_mamba2(path)
+    assert codec.encode_plain("def f(x):") == tok.encode("def f(x):", add_special_tokens=False)
+    runner = CliRunner()
+    for cmd in (
+        ["diagnose", "--length", "96", "--segment", "32", "--mitigation", "window"],
+        ["loss-curve", "--length", "96", "--mitigation", "none", "--mitigation", "norm"],
+        ["passkey", "--lengths", "200", "--trials", "1", "--mitigation", "dt"],
+    ):
+        out = tmp_path / cmd[0]
+        res = runner.invoke(
+            app,
+            ["collapse", *cmd, "--model", str(path), "--train-length", "32", "--out", str(out)],
+        )
+        assert res.exit_code == 0, res.output
+        assert any(out.glob("*.json")) and any(out.glob("*.png"))
