@@ -286,6 +286,15 @@ def _same_controls(a, b, tol=1e-5):
     return True
 
 
+def test_the_api_names_train_length_where_it_is_needed(user_model):
+    _, hf, _ = user_model
+    for spec in ("window", "norm", "dt"):
+        with pytest.raises(ValueError, match=f"mitigation '{spec}' needs .* pass train_length=N"):
+            apply_named_mitigation(hf, spec, read_length=100)
+    with pytest.raises(ValueError, match="train_length must be"):
+        ev.calibrated_controls(hf, "window", None)
+
+
 def test_other_model_objects_are_refused_by_name():
     cfg = transformers.MambaConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1)
     with pytest.raises(TypeError, match=r"MambaForCausalLM \(model_type 'mamba'\) has no Mamba-2"):

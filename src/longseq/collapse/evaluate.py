@@ -247,6 +247,8 @@ def calibrated_controls(
     whole input (the LongMamba-style baseline)."""
     model = as_mamba2(model)
     n_layers = len(mixers(model))
+    if not train_length or train_length < 1:
+        raise ValueError(f"train_length must be a number of tokens >= 1, got {train_length!r}")
     if kind == "window":
         return [SSMControl(window=train_length)] * n_layers
     if kind == "dt":
