@@ -1,7 +1,46 @@
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
 from longseq.power import exact
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_folder(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder, so a command's default output folder
+    (collapse-diagnose/, kltrace-flow/, ...) never lands in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _untracked() -> set[str]:
+    """Top-level entries of the repository (an empty folder too) and untracked files."""
+    entries = {p.name + "/" for p in REPO.iterdir() if not p.name.startswith(".")}
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return entries
+    return entries | {line[3:] for line in out.stdout.splitlines() if line.startswith("??")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repository_unchanged():
+    """The test suite writes only under pytest's temporary folders: no file appears in the
+    repository (checked once, after the last test)."""
+    before = _untracked()
+    yield
+    new = sorted(_untracked() - before)
+    assert not new, f"the tests left files in the repository: {new}"
+
 
 EOS = 0
 PROMPT = torch.tensor([1, 3])
