@@ -11,7 +11,6 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-
 import longseq
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,16 +28,19 @@ def main(
     threads: int = typer.Option(
         None,
         "--threads",
-        min=1,
         envvar="LONGSEQ_THREADS",
         help="CPU threads for torch (before the command: longseq --threads 1 kltrace bench). "
-        "Default: the cores not already busy (load average), at least 1; "
+        "At most 4 per core. Default: the cores not already busy (load average), at least 1; "
         "OMP_NUM_THREADS, when set, is left alone.",
     ),
 ) -> None:
+    from longseq.cliutils import fail
     from longseq.utils import set_threads
 
-    set_threads(threads)
+    try:
+        set_threads(threads)
+    except ValueError as e:
+        fail(f"--threads: {e}")
 
 
 @app.command("checkpoints")
@@ -52,9 +55,7 @@ def checkpoints() -> None:
             f"no shipped checkpoints: {hub.REGISTRY_FILE} is missing (an incomplete "
             "installation; reinstall longseq)"
         )
-    table = folding_table(
-        "shipped checkpoints", ("name", "size", "check", "description", "sha256")
-    )
+    table = folding_table("shipped checkpoints", ("name", "size", "check", "description", "sha256"))
     bad = []
     for name, entry in sorted(reg.items()):
         path = hub.weights_file(name)

@@ -207,9 +207,9 @@ class TextCodec:
         return list(self.tokenizer.encode(text))
 
     def decode(self, ids) -> str:
-        if hasattr(self.tokenizer, "stoi"):
-            return self.tokenizer.decode(ids)
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        if hasattr(self.tokenizer, "batch_decode"):  # a transformers tokenizer
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode(ids)  # ours: CharTokenizer, ByteTokenizer
 
 
 def _codec(info: CheckpointInfo) -> TextCodec:
