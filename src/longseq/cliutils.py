@@ -42,17 +42,18 @@ def check_number(
     [``low``, ``high``] (an end given as open excludes its bound)."""
     if value is None:
         return
-    lo = "(" if low_open else "["
-    hi = ")" if high_open else "]"
-    span = (
-        f"{lo}{'-inf' if low is None else f'{low:g}'}, {'inf' if high is None else f'{high:g}'}{hi}"
-    )
+    if low is not None and high is not None:
+        span = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        span = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        span = f"{'<' if high_open else '<='} {high:g}" if high is not None else ""
     if not math.isfinite(value):
-        fail(f"{option} must be a finite number in {span}, got {value}")
+        fail(f"{option} must be a finite number {span}".rstrip() + f", got {value}")
     if low is not None and (value < low or (low_open and value == low)):
-        fail(f"{option} must be in {span}, got {value:g}")
+        fail(f"{option} must be {span}, got {value:g}")
     if high is not None and (value > high or (high_open and value == high)):
-        fail(f"{option} must be in {span}, got {value:g}")
+        fail(f"{option} must be {span}, got {value:g}")
 
 
 def check_unique(values: Iterable | None, option: str) -> None:
@@ -132,6 +133,26 @@ def check_output_file(
         fail(f"{option}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         fail(f"{option}: the folder {parent} is not writable")
+
+
+def check_folder(path: Path, option: str) -> None:
+    """Fail now, creating nothing, if the folder ``path`` could not be made or written
+    later: it is a file, or its nearest existing parent is a file or not writable. (Make it
+    with :func:`make_folder` once every other check has passed, so that a refused command
+    leaves no empty folder behind.)"""
+    if path.exists():
+        if not path.is_dir():
+            fail(f"{option} {path} is a file; give a folder")
+        if not os.access(path, os.W_OK):
+            fail(f"{option}: the folder {path} is not writable")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"{option}: cannot create the folder {path} ({parent} is a file)")
+    if not os.access(parent, os.W_OK):
+        fail(f"{option}: cannot create the folder {path} ({parent} is not writable)")
 
 
 def make_folder(path: Path, option: str) -> None:

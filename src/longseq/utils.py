@@ -245,22 +245,56 @@ def optimizer_step(
     opt.step()
 
 
+def _rng_state(generator: torch.Generator | None) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
 def save_training_state(
-    path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int
+    path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    generator: torch.Generator | None = None,
 ) -> None:
-    """Everything needed to resume: model, optimizer and the step (or epoch) reached."""
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, path)
+    """Everything needed to resume: model, optimizer, the step (or epoch) reached, and the
+    random streams (torch's global one and ``generator``, e.g. the data order's), so that
+    a resumed run draws what an uninterrupted one would have drawn."""
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step}
+    state["rng"] = _rng_state(generator)
+    # written beside, then renamed: an interruption while saving keeps the previous state
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
-def load_training_state(path, model: torch.nn.Module, opt: torch.optim.Optimizer, device) -> int:
-    """Restore a :func:`save_training_state` file if it exists; return the step reached (0)."""
+def load_training_state(
+    path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    device,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Restore a :func:`save_training_state` file if it exists (random streams included,
+    when it has them); return the step reached (0 when there is no file)."""
     from pathlib import Path
 
     if not Path(path).exists():
         return 0
-    st = torch.load(path, map_location=device)
+    st = torch.load(path, map_location=device, weights_only=False)
     model.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
+    rng = st.get("rng")
+    if rng is not None:
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        if generator is not None and "generator" in rng:
+            generator.set_state(rng["generator"].cpu())
     return int(st.get("step", st.get("epoch", 0)))
 
 

@@ -8,7 +8,15 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import App, console, fail, make_folder
+from longseq.cliutils import (
+    App,
+    check_folder,
+    check_unique,
+    console,
+    fail,
+    make_folder,
+    require_module,
+)
 
 app = App(
     help="Stuffed Mamba: diagnose and fix Mamba-2 state collapse beyond the training length.",
@@ -53,9 +61,36 @@ def _check_length(length: int | None, least: int) -> None:
 
 
 def _out_dir(out: Path) -> Path:
-    """Create the output folder before any work, or stop with a one-line error."""
+    """Create the output folder once every option is checked and the model is loaded,
+    before any work, or stop with a one-line error."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder")
     make_folder(out, "--out")
     return out
+
+
+def _check_specs(specs, train_length: int | None) -> None:
+    """Fail with one line if a mitigation cannot be read, before any curve is computed."""
+    from longseq.collapse.evaluate import CALIBRATED
+    from longseq.collapse.mitigations import parse_mitigation
+
+    for spec in specs:
+        try:
+            if spec in CALIBRATED:
+                if not train_length:
+                    raise ValueError(
+                        f"{spec!r} needs a value: the model records no training length"
+                    )
+            else:
+                parse_mitigation(spec)
+        except ValueError as e:
+            fail(f"--mitigation: {e}")
+
+
+def _needs_plots(command: str, out: Path) -> None:
+    """The checks every command makes before loading the model: matplotlib, --out."""
+    require_module("matplotlib", f"collapse {command} (it writes plots)")
+    check_folder(out, "--out")
 
 
 MITIGATION_HELP = (
@@ -84,11 +119,19 @@ def collapse_diagnose(
     _check_length(length, 1)
     if prompt not in ("text", "newline"):
         fail(f"--prompt must be 'text' or 'newline', got {prompt!r}")
-    _out_dir(out)
+    check_unique(histogram_at, "--histogram-at")
+    _needs_plots("diagnose", out)
     net, t_train = _load_mamba(model, device)
     n = _length(length, t_train)
+    if segment > n:
+        fail(f"--segment ({segment}) is longer than the prompt ({n} tokens, --length)")
+    outside = [p for p in histogram_at or () if not 1 <= p <= n]
+    if outside:
+        fail(f"--histogram-at must be positions in [1, {n}] (the prompt), got {outside[0]}")
+    _check_specs([mitigation], t_train)
     _mitigate(net, mitigation, t_train, read_length=n)
     hist = histogram_at or [p for p in (t_train, n) if p]
+    _out_dir(out)
     try:
         trace = state_statistics(net, long_text(n, prompt), segment, histogram_at=hist)
     except ValueError as e:
@@ -149,8 +192,10 @@ def collapse_passkey(
 
     if lengths and min(lengths) < 200:
         fail(f"--lengths must be >= 200 tokens (the prompt's fixed text), got {min(lengths)}")
-    _out_dir(out)
+    check_unique(lengths, "--lengths")
+    _needs_plots("passkey", out)
     net, t_train = _load_mamba(model, device)
+    _check_specs([mitigation], t_train)
     hint = (
         "collapse-passkey-mamba2 is trained on passkey prompts: "
         "longseq collapse passkey --model collapse-passkey-mamba2"
@@ -174,6 +219,7 @@ def collapse_passkey(
     if not lengths:
         base = max(_length(None, t_train, 1), PASSKEY_MIN)
         lengths = [base * k for k in (1, 2, 4, 8)]
+    _out_dir(out)
     try:
         res = passkey_accuracy(net, lengths, trials=trials, seed=seed, on_length=on_length)
     except ValueError as e:
@@ -214,9 +260,12 @@ def collapse_loss_curve(
     _check_length(length, 2)
     if prompt not in ("text", "newline"):
         fail(f"--prompt must be 'text' or 'newline', got {prompt!r}")
-    _out_dir(out)
+    check_unique(mitigation, "--mitigation")
+    _needs_plots("loss-curve", out)
     net, t_train = _load_mamba(model, device)
+    _check_specs(mitigation, t_train or length)
     n = _length(length, t_train)
+    _out_dir(out)
     curves = _curves(net, model, prompt, n, t_train or n, mitigation)
     _write_curves(curves, out, model, prompt, t_train or n, n)
     console.print(f"wrote {out / f'loss_{prompt}.png'} and {out / f'loss_{prompt}.json'}")
@@ -235,7 +284,7 @@ def _curves(net, model: str, prompt: str, n: int, t: int, specs, step=(0, 0)) ->
             f"\\[{done}/{total}] {model}: {prompt} prompt, {n:,} tokens, {spec}", soft_wrap=True
         )
         _mitigate(net, spec, t, read_length=n)
-        curves[spec] = loss_curve(net, ids, t, progress=console.is_terminal)
+        curves[spec] = loss_curve(net, ids, t, progress=True)
     return curves
 
 
@@ -278,9 +327,10 @@ def collapse_demo(
     """Per-position loss of a Mamba-2 up to 64x its training length, without and with
     each mitigation and the Delta-t baseline (text and all-newline prompts); plots and
     JSON written to OUT."""
-    _out_dir(out)
+    _needs_plots("demo", out)
     net, t_train = _load_mamba(model, device)
     n = _length(None, t_train)
+    _out_dir(out)
     console.print(
         f"[bold]State collapse demo[/]: {model}, trained on {t_train}-token windows, "
         f"read for {n} tokens ({n // t_train}x), {2 * len(DEFAULT_CURVES)} loss curves"
