@@ -104,7 +104,9 @@ def collapse_diagnose(
     model: str = typer.Option("collapse-mamba2", help="shipped name or transformers Mamba2 dir"),
     length: int = typer.Option(None, help="tokens (default 64 x training length)"),
     prompt: str = typer.Option("text", help="text | newline"),
-    segment: int = typer.Option(256, min=1, help="tokens between state readings"),
+    segment: int = typer.Option(
+        None, min=1, help="tokens between state readings (default: 256, or the whole prompt)"
+    ),
     histogram_at: list[int] = typer.Option(
         None, help="positions for state-value histograms (default: training length and end)"
     ),
@@ -123,8 +125,9 @@ def collapse_diagnose(
     _needs_plots("diagnose", out)
     net, t_train = _load_mamba(model, device)
     n = _length(length, t_train)
-    if segment > n:
+    if segment is not None and segment > n:
         fail(f"--segment ({segment}) is longer than the prompt ({n} tokens, --length)")
+    segment = segment or min(256, n)
     outside = [p for p in histogram_at or () if not 1 <= p <= n]
     if outside:
         fail(f"--histogram-at must be positions in [1, {n}] (the prompt), got {outside[0]}")
