@@ -3,6 +3,7 @@ folder or a file or starts computing: a refused command prints one line, exits w
 status 2 and leaves the folder it ran in as it was."""
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +100,22 @@ def test_kltrace_demo_needs_cv2_before_loading(tmp_path, monkeypatch):
 def test_power_eval_leaves_no_folder_when_the_model_is_wrong(tmp_path):
     _refused(["power", "eval", "arith", "--model", "nope"], "neither a shipped checkpoint")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_error_paths_leave_the_repository_unchanged(monkeypatch):
+    """Run from the repository, refused commands with their default output folders leave
+    no folder behind (they used to leave collapse-diagnose/ and kltrace-flow/)."""
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    before = sorted(p.name for p in repo.iterdir())
+    for args in (
+        ["collapse", "diagnose", "--model", "nope"],
+        ["collapse", "loss-curve", "--model", "nope"],
+        ["kltrace", "flow", "missing0.png", "missing1.png"],
+        ["kltrace", "demo", "--model", "nope"],
+        ["power", "eval", "arith", "--kappa", "5"],
+        ["power", "eval", "arith", "--model", "nope"],
+        ["shuffle", "train", "--out", "shuffle-run", "--lr", "nan"],
+    ):
+        assert runner.invoke(app, args).exit_code == 2, args
+    assert sorted(p.name for p in repo.iterdir()) == before

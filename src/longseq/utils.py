@@ -149,9 +149,10 @@ def progress_bar(description: str, total: int, enabled: bool = True, every: floa
     new description replaces the label).
 
     In a terminal (or notebook) it is a rich bar. Otherwise (output piped to a log file,
-    CI) it prints a plain line when it starts, then at most every ``every`` seconds
-    (default :data:`PROGRESS_EVERY`, env ``LONGSEQ_PROGRESS_EVERY``) with the steps
-    done, the time elapsed and the time left at the average pace, and once at the end."""
+    CI) it prints a plain line when it starts, then every ``every`` seconds (default
+    :data:`PROGRESS_EVERY`, env ``LONGSEQ_PROGRESS_EVERY``) and at each tenth of the
+    steps (at most one a second), with the steps done, the time elapsed and the time
+    left at the average pace, and once at the end."""
     if not enabled:
         yield lambda n=1, description=None: None
         return
@@ -192,7 +193,11 @@ def progress_bar(description: str, total: int, enabled: bool = True, every: floa
         state["done"] += n
         if description is not None:
             state["label"] = description
-        if time.perf_counter() - state["last"] >= every and state["done"] != state["printed"]:
+        since = time.perf_counter() - state["last"]
+        tenth = total and state["done"] * 10 // total != max(state["printed"], 0) * 10 // total
+        if state["done"] != state["printed"] and (
+            since >= every or (tenth and since >= min(1.0, every))
+        ):
             line()
 
     line()

@@ -76,6 +76,14 @@ def power_demo(
         f"[cyan]{probs[0].prompt}[/] (answer {probs[0].answer}); model {model}, "
         f"alpha={alpha:g}, device {dev}"
     )
+    if problems > 1000:
+        console.print(
+            f"[yellow]note:[/] {problems:,} problems: SMC and best-of-N decode "
+            f"{problems * particles:,} sequences in one batch, and MH runs {problems:,} chains "
+            "one after the other; the time and memory grow in proportion (48 problems take "
+            "seconds); the progress lines below give the time left after each method",
+            soft_wrap=True,
+        )
     res = evaluate_methods(
         lm_model,
         tok,

@@ -266,10 +266,9 @@ def streaming_demo(
 
     if frames < 2:
         fail(f"--frames must be >= 2, got {frames}")
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file; give a folder")
-    make_folder(out, "--out")
+    check_folder(out, "--out")
     pipe = _load_pipeline("streaming-t2v", "streaming-enhancer", device)
+    make_folder(out, "--out")
     caption, _ = gate_prompts(seed + 1, "test")[seed]
     console.print(f"prompt (a caption never seen in training): [bold]{caption}[/]")
     base = pipe(caption, frames, seed=seed)
