@@ -94,8 +94,8 @@ def set_threads(threads: int | None = None) -> int:
     if threads is not None:
         if not 1 <= threads <= max_threads():
             raise ValueError(
-                f"threads must be between 1 and {max_threads()} (4 per core of this "
-                f"machine), got {threads}"
+                f"threads must be between 1 and {max_threads()} (4 per core, at least "
+                f"16), got {threads}"
             )
         torch.set_num_threads(threads)
     elif not os.environ.get("OMP_NUM_THREADS"):

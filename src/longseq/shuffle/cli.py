@@ -146,7 +146,15 @@ def shuffle_train(
         f"training {arch} ({net.num_parameters() / 1e6:.2f}M params) on {dev}, "
         f"shuffle p_max={p_max} {schedule}"
     )
-    res = train_classifier(net, cfg, dev, out / "metrics.jsonl", out / "state.pt")
+    try:
+        res = train_classifier(net, cfg, dev, out / "metrics.jsonl", out / "state.pt")
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: the last finished epoch is kept in {out / 'state.pt'}; rerun the "
+            "same command to resume (it ends with the weights of an uninterrupted run)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     hub.save_pretrained(
         net,
         out,
