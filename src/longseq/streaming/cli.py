@@ -184,10 +184,11 @@ def _announce(pipe, frames: int, init, enhance: bool) -> None:
     chunks = (1 if init is None else 0) + max(0, -(-(frames - max(have, first)) // (f - fc)))
     size = pipe._pixel_size(pipe.enhancer if enhance else pipe.unet)
     mem = frames * size * size * 3 / 1e9
+    shown = f"{mem:.1f} GB" if mem >= 0.1 else f"{mem * 1e3:.1f} MB"
     resumed = f", continuing {have} kept frames" if have else ""
     console.print(
         f"{frames:,} frames in {chunks:,} chunks of {f - fc} new frames{resumed}; "
-        f"{mem:.2g} GB of {size}x{size} frames in memory",
+        f"{shown} of {size}x{size} frames in memory",
         soft_wrap=True,
     )
     if mem > 2:
