@@ -40,4 +40,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/streaming_bench.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
