@@ -141,8 +141,10 @@ def test_folder_errors_are_one_line(tmp_path, make, message):
     out = tmp_path / "run"
     res = runner.invoke(app, ["shuffle", "train", "--data", str(data), "--out", str(out), *TINY])
     assert res.exit_code == 2, res.output
-    assert res.output.strip().startswith("error: --data:") and message in res.output
-    assert res.output.strip().count("\n") == 0 and "Traceback" not in res.output
+    # progress lines may come first (reading images); the error is the last line, alone
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: --data:") and message in last
+    assert res.output.count("error:") == 1 and "Traceback" not in res.output
     assert not out.exists()  # failed before any work
 
 

@@ -8,7 +8,15 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import App, console, fail, make_folder
+from longseq.cliutils import (
+    App,
+    check_folder,
+    check_unique,
+    console,
+    fail,
+    make_folder,
+    require_module,
+)
 
 app = App(
     help="Stuffed Mamba: diagnose and fix Mamba-2 state collapse beyond the training length.",
@@ -130,9 +138,18 @@ def _input_ids(net, n: int, prompt: str, text: str | None, codec):
 
 
 def _out_dir(out: Path) -> Path:
-    """Create the output folder before any work, or stop with a one-line error."""
+    """Create the output folder once every option is checked and the model is loaded,
+    before any work, or stop with a one-line error."""
+    if out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; give a folder")
     make_folder(out, "--out")
     return out
+
+
+def _needs_plots(command: str, out: Path) -> None:
+    """The checks every command makes before loading the model: matplotlib, --out."""
+    require_module("matplotlib", f"collapse {command} (it writes plots)")
+    check_folder(out, "--out")
 
 
 MITIGATION_HELP = (
@@ -147,7 +164,9 @@ def collapse_diagnose(
     length: int = typer.Option(None, help="tokens (default 64 x training length)"),
     prompt: str = typer.Option("text", help="text | newline"),
     text_file: Path = typer.Option(None, help=TEXT_FILE_HELP),
-    segment: int = typer.Option(256, min=1, help="tokens between state readings"),
+    segment: int = typer.Option(
+        None, min=1, help="tokens between state readings (default: 256, or the whole prompt)"
+    ),
     histogram_at: list[int] = typer.Option(
         None, help="positions for state-value histograms (default: training length and end)"
     ),
@@ -164,19 +183,26 @@ def collapse_diagnose(
     _check_length(length, 1)
     if prompt not in ("text", "newline"):
         fail(f"--prompt must be 'text' or 'newline', got {prompt!r}")
+    check_unique(histogram_at, "--histogram-at")
     _check_mitigations([mitigation])
     text = _read_text_file(text_file)
-    _out_dir(out)
+    _needs_plots("diagnose", out)
     net, codec, t_train = _load_mamba(model, device, train_length, tokenizer)
     _check_mitigations([mitigation], t_train, loaded=True)
     n = _length(length, t_train)
+    if segment is not None and segment > n:
+        fail(f"--segment ({segment}) is longer than the prompt ({n} tokens, --length)")
+    segment = segment or min(256, n)
+    outside = [p for p in histogram_at or () if not 1 <= p <= n]
+    if outside:
+        fail(f"--histogram-at must be positions in [1, {n}] (the prompt), got {outside[0]}")
+    ids = _input_ids(net, n, prompt, text, codec)
     _mitigate(net, mitigation, t_train, codec, read_length=n)
     hist = histogram_at or [p for p in (t_train, n) if p]
     label = "text file" if text is not None else prompt
+    _out_dir(out)
     try:
-        trace = state_statistics(
-            net, _input_ids(net, n, prompt, text, codec), segment, histogram_at=hist
-        )
+        trace = state_statistics(net, ids, segment, histogram_at=hist)
     except ValueError as e:
         fail(str(e))
     trace.to_json(out / "state_trace.json")
@@ -237,8 +263,9 @@ def collapse_passkey(
 
     if lengths and min(lengths) < 1:
         fail(f"--lengths must be >= 1 token, got {min(lengths)}")
+    check_unique(lengths, "--lengths")
     _check_mitigations([mitigation])
-    _out_dir(out)
+    _needs_plots("passkey", out)
     net, codec, t_train = _load_mamba(model, device, train_length, tokenizer)
     _check_mitigations([mitigation], t_train, loaded=True)
     least = passkey_min_length(codec)
@@ -270,6 +297,7 @@ def collapse_passkey(
     if not lengths:
         base = max(_length(None, t_train, 1), PASSKEY_MIN, least)
         lengths = [base * k for k in (1, 2, 4, 8)]
+    _out_dir(out)
     try:
         res = passkey_accuracy(
             net, lengths, trials=trials, seed=seed, on_length=on_length, tokenizer=codec
@@ -315,14 +343,16 @@ def collapse_loss_curve(
     _check_length(length, 2)
     if prompt not in ("text", "newline"):
         fail(f"--prompt must be 'text' or 'newline', got {prompt!r}")
+    check_unique(mitigation, "--mitigation")
     _check_mitigations(mitigation)
     text = _read_text_file(text_file)
-    _out_dir(out)
+    _needs_plots("loss-curve", out)
     net, codec, t_train = _load_mamba(model, device, train_length, tokenizer)
     _check_mitigations(mitigation, t_train, loaded=True)
     n = _length(length, t_train)
     label = "file" if text is not None else prompt
     ids = _input_ids(net, n, prompt, text, codec)
+    _out_dir(out)
     curves = _curves(net, model, label, ids, t_train, mitigation, codec)
     _write_curves(curves, out, model, label, t_train, n)
     console.print(f"wrote {out / f'loss_{label}.png'} and {out / f'loss_{label}.json'}")
@@ -342,7 +372,7 @@ def _curves(net, model: str, label: str, ids, t, specs, codec, step=(0, 0)) -> d
         )
         _mitigate(net, spec, t, codec, read_length=n)
         try:
-            curves[spec] = loss_curve(net, ids, t, progress=console.is_terminal)
+            curves[spec] = loss_curve(net, ids, t, progress=True)
         except ValueError as e:
             fail(str(e))
     return curves
@@ -395,7 +425,7 @@ def collapse_demo(
     """Per-position loss of a Mamba-2 up to 64x its training length, without and with
     each mitigation and the Delta-t baseline (text and all-newline prompts); plots and
     JSON written to OUT."""
-    _out_dir(out)
+    _needs_plots("demo", out)
     net, codec, t_train = _load_mamba(model, device, train_length, tokenizer)
     if not t_train:
         fail(
@@ -403,6 +433,7 @@ def collapse_demo(
             "calibrates the mitigations there, and the checkpoint records none"
         )
     n = _length(None, t_train)
+    _out_dir(out)
     console.print(
         f"[bold]State collapse demo[/]: {model}, trained on {t_train}-token windows, "
         f"read for {n} tokens ({n // t_train}x), {2 * len(DEFAULT_CURVES)} loss curves"

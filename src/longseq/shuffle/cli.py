@@ -8,7 +8,16 @@ import typer
 from rich.table import Table
 
 from longseq import hub
-from longseq.cliutils import App, check_output_file, console, fail, write_text
+from longseq.cliutils import (
+    App,
+    check_folder,
+    check_number,
+    check_output_file,
+    console,
+    fail,
+    require_module,
+    write_text,
+)
 
 app = App(
     help="ShuffleMamba: layer-wise token shuffle for deep Vision Mamba training.",
@@ -32,6 +41,8 @@ def shuffle_demo(
     from longseq.utils import default_device
 
     check_output_file(grid, "--grid", GRID_SUFFIXES)
+    if grid is not None:
+        require_module("matplotlib", "--grid")
     try:
         dev = default_device(device)
         net, info = hub.load(model, dev)
@@ -69,6 +80,26 @@ def shuffle_demo(
 
         prediction_grid(x[:32], y[:32], pred[:32], CLASSES, grid)
         console.print(f"wrote {grid}")
+
+
+def _check_resumable(state, net) -> None:
+    """A training state left in --out (an interrupted run) must be of this same model."""
+    import torch
+
+    if not state.exists():
+        return
+    try:
+        saved = torch.load(state, map_location="cpu", weights_only=False)["model"]
+    except (RuntimeError, KeyError, TypeError, EOFError, OSError) as e:
+        fail(f"--out holds {state}, which cannot be read ({type(e).__name__}); delete it")
+    try:
+        net.load_state_dict(saved)
+    except RuntimeError:
+        fail(
+            f"--out holds {state}, the training state of another model (its weights do not "
+            "fit this one); give another --out, or the --arch/--depth/--dim/--patch it was "
+            "trained with to resume it"
+        )
 
 
 @app.command("train")
@@ -128,14 +159,12 @@ def shuffle_train(
         fail(f"--schedule must be one of {SCHEDULES}, got {schedule!r}")
     if not 0 <= p_max <= 1:
         fail(f"--p-max must be in [0, 1], got {p_max}")
-    if not lr > 0:
-        fail(f"--lr must be > 0, got {lr}")
+    check_number(lr, "--lr", 0, low_open=True)
     if not 0 < val_fraction < 1:
         fail(f"--val-fraction must be in (0, 1), got {val_fraction}")
     if model is None and img_size % patch:
         fail(f"--img-size {img_size} must be a multiple of --patch {patch}")
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file; give a folder")
+    check_folder(out, "--out")
     classes, n_files = list(CLASSES), 0
     if data is not None:
         from longseq.data.folder import load_image_folder, scan_image_folder
@@ -173,6 +202,7 @@ def shuffle_train(
                 splits = load_image_folder(data, img_size, val_fraction, seed=0, progress=advance)
         except ValueError as e:
             fail(f"--data: {e}")
+    _check_resumable(out / "state.pt", net)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -196,7 +226,15 @@ def shuffle_train(
         f"training {name} ({net.num_parameters() / 1e6:.2f}M params, "
         f"{len(shuffle.probs)} blocks) on {where}, {dev}, shuffle p_max={p_max} {schedule}"
     )
-    res = train_classifier(net, cfg, dev, out / "metrics.jsonl", out / "state.pt", data=splits)
+    try:
+        res = train_classifier(net, cfg, dev, out / "metrics.jsonl", out / "state.pt", data=splits)
+    except KeyboardInterrupt:
+        console.print(
+            f"interrupted: the last finished epoch is kept in {out / 'state.pt'}; rerun the "
+            "same command to resume (it ends with the weights of an uninterrupted run)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     training = {"run": out.name, **cfg.to_dict()}
     if data is not None:
         training.update(data=str(data), val_fraction=val_fraction, split_seed=0)

@@ -171,10 +171,8 @@ def train_classifier(
             return cfg.lr * (step + 1) / warm
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
-    start_epoch = load_training_state(state_path, model, opt, device) if state_path else 0
-    gen = torch.Generator().manual_seed(cfg.seed)
-    for _ in range(start_epoch):  # keep the shuffling stream identical on resume
-        torch.randperm(len(xtr), generator=gen)
+    gen = torch.Generator().manual_seed(cfg.seed)  # data order and flips
+    start_epoch = load_training_state(state_path, model, opt, device, gen) if state_path else 0
     log = open(log_path, "a") if (log_path and rank == 0) else None  # noqa: SIM115
     val_acc = None  # of the final model, once measured
     t0, cpu0 = time.time(), time.process_time()
@@ -210,7 +208,7 @@ def train_classifier(
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             if state_path is not None and rank == 0:
-                save_training_state(state_path, model, opt, epoch + 1)
+                save_training_state(state_path, model, opt, epoch + 1, gen)
     if log:
         log.close()
     cpu1 = time.process_time()
