@@ -1,7 +1,35 @@
+from pathlib import Path
+
 import pytest
 import torch
 
 from longseq.power import exact
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _run_in_a_temporary_folder(tmp_path, monkeypatch):
+    """Every test runs in its own empty folder, so a command's default output folder
+    (collapse-diagnose/, kltrace-flow/, ...) never lands in the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
+def _top_level() -> set[str]:
+    """The entries at the top of the repository (where a command run from it writes its
+    default output: collapse-diagnose/, kltrace-flow/, power-eval/, ...)."""
+    return {p.name for p in REPO.iterdir() if not p.name.startswith(".")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _repository_unchanged():
+    """The test suite writes only under pytest's temporary folders: nothing appears at the
+    top of the repository (checked once, after the last test)."""
+    before = _top_level()
+    yield
+    new = sorted(_top_level() - before)
+    assert not new, f"the tests left files in the repository: {new}"
+
 
 EOS = 0
 PROMPT = torch.tensor([1, 3])

@@ -83,3 +83,44 @@ def test_default_threads_leave_busy_cores_alone(monkeypatch):
     for load, expected in ((0.0, 2), (0.4, 2), (1.0, 1), (1.7, 1), (6.0, 1)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
         assert utils.default_threads() == expected, load
+
+
+def test_threads_has_an_upper_bound(monkeypatch):
+    import torch
+
+    from longseq import utils
+    from longseq.utils import max_threads
+
+    monkeypatch.setattr(utils, "usable_cores", lambda: 2)
+    assert max_threads() == 16
+
+    before = torch.get_num_threads()
+    res = runner.invoke(app, ["--threads", "100000", "checkpoints"])
+    assert res.exit_code == 2
+    assert f"threads must be between 1 and {max_threads()}" in res.output
+    assert torch.get_num_threads() == before  # refused before torch was touched
+    res = runner.invoke(app, ["checkpoints"], env={"LONGSEQ_THREADS": "4096"})
+    assert res.exit_code == 2 and "got 4096" in res.output
+
+
+def test_progress_prints_lines_when_not_a_terminal(capsys):
+    from longseq.utils import progress_bar
+
+    with progress_bar("steps", 4, every=0) as advance:
+        for _ in range(3):
+            advance()
+        advance(1, description="last step")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "steps: 0/4 (0%)",
+        "steps: 1/4 (25%)",
+        "steps: 2/4 (50%)",
+        "steps: 3/4 (75%)",
+        "last step: 4/4 (100%)",
+    ]
+    assert "left" in lines[1] and "left" not in lines[-1]
+    with progress_bar("quiet", 100, every=3600) as advance:
+        for _ in range(100):
+            advance()
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[-1].startswith("quiet: 100/100")  # start and end only

@@ -28,26 +28,48 @@ def main(
     threads: int = typer.Option(
         None,
         "--threads",
-        min=1,
         envvar="LONGSEQ_THREADS",
         help="CPU threads for torch (before the command: longseq --threads 1 kltrace bench). "
-        "Default: the cores not already busy (load average), at least 1; "
+        "At most 4 per core. Default: the cores not already busy (load average), at least 1; "
         "OMP_NUM_THREADS, when set, is left alone.",
     ),
 ) -> None:
+    from longseq.cliutils import fail
     from longseq.utils import set_threads
 
-    set_threads(threads)
+    try:
+        set_threads(threads)
+    except ValueError as e:
+        fail(f"--threads: {e}")
 
 
 @app.command("checkpoints")
 def checkpoints() -> None:
-    """List the checkpoints shipped with the package: size and sha256 of their weights."""
-    table = folding_table("shipped checkpoints", ("name", "size", "description", "sha256"))
-    for name, entry in sorted(hub.registry().items()):
-        size = hub.format_size(hub.weights_file(name).stat().st_size)
-        table.add_row(name, size, entry["description"], entry["sha256"])
+    """List the checkpoints shipped with the package: size, sha256 of their weights, and
+    whether the file on disk still has that sha256."""
+    from longseq.cliutils import fail
+
+    reg = hub.registry()
+    if not reg:
+        fail(
+            f"no shipped checkpoints: {hub.REGISTRY_FILE} is missing (an incomplete "
+            "installation; reinstall longseq)"
+        )
+    table = folding_table("shipped checkpoints", ("name", "size", "check", "description", "sha256"))
+    bad = []
+    for name, entry in sorted(reg.items()):
+        path = hub.weights_file(name)
+        if not path.is_file():
+            size, check = "-", "missing"
+        else:
+            size = hub.format_size(path.stat().st_size)
+            check = "ok" if hub.sha256_file(path) == entry["sha256"] else "corrupted"
+        if check != "ok":
+            bad.append(f"{name} ({check})")
+        table.add_row(name, size, check, entry["description"], entry["sha256"])
     console.print(table)
+    if bad:
+        fail(f"{len(bad)} checkpoint(s) fail the sha256 check: {', '.join(bad)}; reinstall longseq")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ capitals, docstring paragraphs re-flowed instead of broken where the source brea
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
+import math
 import os
 import re
+import string
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,6 +28,79 @@ def fail(msg: str) -> NoReturn:
     # one line, however long; the message is plain text ("longseq[eval]" is not markup)
     console.print(f"[bold red]error:[/] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(2)
+
+
+def check_number(
+    value: float | None,
+    option: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Fail with one line unless ``value`` (None passes) is a finite number within
+    [``low``, ``high``] (an end given as open excludes its bound)."""
+    if value is None:
+        return
+    if low is not None and high is not None:
+        span = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        span = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        span = f"{'<' if high_open else '<='} {high:g}" if high is not None else ""
+    if not math.isfinite(value):
+        fail(f"{option} must be a finite number {span}".rstrip() + f", got {value}")
+    if low is not None and (value < low or (low_open and value == low)):
+        fail(f"{option} must be {span}, got {value:g}")
+    if high is not None and (value > high or (high_open and value == high)):
+        fail(f"{option} must be {span}, got {value:g}")
+
+
+def check_unique(values: Iterable | None, option: str) -> None:
+    """Fail with one line if a repeatable option names the same value twice."""
+    seen, twice = set(), []
+    for v in values or ():
+        if v in seen and v not in twice:
+            twice.append(v)
+        seen.add(v)
+    if twice:
+        fail(f"{option} names {', '.join(map(str, twice))} more than once")
+
+
+def check_template(template: str | None, option: str, fields: Iterable[str], needed: str) -> None:
+    """Fail with one line unless ``template`` is a format string whose fields are among
+    ``fields`` and include ``needed``."""
+    if template is None:
+        return
+    fields = tuple(fields)
+    try:
+        used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        fail(f"{option} is not a valid format string ({e}); write a literal brace as {{{{ }}}}")
+    bad = sorted(f or "{}" for f in used if f not in fields)
+    if bad:
+        fail(f"{option}: unknown field(s) {', '.join(bad)}; the fields are {', '.join(fields)}")
+    if needed not in used:
+        fail(f"{option} must contain {{{needed}}} (where the text goes), got {template!r}")
+
+
+#: optional packages, the extra of ``pyproject.toml`` that installs each
+EXTRAS = {
+    "matplotlib": "plot",
+    "PIL": "plot",
+    "cv2": "flow",
+    "transformers": "hf",
+    "diffusers": "video",
+    "imageio": "video",
+}
+
+
+def require_module(module: str, purpose: str) -> None:
+    """Fail with one line, before any work, if ``module`` cannot be imported."""
+    if importlib.util.find_spec(module) is None:
+        extra = EXTRAS.get(module)
+        hint = f"pip install 'longseq[{extra}]'" if extra else f"pip install {module}"
+        fail(f"{purpose} needs {module}, which is not installed: {hint}")
 
 
 def folding_table(title: str, columns: Iterable[str], right: Iterable[str] = ()) -> Table:
@@ -57,6 +133,26 @@ def check_output_file(
         fail(f"{option}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         fail(f"{option}: the folder {parent} is not writable")
+
+
+def check_folder(path: Path, option: str) -> None:
+    """Fail now, creating nothing, if the folder ``path`` could not be made or written
+    later: it is a file, or its nearest existing parent is a file or not writable. (Make it
+    with :func:`make_folder` once every other check has passed, so that a refused command
+    leaves no empty folder behind.)"""
+    if path.exists():
+        if not path.is_dir():
+            fail(f"{option} {path} is a file; give a folder")
+        if not os.access(path, os.W_OK):
+            fail(f"{option}: the folder {path} is not writable")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        fail(f"{option}: cannot create the folder {path} ({parent} is a file)")
+    if not os.access(parent, os.W_OK):
+        fail(f"{option}: cannot create the folder {path} ({parent} is not writable)")
 
 
 def make_folder(path: Path, option: str) -> None:

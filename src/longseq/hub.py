@@ -136,9 +136,11 @@ def load(
     name_or_path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, CheckpointInfo]:
     """Load a shipped checkpoint by name, or a checkpoint directory, in eval mode."""
+    from longseq.models.mamba2 import Mamba2ForCausalLM, checkpoint_layout
+
     name, path, sha = resolve(name_or_path)
     wfile, cfile = path / WEIGHTS, path / CONFIG
-    for f in (wfile, cfile):
+    for f in (cfile,) if sha is None else (wfile, cfile):
         if not f.exists():
             raise CheckpointError(f"checkpoint {name!r}: file {f} is missing")
     if sha is not None and sha256_file(wfile) != sha:
@@ -149,10 +151,11 @@ def load(
         cfg = json.loads(cfile.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"checkpoint {name!r}: {cfile} is not valid JSON ({e})") from e
-    if cfg.get("model_type") == "mamba2":  # transformers layout, loaded into our Mamba-2
-        from longseq.models.mamba2 import Mamba2ForCausalLM
-
-        model = Mamba2ForCausalLM.from_pretrained(path, device)
+    if checkpoint_layout(cfg):  # transformers or mamba_ssm layout, loaded into our Mamba-2
+        try:
+            model = Mamba2ForCausalLM.from_pretrained(path, device)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            raise CheckpointError(f"checkpoint {name!r}: {e}") from e
         return model, CheckpointInfo(name, path, cfg, cfg.get("longseq", {}))
     archs = _architectures()
     arch = cfg.get("architecture")
@@ -161,6 +164,8 @@ def load(
             f"checkpoint {name!r}: unknown architecture {arch!r} (known: {sorted(archs)})"
         )
     model_cls, cfg_cls = archs[arch]
+    if not wfile.exists():
+        raise CheckpointError(f"checkpoint {name!r}: file {wfile} is missing")
     model = model_cls(cfg_cls.from_dict(cfg["model"]))
     try:
         state = load_file(str(wfile))
@@ -206,10 +211,26 @@ class TextCodec:
             return self.tokenizer.encode(text, bos=self.add_bos)
         return list(self.tokenizer.encode(text))
 
-    def decode(self, ids) -> str:
+    def encode_plain(self, text: str) -> list[int]:
+        """The tokens of ``text`` alone, without BOS or other special tokens (pieces of a
+        longer document)."""
         if hasattr(self.tokenizer, "stoi"):
-            return self.tokenizer.decode(ids)
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+            return self.tokenizer.encode(text, bos=False)
+        if hasattr(self.tokenizer, "all_special_ids"):  # a transformers tokenizer
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
+        return list(self.tokenizer.encode(text))
+
+    @property
+    def byte_level(self) -> bool:
+        """Whether the tokens are the UTF-8 bytes of the text."""
+        from longseq.data.text import ByteTokenizer
+
+        return isinstance(self.tokenizer, ByteTokenizer)
+
+    def decode(self, ids) -> str:
+        if hasattr(self.tokenizer, "all_special_ids"):  # a transformers tokenizer
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return self.tokenizer.decode(ids)  # CharTokenizer, ByteTokenizer
 
 
 def _codec(info: CheckpointInfo) -> TextCodec:
@@ -225,29 +246,64 @@ def _codec(info: CheckpointInfo) -> TextCodec:
 
 
 def load_mamba2(
-    name_or_path: str | Path, device: str | torch.device = "cpu"
+    name_or_path: str | Path,
+    device: str | torch.device = "cpu",
+    tokenizer: str | Path | None = None,
 ) -> tuple[torch.nn.Module, TextCodec | None, dict[str, Any]]:
-    """Our Mamba-2 (so the collapse toolkit can change it) from a shipped name or any
-    `transformers` Mamba2 directory; the codec is None when no tokenizer is known."""
+    """Our Mamba-2 (so the collapse toolkit can change it) from a shipped name or a
+    Mamba-2 folder in the `transformers` or the original ``mamba_ssm`` layout (told apart
+    by config.json), with the codec of its tokenizer and the ``"longseq"`` entry of its
+    config (``train_length``, ...).
+
+    The codec reads bytes when the config says the model is byte-level
+    (``"longseq": {"tokenizer": {"type": "byte"}}``, the shipped models); otherwise it is
+    the tokenizer in ``tokenizer`` (a folder) or in the model's folder, and None when
+    neither holds tokenizer files (token-level tools still work)."""
+    from longseq.models.mamba2 import checkpoint_layout
+
     _, path, _ = resolve(name_or_path)
     cfile = path / CONFIG
     if not cfile.exists():
         raise CheckpointError(f"{path} has no config.json")
-    if json.loads(cfile.read_text()).get("model_type") != "mamba2":
-        raise CheckpointError(f"{path} is not a Mamba-2 checkpoint (model_type != 'mamba2')")
-    model, info = load(name_or_path, device)
-    if info.extra.get("tokenizer"):
-        return model, _codec(info), info.extra
     try:
-        from transformers import AutoTokenizer
-
-        return (
-            model,
-            TextCodec(AutoTokenizer.from_pretrained(path, local_files_only=True), add_bos=False),
-            info.extra,
+        raw = json.loads(cfile.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{cfile} is not valid JSON ({e})") from e
+    if checkpoint_layout(raw) is None:
+        kind = raw.get("model_type") or raw.get("architecture")
+        raise CheckpointError(
+            f"{path} is not a Mamba-2 checkpoint: config.json has neither model_type 'mamba2' "
+            f"(transformers layout) nor d_model, n_layer and ssm_cfg (mamba_ssm layout)"
+            + (f"; it describes {kind!r}" if kind else "")
         )
-    except Exception:  # no tokenizer files: token-level tools still work
-        return model, None, info.extra
+    model, info = load(name_or_path, device)
+    if tokenizer is None and info.extra.get("tokenizer"):
+        return model, _codec(info), info.extra
+    tok = folder_tokenizer(Path(tokenizer) if tokenizer is not None else path)
+    if tok is None and tokenizer is not None:
+        raise CheckpointError(
+            f"the tokenizer folder {tokenizer} holds no tokenizer files (none of "
+            f"{', '.join(TOKENIZER_FILES)})"
+        )
+    return model, (TextCodec(tok, add_bos=False) if tok is not None else None), info.extra
+
+
+def folder_tokenizer(path: Path):
+    """The `transformers` tokenizer saved in ``path``, or None when the folder holds no
+    tokenizer files; a folder whose files do not load is an error."""
+    if not path.is_dir() or not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    try:
+        from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    except ImportError as e:
+        raise CheckpointError(f"{path} holds a tokenizer; install transformers to read it") from e
+    try:
+        with quiet_transformers():
+            return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        if (path / "tokenizer.json").is_file():  # e.g. beside a mamba_ssm config
+            return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+        raise CheckpointError(f"cannot load the tokenizer in {path}: {e}") from e
 
 
 #: files one of which a `transformers` model folder holds when it ships its tokenizer

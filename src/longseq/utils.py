@@ -59,6 +59,18 @@ def save_safetensors(
     os.chmod(path, 0o666 & ~umask)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
+
+
+def max_threads() -> int:
+    """The most CPU threads :func:`set_threads` accepts: 4 per usable core, at least 16.
+    (More only wait for each other; torch crashed at 100000 threads and hung at 4096.)"""
+    return max(16, 4 * usable_cores())
+
+
 def default_threads() -> int:
     """CPU threads for torch: the cores this process may use that are not already busy
     (the 1-minute load average), at least 1.
@@ -67,8 +79,7 @@ def default_threads() -> int:
     processes keep cores busy its threads wait for each other, and the small models of this
     package then ran 3x (KL-tracing) to 100x (StreamingT2V chunks) slower than on 1 thread.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    cores = usable_cores()
     try:
         busy = os.getloadavg()[0]
     except (AttributeError, OSError):  # not available on this platform
@@ -81,8 +92,11 @@ def set_threads(threads: int | None = None) -> int:
     ``OMP_NUM_THREADS`` already says how many (then torch's own setting stays). Returns the
     number in force."""
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
+        if not 1 <= threads <= max_threads():
+            raise ValueError(
+                f"threads must be between 1 and {max_threads()} (4 per core, at least "
+                f"16), got {threads}"
+            )
         torch.set_num_threads(threads)
     elif not os.environ.get("OMP_NUM_THREADS"):
         torch.set_num_threads(min(torch.get_num_threads(), default_threads()))
@@ -120,23 +134,76 @@ def progress_columns() -> tuple[ProgressColumn, ...]:
     )
 
 
+def _clock(seconds: float) -> str:
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+#: seconds between two progress lines when the output is not a terminal
+PROGRESS_EVERY = float(os.environ.get("LONGSEQ_PROGRESS_EVERY", "10"))
+
+
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True):
-    """A rich progress bar; yields a callable ``advance(n=1, description=None)`` (a new
-    description replaces the bar's label)."""
+def progress_bar(description: str, total: int, enabled: bool = True, every: float | None = None):
+    """Progress of ``total`` steps; yields a callable ``advance(n=1, description=None)`` (a
+    new description replaces the label).
+
+    In a terminal (or notebook) it is a rich bar. Otherwise (output piped to a log file,
+    CI) it prints a plain line when it starts, then every ``every`` seconds (default
+    :data:`PROGRESS_EVERY`, env ``LONGSEQ_PROGRESS_EVERY``) and at each tenth of the
+    steps (at most one a second), with the steps done, the time elapsed and the time
+    left at the average pace, and once at the end."""
     if not enabled:
         yield lambda n=1, description=None: None
         return
-    with Progress(*progress_columns(), transient=True) as prog:
-        task = prog.add_task(description, total=total)
+    from rich import get_console
 
-        def advance(n: int = 1, description: str | None = None) -> None:
-            if description is None:
-                prog.advance(task, n)
-            else:
-                prog.update(task, advance=n, description=description)
+    console = get_console()
+    if console.is_terminal or console.is_jupyter:
+        with Progress(*progress_columns(), transient=True) as prog:
+            task = prog.add_task(description, total=total)
 
-        yield advance
+            def advance(n: int = 1, description: str | None = None) -> None:
+                if description is None:
+                    prog.advance(task, n)
+                else:
+                    prog.update(task, advance=n, description=description)
+
+            yield advance
+        return
+    import time
+
+    every = PROGRESS_EVERY if every is None else every
+    state = {"done": 0, "label": description, "last": time.perf_counter(), "printed": -1}
+    start = state["last"]
+
+    def line() -> None:
+        done, elapsed = state["done"], time.perf_counter() - start
+        pct = f" ({100 * done / total:.0f}%)" if total else ""
+        left = ""
+        if 0 < done < total:
+            left = f", about {_clock(elapsed / done * (total - done))} left"
+        print(
+            f"{state['label']}: {done}/{total}{pct}, {_clock(elapsed)} elapsed{left}",
+            flush=True,
+        )
+        state["last"], state["printed"] = time.perf_counter(), done
+
+    def advance(n: int = 1, description: str | None = None) -> None:
+        state["done"] += n
+        if description is not None:
+            state["label"] = description
+        since = time.perf_counter() - state["last"]
+        tenth = total and state["done"] * 10 // total != max(state["printed"], 0) * 10 // total
+        if state["done"] != state["printed"] and (
+            since >= every or (tenth and since >= min(1.0, every))
+        ):
+            line()
+
+    line()
+    yield advance
+    if state["done"] != state["printed"]:
+        line()
 
 
 def process_memory_mib() -> dict[str, float]:
@@ -183,22 +250,56 @@ def optimizer_step(
     opt.step()
 
 
+def _rng_state(generator: torch.Generator | None) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
 def save_training_state(
-    path, model: torch.nn.Module, opt: torch.optim.Optimizer, step: int
+    path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    step: int,
+    generator: torch.Generator | None = None,
 ) -> None:
-    """Everything needed to resume: model, optimizer and the step (or epoch) reached."""
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, path)
+    """Everything needed to resume: model, optimizer, the step (or epoch) reached, and the
+    random streams (torch's global one and ``generator``, e.g. the data order's), so that
+    a resumed run draws what an uninterrupted one would have drawn."""
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step}
+    state["rng"] = _rng_state(generator)
+    # written beside, then renamed: an interruption while saving keeps the previous state
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
-def load_training_state(path, model: torch.nn.Module, opt: torch.optim.Optimizer, device) -> int:
-    """Restore a :func:`save_training_state` file if it exists; return the step reached (0)."""
+def load_training_state(
+    path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    device,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Restore a :func:`save_training_state` file if it exists (random streams included,
+    when it has them); return the step reached (0 when there is no file)."""
     from pathlib import Path
 
     if not Path(path).exists():
         return 0
-    st = torch.load(path, map_location=device)
+    st = torch.load(path, map_location=device, weights_only=False)
     model.load_state_dict(st["model"])
     opt.load_state_dict(st["opt"])
+    rng = st.get("rng")
+    if rng is not None:
+        torch.set_rng_state(rng["torch"].cpu())
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        if generator is not None and "generator" in rng:
+            generator.set_state(rng["generator"].cpu())
     return int(st.get("step", st.get("epoch", 0)))
 
 

@@ -63,7 +63,7 @@ def test_cli_on_a_transformers_layout_checkpoint(tmp_path):
         ["collapse", "passkey", "--model", str(tmp_path / "no-length"), "--lengths", "256"]
         + ["--mitigation", "window", "--out", str(tmp_path / "x")],
     )
-    assert res.exit_code == 2 and "needs a value" in res.output
+    assert res.exit_code == 2 and "give --train-length N" in " ".join(res.output.split())
 
 
 def key_reader(correct_up_to: int):
@@ -110,7 +110,9 @@ def test_passkey_names_the_passkey_model_when_the_model_cannot_do_it(tmp_path, m
         (["diagnose", "--out", "/dev/null/x"], "--out: cannot create the folder /dev/null/x"),
         (["loss-curve", "--out", "/dev/null/x"], "--out: cannot create the folder /dev/null/x"),
         (["demo", "--out", "/dev/null/x"], "--out: cannot create the folder /dev/null/x"),
-        (["passkey", "--lengths", "100"], "--lengths must be >= 200 tokens"),
+        (["passkey", "--lengths", "0"], "--lengths must be >= 1 token"),
+        (["loss-curve", "--mitigation", "wind"], "--mitigation: unknown mitigation 'wind'"),
+        (["diagnose", "--text-file", "/nonexistent.txt"], "--text-file: /nonexistent.txt does"),
         (["diagnose", "--prompt", "poem"], "--prompt must be 'text' or 'newline'"),
     ],
 )
@@ -123,6 +125,15 @@ def test_bad_options_fail_in_one_line_before_any_work(args, message, monkeypatch
     assert res.exit_code == 2, res.output
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {message}"), res.output
+
+
+def test_passkey_lengths_below_the_fixed_text_fail_in_one_line(tmp_path):
+    res = run("passkey", "--lengths", "100", "--out", tmp_path / "p")
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: --lengths must be >= 185 tokens (the prompt's fixed text"
+    ), res.output
 
 
 def test_demo_says_what_it_is_doing(tmp_path):
@@ -142,8 +153,7 @@ def test_demo_says_what_it_is_doing(tmp_path):
     }
 
 
-def test_readme_states_losses_in_the_unit_the_cli_prints():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Stuffed Mamba")[1].split("\n## ")[0]
-    assert NLL_UNIT in section
-    assert "nats/byte" not in section
+def test_docs_state_losses_in_the_unit_the_cli_prints():
+    page = (ROOT / "docs" / "collapse.md").read_text()
+    assert NLL_UNIT in page
+    assert "nats/byte" not in page

@@ -172,7 +172,7 @@ def test_passkey_accuracy_scores_each_length_and_depth(monkeypatch):
     res = passkey_accuracy(None, [300, 1000], depths=[0.0, 1.0], trials=3, progress=False)
     assert res.accuracy == [[1.0, 0.0], [0.0, 0.0]]
     assert res.mean_by_length() == [0.5, 0.0] and res.trials == 3
-    with pytest.raises(ValueError, match="200"):
+    with pytest.raises(ValueError, match="185 tokens .the prompt.s fixed text"):
         passkey_accuracy(None, [100])
 
 

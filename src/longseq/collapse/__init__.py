@@ -1,7 +1,13 @@
 """Stuffed Mamba: diagnose and fix Mamba-2 state collapse beyond the training length.
 
+```python
 from longseq.collapse import state_statistics, apply_mitigation, parse_mitigation
-from longseq.collapse import passkey_accuracy, loss_curve
+from longseq.collapse import passkey_accuracy, loss_curve, long_text, text_tokens
+```
+
+Every function that takes a model takes our Mamba-2 (``hub.load_mamba2``) or a
+`transformers` ``Mamba2ForCausalLM``; every one that builds text takes the model's
+``tokenizer`` (None: bytes).
 """
 
 from longseq.collapse.diagnostics import StateTrace, state_statistics
@@ -13,8 +19,14 @@ from longseq.collapse.evaluate import (
     loss_curve,
     passkey_accuracy,
     passkey_calibration,
+    text_tokens,
 )
-from longseq.collapse.mitigations import apply_mitigation, clear_mitigations, parse_mitigation
+from longseq.collapse.mitigations import (
+    apply_mitigation,
+    as_mamba2,
+    clear_mitigations,
+    parse_mitigation,
+)
 from longseq.collapse.streaming import greedy_continue, per_position_nll
 from longseq.models.mamba2 import SSMControl
 
@@ -25,6 +37,7 @@ __all__ = [
     "StateTrace",
     "apply_mitigation",
     "apply_named_mitigation",
+    "as_mamba2",
     "clear_mitigations",
     "greedy_continue",
     "long_text",
@@ -34,4 +47,5 @@ __all__ = [
     "passkey_calibration",
     "per_position_nll",
     "state_statistics",
+    "text_tokens",
 ]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longseq.collapse.mitigations import mixers
+from longseq.collapse.mitigations import as_mamba2, mixers
 from longseq.collapse.streaming import segment_nll, stream_logits
 
 STATE_KEYS = ("norm", "mean", "var", "max_abs", "cos_prev")  # (readings, layers, heads)
@@ -165,6 +165,7 @@ def state_statistics(
     state read is the window's."""
     if segment < 1:
         raise ValueError(f"segment must be >= 1, got {segment}")
+    model = as_mamba2(model)
     ms = mixers(model)
     cfg = model.config
     probes = [_InputStats() for _ in ms]

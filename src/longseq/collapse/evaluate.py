@@ -1,4 +1,9 @@
-"""Passkey retrieval and per-position loss far beyond the training length."""
+"""Passkey retrieval and per-position loss far beyond the training length.
+
+Text reaches the model through its tokenizer: ``tokenizer`` is a
+:class:`longseq.hub.TextCodec`, a `transformers` tokenizer, or None for a byte-level
+model (tokens are UTF-8 bytes, as for the shipped models). Lengths count tokens.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,18 @@ import torch
 from longseq.collapse.diagnostics import state_statistics
 from longseq.collapse.mitigations import (
     apply_mitigation,
+    as_mamba2,
     clear_mitigations,
     mixers,
     parse_mitigation,
 )
 from longseq.collapse.streaming import greedy_continue, segment_nll, stream_logits
-from longseq.data.text import ByteTokenizer, passkey_prompt, stdlib_corpus
+from longseq.data.text import (
+    ByteTokenizer,
+    passkey_fixed_length,
+    passkey_prompt,
+    stdlib_corpus,
+)
 from longseq.models.mamba2 import SSMControl
 from longseq.utils import progress_bar
 
@@ -36,6 +47,31 @@ class PasskeyResult:
         return [float(np.mean(row)) for row in self.accuracy]
 
 
+def encoder(tokenizer=None) -> Callable[[str], list[int]]:
+    """text -> token ids without special tokens: UTF-8 bytes when ``tokenizer`` is None."""
+    if tokenizer is None:
+        return lambda text: list(text.encode("utf-8"))
+    if hasattr(tokenizer, "encode_plain"):  # TextCodec
+        return tokenizer.encode_plain
+    if hasattr(tokenizer, "all_special_ids"):  # a transformers tokenizer
+        return lambda text: list(tokenizer.encode(text, add_special_tokens=False))
+    return lambda text: list(tokenizer.encode(text))
+
+
+def decoder(tokenizer=None) -> Callable[[list[int]], str]:
+    """token ids -> text (special tokens dropped)."""
+    if tokenizer is None:
+        return ByteTokenizer().decode
+    if hasattr(tokenizer, "all_special_ids"):
+        return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+    return tokenizer.decode
+
+
+def passkey_min_length(tokenizer=None) -> int:
+    """The shortest passkey prompt in ``tokenizer``'s tokens (its fixed text)."""
+    return passkey_fixed_length(encoder(tokenizer))
+
+
 def passkey_accuracy(
     model,
     lengths: list[int],
@@ -44,14 +80,21 @@ def passkey_accuracy(
     seed: int = 0,
     progress: bool = True,
     on_length: Callable[[int], object] | None = None,
+    tokenizer=None,
 ) -> PasskeyResult:
-    """Greedy-decode the 5-digit key after prompts of each length and needle depth.
+    """Greedy-decode the 5-digit key after prompts of each length (in tokens) and needle
+    depth. The prompts are built in ``tokenizer``'s tokens (None: bytes); the model
+    generates as many tokens as the answer " KEY." takes in them and is right when the
+    text they decode to holds the key.
 
     ``on_length(length)`` is called before the prompts of each length (to set a
     mitigation that depends on it); the prompts do not depend on it."""
-    if not lengths or min(lengths) < 200:
-        raise ValueError(f"lengths must be >= 200 bytes (the prompt's fixed text), got {lengths}")
-    tok = ByteTokenizer()
+    encode, decode = encoder(tokenizer), decoder(tokenizer)
+    least = passkey_fixed_length(encode)
+    if not lengths or min(lengths) < least:
+        raise ValueError(
+            f"lengths must be >= {least} tokens (the prompt's fixed text), got {list(lengths)}"
+        )
     rng = np.random.default_rng(seed)
     acc = []
     with progress_bar("passkey", len(lengths) * len(depths) * trials, progress) as advance:
@@ -62,30 +105,57 @@ def passkey_accuracy(
             for depth in depths:
                 ok = 0
                 for _ in range(trials):
-                    s = passkey_prompt(length, depth, rng)
-                    ok += s.key in tok.decode(greedy_continue(model, s.ids, 7))
+                    s = passkey_prompt(length, depth, rng, encode)
+                    answer = len(encode(f" {s.key}."))
+                    ok += s.key in decode(greedy_continue(model, s.ids, answer))
                     advance()
                 row.append(ok / trials)
             acc.append(row)
     return PasskeyResult(list(lengths), list(depths), acc, trials)
 
 
-def passkey_calibration(length: int, n: int = 32, seed: int = 12345) -> list[torch.Tensor]:
-    """``n`` passkey prompts of ``length`` bytes at random depths, with their own keys
+def passkey_calibration(
+    length: int, n: int = 32, seed: int = 12345, tokenizer=None
+) -> list[torch.Tensor]:
+    """``n`` passkey prompts of ``length`` tokens at random depths, with their own keys
     (another seed than `passkey_accuracy`'s prompts): inputs to calibrate state bounds on."""
     rng = np.random.default_rng(seed)
-    return [passkey_prompt(length, float(rng.uniform()), rng).ids for _ in range(n)]
+    encode = encoder(tokenizer)
+    return [passkey_prompt(length, float(rng.uniform()), rng, encode).ids for _ in range(n)]
 
 
-def long_text(length: int, prompt: str = "text") -> torch.Tensor:
-    """``length`` bytes of held-out stdlib source, or of "\\n" repeated (``prompt="newline"``)."""
-    if prompt == "newline":
-        return torch.full((length,), ord("\n"), dtype=torch.long)
-    if prompt != "text":
+def long_text(length: int, prompt: str = "text", tokenizer=None) -> torch.Tensor:
+    """``length`` tokens of held-out stdlib source (``prompt="text"``), or of "\\n"
+    repeated (``prompt="newline"``), in ``tokenizer``'s tokens (None: bytes)."""
+    if prompt not in ("text", "newline"):
         raise ValueError(f"prompt must be 'text' or 'newline', got {prompt!r}")
+    if prompt == "newline":
+        return text_tokens("\n", length, tokenizer)
     corpus = stdlib_corpus("val")
-    reps = math.ceil(length / len(corpus))
-    return torch.from_numpy(np.tile(corpus, reps)[:length].astype(np.int64))
+    if tokenizer is None or getattr(tokenizer, "byte_level", False):
+        reps = math.ceil(length / len(corpus))
+        return torch.from_numpy(np.tile(corpus, reps)[:length].astype(np.int64))
+    return text_tokens(corpus.tobytes().decode("utf-8", errors="replace"), length, tokenizer)
+
+
+def text_tokens(text: str, length: int, tokenizer=None, piece: int = 1 << 16) -> torch.Tensor:
+    """The first ``length`` tokens of ``text`` in ``tokenizer``'s tokens (None: bytes),
+    the text repeated when it is shorter. A long text is encoded piece by piece (cut at
+    line ends), only as far as needed."""
+    encode = encoder(tokenizer)
+    ids: list[int] = []
+    start = 0
+    while start < len(text) and len(ids) < length:
+        end = min(len(text), start + piece)
+        if end < len(text):  # cut after the last line end in the piece, if any
+            end = text.rfind("\n", start, end) + 1 or end
+        ids += encode(text[start:end])
+        start = end
+    if not ids:
+        raise ValueError("the text encodes to no tokens")
+    if len(ids) < length:
+        ids = ids * math.ceil(length / len(ids))
+    return torch.tensor(ids[:length], dtype=torch.long)
 
 
 @dataclass
@@ -93,7 +163,7 @@ class LossCurve:
     """Mean NLL of the positions in log-spaced bins [edges[i], edges[i + 1]), and how
     many tokens each bin holds."""
 
-    train_length: int
+    train_length: int | None  # None when not known
     edges: list[int]  # log-spaced position bins
     mean_nll: list[float]  # per bin
     counts: list[int]  # tokens per bin
@@ -131,13 +201,14 @@ def log_bins(n: int, bins_per_octave: int = 4) -> list[int]:
 def loss_curve(
     model,
     ids: torch.Tensor,
-    train_length: int,
+    train_length: int | None = None,
     bins_per_octave: int = 4,
     segment: int = 1024,
     progress: bool = False,
 ) -> LossCurve:
     """Per-position NLL of ``ids`` averaged in log-spaced bins, binned while streaming:
-    memory does not grow with the length."""
+    memory does not grow with the length. ``train_length`` (if known) is recorded with
+    the curve, for plots and tables."""
     ids = ids.reshape(-1)
     n = len(ids) - 1
     if n < 1:
@@ -164,15 +235,20 @@ def calibrated_controls(
     every: int = 16,
     per_head: bool = True,
     read_length: int | None = None,
+    tokenizer=None,
 ) -> list:
     """Per-layer mitigations set from the model itself: ``window`` = the training
     length; ``norm`` = each head's (``per_head=False``: each layer's) largest state norm
     at any position (read every ``every`` tokens) within the first ``train_length``
-    tokens of each calibration input (default: held-out text), since the state never
+    tokens of each calibration input (default: held-out text in ``tokenizer``'s tokens,
+    None: bytes), since the state never
     needs to be larger than it is inside the training length; ``dt`` = Delta-t scaled by
     train_length / read_length, which stretches the decays seen in training over the
     whole input (the LongMamba-style baseline)."""
+    model = as_mamba2(model)
     n_layers = len(mixers(model))
+    if not train_length or train_length < 1:
+        raise ValueError(f"train_length must be a number of tokens >= 1, got {train_length!r}")
     if kind == "window":
         return [SSMControl(window=train_length)] * n_layers
     if kind == "dt":
@@ -182,7 +258,7 @@ def calibrated_controls(
     if kind != "norm":
         raise ValueError(f"kind must be 'norm', 'window' or 'dt', got {kind!r}")
     if calibration_ids is None:
-        calibration_ids = [long_text(train_length)]
+        calibration_ids = [long_text(train_length, tokenizer=tokenizer)]
     elif isinstance(calibration_ids, torch.Tensor):
         calibration_ids = [calibration_ids]
     if not calibration_ids or min(len(ids) for ids in calibration_ids) < 1:
@@ -200,6 +276,14 @@ def calibrated_controls(
 
 #: named mitigations calibrated from the model (see `apply_named_mitigation`)
 CALIBRATED = ("norm", "norm:head", "norm:layer", "window", "dt")
+#: how to give each of them without a training length
+NEEDS_VALUE = {
+    "norm": "norm:BOUND",
+    "norm:head": "norm:BOUND",
+    "norm:layer": "norm:BOUND",
+    "window": "window:TOKENS",
+    "dt": "dt:SCALE",
+}
 
 
 def apply_named_mitigation(
@@ -208,17 +292,20 @@ def apply_named_mitigation(
     train_length: int | None = None,
     calibration_ids: torch.Tensor | Sequence[torch.Tensor] | None = None,
     read_length: int | None = None,
+    tokenizer=None,
 ) -> torch.nn.Module:
     """Clear the model's mitigations, then apply ``spec``: anything `parse_mitigation`
     reads, or one calibrated per layer from the model at ``train_length`` (see
     `calibrated_controls`): ``norm`` (= ``norm:head``, bounds per head), ``norm:layer``
     (one bound per layer), ``window`` (r = train_length) or ``dt`` (Delta-t scaled by
-    train_length / read_length)."""
+    train_length / read_length). Returns the model to run (see `apply_mitigation`)."""
+    model = as_mamba2(model)
     clear_mitigations(model)
     if spec in CALIBRATED:
         if not train_length:
             raise ValueError(
-                f"mitigation {spec!r} needs a value: no training length to calibrate it from"
+                f"mitigation {spec!r} needs the model's training length: pass "
+                f"train_length=N, or give its value ({NEEDS_VALUE[spec]})"
             )
         kind = spec.partition(":")[0]
         controls = calibrated_controls(
@@ -228,6 +315,7 @@ def apply_named_mitigation(
             calibration_ids,
             per_head=spec != "norm:layer",
             read_length=read_length,
+            tokenizer=tokenizer,
         )
         for layer, ctl in enumerate(controls):
             apply_mitigation(model, ctl, [layer])

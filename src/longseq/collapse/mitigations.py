@@ -5,38 +5,67 @@ apply_mitigation(model, parse_mitigation("forget:0.9999,0.75"))   # every layer
 apply_mitigation(model, SSMControl(window=256), layers=[0, 1])
 apply_mitigation(model, SSMControl(dt_scale=0.5, b_clip=1.0), layers=[3])
 clear_mitigations(model)
+
+A `transformers` ``Mamba2ForCausalLM`` is accepted wherever a model is: the toolkit runs
+our Mamba-2 over its parameters (the same tensors, see `as_mamba2`); the mitigated model
+is the one returned (the transformers object's own forward is unchanged).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 import torch
 
-from longseq.models.mamba2 import Mamba2Mixer, SSMControl
+from longseq.models.mamba2 import Mamba2ForCausalLM, Mamba2Mixer, SSMControl
 
 #: paper values for "forget more, remember less" (lambda_alpha on the decay, lambda_B on B)
 PAPER_DECAY_SCALE, PAPER_B_SCALE = 0.9999, 0.75
 
 
+#: transformers model -> our Mamba-2 over its parameters (one per model, so that a
+#: mitigation set through one call is seen by the next)
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def as_mamba2(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` itself, or for a `transformers` ``Mamba2ForCausalLM`` our Mamba-2 over
+    its parameters (built once per model, without copying a weight)."""
+    if isinstance(model, Mamba2ForCausalLM):
+        return model
+    if getattr(getattr(model, "config", None), "model_type", None) != "mamba2":
+        return model
+    view = _VIEWS.get(model)
+    if view is None:
+        view = _VIEWS[model] = Mamba2ForCausalLM.from_transformers(model)
+    return view
+
+
 def mixers(model: torch.nn.Module) -> list[Mamba2Mixer]:
-    found = [m for m in model.modules() if isinstance(m, Mamba2Mixer)]
+    found = [m for m in as_mamba2(model).modules() if isinstance(m, Mamba2Mixer)]
     if not found:
-        raise TypeError(f"{type(model).__name__} has no Mamba-2 mixers to change")
+        kind = getattr(getattr(model, "config", None), "model_type", None)
+        raise TypeError(
+            f"{type(model).__name__}{f' (model_type {kind!r})' if kind else ''} has no "
+            "Mamba-2 mixers to change: pass longseq's or transformers' Mamba2ForCausalLM"
+        )
     return found
 
 
 def apply_mitigation(
     model: torch.nn.Module, control: SSMControl | None, layers: Iterable[int] | None = None
 ) -> torch.nn.Module:
-    """Set ``control`` on the mixers of ``layers`` (all when None); None clears them."""
+    """Set ``control`` on the mixers of ``layers`` (all when None); None clears them.
+    Returns the model to run: ``model``, or for a `transformers` Mamba-2 our Mamba-2
+    over its weights (see `as_mamba2`)."""
     ms = mixers(model)
     idx = range(len(ms)) if layers is None else list(layers)
     for i in idx:
         if not 0 <= i < len(ms):
             raise ValueError(f"layer {i} out of range: the model has {len(ms)} Mamba-2 layers")
         ms[i].control = control
-    return model
+    return as_mamba2(model)
 
 
 def clear_mitigations(model: torch.nn.Module) -> torch.nn.Module:

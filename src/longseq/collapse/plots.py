@@ -24,8 +24,9 @@ def plot_loss_curves(curves: dict[str, LossCurve], path: str | Path, title: str 
         mids = [(a + b) / 2 for a, b in zip(c.edges[:-1], c.edges[1:], strict=True)]
         ax.plot(mids, c.mean_nll, label=name)
     t = next(iter(curves.values())).train_length
-    ax.axvline(t, color="grey", ls="--", lw=1)
-    ax.text(t, ax.get_ylim()[1], " training length", va="top", fontsize=8, color="grey")
+    if t:
+        ax.axvline(t, color="grey", ls="--", lw=1)
+        ax.text(t, ax.get_ylim()[1], " training length", va="top", fontsize=8, color="grey")
     ax.set_xscale("log")
     ax.set_xlabel("position (tokens)")
     ax.set_ylabel("NLL (nats / token)")

@@ -12,7 +12,22 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from longseq.collapse.mitigations import as_mamba2
 from longseq.lm import model_device
+
+
+def check_vocabulary(model, ids: torch.Tensor) -> None:
+    """A one-line ValueError when a token id is outside the model's vocabulary."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is None or not len(ids):
+        return
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"token id {bad} is outside the model's vocabulary (ids 0 to {vocab - 1}): "
+            "encode the text with the model's own tokenizer"
+        )
 
 
 @torch.no_grad()
@@ -21,6 +36,8 @@ def stream_logits(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield (start, logits of ids[start : start + segment]) for consecutive segments of a
     1-d token tensor; ``on_segment(start, cache)`` is called after each one."""
+    model = as_mamba2(model)
+    check_vocabulary(model, ids)
     model.eval()
     ids = ids.to(model_device(model)).reshape(-1)
     cache = None
@@ -52,6 +69,7 @@ def segment_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def greedy_continue(model, ids: torch.Tensor, n: int, segment: int = 4096) -> list[int]:
     """Greedy decoding of ``n`` tokens after a 1-d prompt: the prompt is streamed in
     segments, then each new token is one recurrent step."""
+    model = as_mamba2(model)
     device = model_device(model)
     held: dict = {}
     for _, seg_logits in stream_logits(model, ids, segment, lambda _, c: held.update(cache=c)):

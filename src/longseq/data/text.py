@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,22 +84,39 @@ class PasskeySample:
     depth: float
 
 
-def passkey_prompt(length: int, depth: float, rng: np.random.Generator) -> PasskeySample:
-    """A passkey prompt of about ``length`` bytes with the needle at ``depth`` in [0, 1]."""
+def passkey_prompt(
+    length: int,
+    depth: float,
+    rng: np.random.Generator,
+    encode: Callable[[str], list[int]] | None = None,
+) -> PasskeySample:
+    """A passkey prompt of about ``length`` tokens with the needle at ``depth`` in [0, 1].
+
+    ``encode`` (text -> token ids, no special tokens) builds it in a tokenizer's tokens:
+    the prefix, filler, needle and question are encoded once each and the filler repeated
+    as tokens, so the length is counted in tokens; the default is UTF-8 bytes."""
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
+    encode = encode or _utf8
     key = "".join(str(d) for d in rng.integers(0, 10, 5))
-    fixed = len(PASSKEY_PREFIX) + len(needle(key)) + len(PASSKEY_SUFFIX)
-    n_fill = max(0, (length - fixed) // len(PASSKEY_FILLER))
-    before = round(n_fill * depth)
-    text = (
-        PASSKEY_PREFIX
-        + PASSKEY_FILLER * before
-        + needle(key)
-        + PASSKEY_FILLER * (n_fill - before)
-        + PASSKEY_SUFFIX
+    prefix, filler, need, suffix = (
+        encode(t) for t in (PASSKEY_PREFIX, PASSKEY_FILLER, needle(key), PASSKEY_SUFFIX)
     )
-    return PasskeySample(torch.tensor(list(text.encode()), dtype=torch.long), key, depth)
+    fixed = len(prefix) + len(need) + len(suffix)
+    n_fill = max(0, (length - fixed) // len(filler))
+    before = round(n_fill * depth)
+    ids = prefix + filler * before + need + filler * (n_fill - before) + suffix
+    return PasskeySample(torch.tensor(ids, dtype=torch.long), key, depth)
+
+
+def passkey_fixed_length(encode: Callable[[str], list[int]] | None = None) -> int:
+    """Tokens of a passkey prompt without filler (its shortest length)."""
+    encode = encode or _utf8
+    return sum(len(encode(t)) for t in (PASSKEY_PREFIX, needle("00000"), PASSKEY_SUFFIX))
+
+
+def _utf8(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
 
 
 def passkey_training_text(length: int, rng: np.random.Generator) -> bytes:

@@ -12,11 +12,13 @@ from rich.table import Table
 from longseq import hub
 from longseq.cliutils import (
     App,
+    check_folder,
     check_output_file,
     console,
     fail,
     folding_table,
     make_folder,
+    require_module,
     write_text,
 )
 from longseq.kltrace.tracing import DEFAULT_MODEL
@@ -49,9 +51,8 @@ def _load_tracer(model: str, device: str | None, masks: int | None, scales: str 
 
 
 def _output_folder(out: Path) -> None:
-    """Make the output folder before any tracing, or fail with one line."""
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file; give a folder")
+    """Make the output folder (checked with :func:`check_folder` before the model was
+    loaded) before any tracing, or fail with one line."""
     make_folder(out, "--out")
 
 
@@ -94,16 +95,19 @@ def kltrace_flow(
     from longseq.media import read_image
     from longseq.utils import progress_bar
 
+    require_module("matplotlib", "kltrace flow (it draws flow.png)")
+    check_folder(out, "--out")
+    parsed = _parse_points(points) if points is not None else None
     try:
         f0, f1 = read_image(frame0), read_image(frame1)
     except (FileNotFoundError, ValueError, ImportError) as e:
         fail(str(e))
     if f0.shape != f1.shape:
         fail(f"the frames differ in size: {f0.shape[:2]} vs {f1.shape[:2]}")
-    _output_folder(out)
     net, cfg = _load_tracer(model, device, masks, scales)
     h, w = f0.shape[:2]
-    pts = np.array(_parse_points(points) if points else _grid_points(h, w, grid), dtype=np.float32)
+    pts = np.array(parsed if parsed is not None else _grid_points(h, w, grid), dtype=np.float32)
+    _output_folder(out)
     try:
         n_jobs = len(pts) * jobs_per_point((h, w), cfg, net.image_size)
         with progress_bar("KL-tracing", n_jobs) as advance:
@@ -181,6 +185,7 @@ def kltrace_bench(
     from longseq.kltrace import evaluate_methods, synthetic_set
 
     check_output_file(json_out, "--json")
+    require_module("cv2", "kltrace bench (the Farneback and DIS baselines)")
     net, cfg = _load_tracer(model, device, masks, scales)
     data = synthetic_set(clips, "test", size=size, n_frames=frames, n_points=points)
     try:
@@ -196,7 +201,7 @@ def kltrace_bench(
 def kltrace_demo(
     model: str = typer.Option(DEFAULT_MODEL, help="shipped checkpoint name or directory"),
     out: Path = typer.Option(Path("kltrace-demo")),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, min=0, help="seed of the held-out clip"),
     device: str = typer.Option(None),
 ) -> None:
     """Trace a grid of points through a held-out clip with the shipped model; compare
@@ -208,9 +213,12 @@ def kltrace_demo(
     from longseq.media import write_image
     from longseq.utils import progress_bar
 
-    _output_folder(out)
+    require_module("matplotlib", "kltrace demo (it draws flow.png)")
+    require_module("cv2", "kltrace demo (the DIS baseline)")
+    check_folder(out, "--out")
     net, cfg = _load_tracer(model, device, None, None)
     world = sample_world(seed, 64, 2, split="test")
+    _output_folder(out)
     video = world.render()
     pts = np.array(_grid_points(64, 64, 8), dtype=np.float32)
     gt, gt_occ = world.track(pts)

@@ -135,6 +135,65 @@ class Mamba2Config(ConfigDict):
             )
         return cfg
 
+    @classmethod
+    def from_mamba_ssm(cls, ms: dict) -> Mamba2Config:
+        """Read the config of an original ``mamba_ssm`` checkpoint (``MambaConfig``:
+        d_model, n_layer, vocab_size, ssm_cfg, ...; the layout of the public
+        state-spaces/mamba2-* models). The vocabulary is padded up to a multiple of
+        ``pad_vocab_size_multiple``, as ``mamba_ssm`` does. Anything this Mamba-2 cannot
+        run raises a ValueError naming the field."""
+        ssm = dict(ms.get("ssm_cfg") or {})
+        layer = ssm.get("layer", "Mamba1")  # mamba_ssm's default when absent
+        if layer != "Mamba2":
+            raise ValueError(
+                f"ssm_cfg.layer is {layer!r}{'' if 'layer' in ssm else ' (the default)'}: "
+                "only 'Mamba2' layers are supported"
+            )
+        unsupported = {
+            "d_intermediate": (ms.get("d_intermediate", 0), 0, "blocks with an MLP"),
+            "attn_layer_idx": (list(ms.get("attn_layer_idx") or []), [], "attention layers"),
+            "rms_norm": (ms.get("rms_norm", True), True, "LayerNorm blocks"),
+            "ssm_cfg.D_has_hdim": (ssm.get("D_has_hdim", False), False, "a D per channel"),
+            "ssm_cfg.rmsnorm": (ssm.get("rmsnorm", True), True, "no gated RMSNorm"),
+            "ssm_cfg.norm_before_gate": (
+                ssm.get("norm_before_gate", False),
+                False,
+                "the norm before the gate",
+            ),
+        }
+        for name, (value, wanted, what) in unsupported.items():
+            if value != wanted:
+                raise ValueError(f"{name}={value!r} ({what}) is not supported, only {wanted!r}")
+        vocab = int(ms["vocab_size"])
+        multiple = int(ms.get("pad_vocab_size_multiple", 8) or 1)
+        vocab += (-vocab) % multiple
+        kw = dict(
+            vocab_size=vocab,
+            d_model=int(ms["d_model"]),
+            n_layer=int(ms["n_layer"]),
+            d_state=ssm.get("d_state", 128),
+            headdim=ssm.get("headdim", 64),
+            expand=ssm.get("expand", 2),
+            ngroups=ssm.get("ngroups", 1),
+            d_conv=ssm.get("d_conv", 4),
+            chunk_size=ssm.get("chunk_size", 256),
+            conv_bias=ssm.get("conv_bias", True),
+            bias=ssm.get("bias", False),
+            dt_min=ssm.get("dt_min", 0.001),
+            dt_max=ssm.get("dt_max", 0.1),
+            dt_init_floor=ssm.get("dt_init_floor", 1e-4),
+            dt_limit=tuple(_json_float(v) for v in ssm.get("dt_limit", (0.0, float("inf")))),
+            tie_embeddings=ms.get("tie_embeddings", True),
+            residual_in_fp32=ms.get("residual_in_fp32", True),
+        )
+        d_ssm = ssm.get("d_ssm")
+        if d_ssm is not None and d_ssm != kw["expand"] * kw["d_model"]:
+            raise ValueError(
+                f"ssm_cfg.d_ssm={d_ssm} (part of the inner width as a gated MLP) is not "
+                f"supported, only expand * d_model = {kw['expand'] * kw['d_model']}"
+            )
+        return cls(**kw)
+
     def to_hf(self) -> dict:
         d = {theirs: getattr(self, ours) for theirs, ours in self._HF.items()}
         d["time_step_limit"] = [
@@ -884,27 +943,28 @@ class Mamba2ForCausalLM(nn.Module):
     def from_pretrained(
         cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ) -> Mamba2ForCausalLM:
-        """Load a directory written by `transformers`' ``Mamba2ForCausalLM.save_pretrained``
-        (config.json + model.safetensors, or a sharded safetensors index)."""
-        from safetensors.torch import load_file
-
+        """Load a Mamba-2 checkpoint directory in either layout, told apart by its
+        config.json: the `transformers` one (``model_type: "mamba2"``, written by
+        ``Mamba2ForCausalLM.save_pretrained``) or the original ``mamba_ssm`` one
+        (``d_model``, ``n_layer``, ``ssm_cfg``, ...). Weights: model.safetensors, a
+        sharded safetensors index, or pytorch_model.bin."""
         path = Path(path)
         cfile = path / "config.json"
         if not cfile.exists():
-            raise FileNotFoundError(f"{cfile} not found: not a transformers checkpoint directory")
-        hf = json.loads(cfile.read_text())
-        if hf.get("model_type") != "mamba2":
-            raise ValueError(f"{cfile} has model_type={hf.get('model_type')!r}, not 'mamba2'")
-        cfg = Mamba2Config.from_hf(hf)
-        if (path / "model.safetensors").exists():
-            state = load_file(str(path / "model.safetensors"))
-        elif (path / "model.safetensors.index.json").exists():
-            index = json.loads((path / "model.safetensors.index.json").read_text())
-            state = {}
-            for shard in sorted(set(index["weight_map"].values())):
-                state.update(load_file(str(path / shard)))
-        else:
-            raise FileNotFoundError(f"no model.safetensors (or index) in {path}")
+            raise FileNotFoundError(f"{cfile} not found: not a Mamba-2 checkpoint directory")
+        raw = json.loads(cfile.read_text())
+        layout = checkpoint_layout(raw)
+        if layout is None:
+            raise ValueError(
+                f"{cfile} is not a Mamba-2 config: it has model_type={raw.get('model_type')!r} "
+                "(transformers layout: 'mamba2') and no d_model/n_layer/ssm_cfg (mamba_ssm layout)"
+            )
+        cfg = (
+            Mamba2Config.from_hf(raw)
+            if layout == "transformers"
+            else Mamba2Config.from_mamba_ssm(raw)
+        )
+        state = _read_weights(path)
         state = {k.replace("embedding.", "embeddings."): v for k, v in state.items()}
         model = cls(cfg)
         expected = set(model.state_dict())
@@ -919,10 +979,43 @@ class Mamba2ForCausalLM(nn.Module):
                 f"{' ...' if len(missing) > 8 else ''}, unexpected keys {unexpected[:8]}"
                 f"{' ...' if len(unexpected) > 8 else ''}"
             )
+        own = model.state_dict()
+        for k, v in state.items():
+            if v.shape != own[k].shape:
+                raise ValueError(
+                    f"checkpoint {path}: {k} has shape {tuple(v.shape)}, the config gives "
+                    f"{tuple(own[k].shape)}"
+                )
         model.load_state_dict(state, strict=False)
         if dtype is not None:
             model = model.to(dtype)
         return model.to(device).eval()
+
+    @classmethod
+    def from_transformers(cls, model: nn.Module) -> Mamba2ForCausalLM:
+        """Our Mamba-2 over the parameters of a `transformers` ``Mamba2ForCausalLM``: the
+        same tensors, not copies (no memory is added, and a change to either model's
+        weights is seen by both), so the collapse toolkit can change its SSM."""
+        hf_cfg = getattr(model, "config", None)
+        model_type = getattr(hf_cfg, "model_type", None)
+        if model_type != "mamba2" or not hasattr(model, "lm_head"):
+            raise TypeError(
+                f"{type(model).__name__} (model_type {model_type!r}) is not a transformers "
+                "Mamba2ForCausalLM"
+            )
+        cfg = Mamba2Config.from_hf(hf_cfg.to_dict())
+        with torch.device("meta"):
+            ours = cls(cfg)
+        theirs = dict(model.named_parameters(remove_duplicate=False))
+        for name, mine in list(ours.named_parameters(remove_duplicate=False)):
+            if name not in theirs or theirs[name].shape != mine.shape:
+                raise TypeError(
+                    f"{type(model).__name__} does not match its config: parameter {name} "
+                    f"{'is missing' if name not in theirs else 'has another shape'}"
+                )
+            owner, _, leaf = name.rpartition(".")
+            ours.get_submodule(owner)._parameters[leaf] = theirs[name]
+        return ours.train(model.training)
 
     def save_pretrained(self, path: str | Path, extra: dict | None = None) -> Path:
         """Write config.json (the `transformers` Mamba2Config layout, plus ``extra`` under
@@ -940,3 +1033,32 @@ class Mamba2ForCausalLM(nn.Module):
             hf["longseq"] = extra
         (path / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
         return path
+
+
+def checkpoint_layout(config: dict) -> str | None:
+    """``"transformers"``, ``"mamba_ssm"`` or None (not a Mamba-2 config) for the
+    contents of a checkpoint's config.json."""
+    if config.get("model_type") == "mamba2":
+        return "transformers"
+    ours_or_other = "model_type" in config or "architecture" in config
+    mamba_ssm = "ssm_cfg" in config or {"d_model", "n_layer", "vocab_size"} <= set(config)
+    return "mamba_ssm" if mamba_ssm and not ours_or_other else None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if (path / "model.safetensors").exists():
+        return load_file(str(path / "model.safetensors"))
+    if (path / "model.safetensors.index.json").exists():
+        index = json.loads((path / "model.safetensors.index.json").read_text())
+        state = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            state.update(load_file(str(path / shard)))
+        return state
+    if (path / "pytorch_model.bin").exists():
+        return torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"no weights in {path}: none of model.safetensors, model.safetensors.index.json, "
+        "pytorch_model.bin"
+    )

@@ -1,5 +1,6 @@
 """Power-SMC: sequence-level power sampling p(y | x)^alpha for any causal LM.
 
+```python
 from longseq.power import power_smc
 out = power_smc(model, input_ids, alpha=4.0, n_particles=16, max_new_tokens=256)
 out = power_smc(model, [ids_a, ids_b], ...)  # a batch of prompts of any lengths
@@ -9,6 +10,7 @@ seqs = model.generate(**enc, custom_generate=longseq.power.generate, alpha=4.0)
 
 from longseq.power import SamplerConfig, evaluate, load_problems
 summary = evaluate(model, tokenizer, load_problems("problems.jsonl"), SamplerConfig("smc"))
+```
 """
 
 from longseq.power import exact

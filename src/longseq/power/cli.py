@@ -9,7 +9,30 @@ import typer
 from rich.table import Table
 
 from longseq import hub, lm
-from longseq.cliutils import App, check_output_file, console, fail, write_text
+from longseq.cliutils import (
+    App,
+    check_number,
+    check_output_file,
+    check_template,
+    check_unique,
+    console,
+    fail,
+    write_text,
+)
+
+
+def _check_decoding(alpha, top_p, max_time, stop, min_new_tokens, max_new_tokens) -> None:
+    """The decoding options power sample and power eval share, checked before any work."""
+    check_number(alpha, "--alpha", 0, low_open=True)
+    check_number(top_p, "--top-p", 0, 1, low_open=True)
+    check_number(max_time, "--max-time", 0, low_open=True)
+    if stop and any(s == "" for s in stop):
+        fail("--stop is empty: an empty stop string would stop before the first token")
+    if max_new_tokens is not None and min_new_tokens > max_new_tokens:
+        fail(
+            f"--min-new-tokens ({min_new_tokens}) is more than --max-new-tokens ({max_new_tokens})"
+        )
+
 
 app = App(
     help="Power-SMC: sample p(y|x)^alpha with sequential Monte Carlo.",
@@ -53,8 +76,7 @@ def power_demo(
     from longseq.power.demo import evaluate_methods
     from longseq.utils import default_device
 
-    if alpha <= 0:
-        fail(f"--alpha must be > 0, got {alpha}")
+    check_number(alpha, "--alpha", 0, low_open=True)
     check_output_file(json_out, "--json")
     try:
         dev = default_device(device)
@@ -71,6 +93,14 @@ def power_demo(
         f"[cyan]{probs[0].prompt}[/] (answer {probs[0].answer}); model {model}, "
         f"alpha={alpha:g}, device {dev}"
     )
+    if problems > 1000:
+        console.print(
+            f"[yellow]note:[/] {problems:,} problems: SMC and best-of-N decode "
+            f"{problems * particles:,} sequences in one batch, and MH runs {problems:,} chains "
+            "one after the other; the time and memory grow in proportion (48 problems take "
+            "seconds); the progress lines below give the time left after each method",
+            soft_wrap=True,
+        )
     res = evaluate_methods(
         lm_model,
         tok,
@@ -150,12 +180,18 @@ def power_sample(
         fail(f"--method must be one of smc, temp, best-of-n, mh; got {method!r}")
     if not prompt:
         fail("PROMPT is empty: give the text to continue, e.g. '47+85+23='")
+    _check_decoding(alpha, top_p, max_time, stop, min_new_tokens, max_new_tokens)
     try:
         lm_model, codec, _ = load_model(model, device, dtype)
         ids = torch.tensor(encode_prompt(prompt, codec, chat)[0], dtype=torch.long)
         if max_new_tokens is None:
             ctx = lm.context_length(lm_model)
             max_new_tokens = 256 if ctx is None else max(1, min(256, ctx - len(ids)))
+        if min_new_tokens > max_new_tokens:
+            raise ValueError(
+                f"--min-new-tokens ({min_new_tokens}) is more than the {max_new_tokens} new "
+                "tokens this model's context leaves"
+            )
         kw = dict(
             max_new_tokens=max_new_tokens,
             eos_token_id=eos_ids(lm_model, codec) or None,
@@ -285,10 +321,15 @@ def power_eval(
     bad = [m for m in method if m not in METHODS]
     if bad:
         fail(f"--method must be among {', '.join(METHODS)}; got {', '.join(bad)}")
+    check_unique(method, "--method")
     if dtype not in DTYPES:
         fail(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        fail(f"--top-p must be in (0, 1], got {top_p}")
+    _check_decoding(alpha, top_p, max_time, stop, min_new_tokens, max_new_tokens)
+    check_number(kappa, "--kappa", 0, 1)
+    check_number(code_timeout, "--code-timeout", 0, low_open=True)
+    check_template(template, "--template", ("problem", "instruction"), "problem")
+    if split is not None and not Path(data).is_dir():
+        fail(f"--split chooses a split of a datasets folder; {data} is not a folder")
     try:
         problems = load_problems(data, kind=kind, limit=limit, split=split)
         if any(p.kind == "math" for p in problems):

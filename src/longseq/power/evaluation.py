@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from rich import get_console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from longseq import lm
@@ -32,8 +30,20 @@ from longseq.power.baselines import best_of_n, mh_power_sample, sample
 from longseq.power.graders import grade
 from longseq.power.problems import Problem, build_prompt
 from longseq.power.smc import ContextClampWarning, power_smc
+from longseq.utils import progress_bar
 
 METHODS = ("temp-1", "temp-alpha", "best-of-n", "mh", "smc")
+
+#: the settings every method reads, and those each method reads besides
+_COMMON = ("method", "max_new_tokens", "min_new_tokens", "top_k", "top_p", "stop_strings")
+_COMMON += ("max_time", "seed")
+_OWN = {
+    "temp-1": (),
+    "temp-alpha": ("alpha",),
+    "best-of-n": ("n_particles",),
+    "mh": ("alpha", "mh_blocks", "mh_steps"),
+    "smc": ("alpha", "n_particles", "block_size", "ramp_tokens", "kappa"),
+}
 
 
 @dataclass
@@ -64,6 +74,25 @@ class SamplerConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {self.method!r}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0, got {self.alpha}")
+        if not 0 <= self.kappa <= 1:
+            raise ValueError(f"kappa must be in [0, 1], got {self.kappa}")
+        if self.max_time is not None and not (math.isfinite(self.max_time) and self.max_time > 0):
+            raise ValueError(f"max_time must be a number of seconds > 0, got {self.max_time}")
+        if any(not s for s in self.stop_strings):
+            raise ValueError("stop_strings holds an empty string (it would stop at once)")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(
+                f"min_new_tokens ({self.min_new_tokens}) is more than max_new_tokens "
+                f"({self.max_new_tokens})"
+            )
+
+    def settings(self) -> dict:
+        """The settings this method reads (a results file records these, so a rerun that
+        changes only another method's settings resumes it)."""
+        used = (*_COMMON, *_OWN[self.method])
+        return {k: v for k, v in asdict(self).items() if k in used}
 
     def describe(self) -> str:
         if self.method == "temp-1":
@@ -305,6 +334,10 @@ def _read_results(path: Path, run: dict) -> dict[str, dict]:
         head = json.loads(lines[0])["run"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a results file of this evaluation") from e
+    if isinstance(head, dict) and isinstance(head.get("sampler"), dict):
+        # files written before settings() recorded every method's settings
+        used = run.get("sampler", {})
+        head = {**head, "sampler": {k: v for k, v in head["sampler"].items() if k in used}}
     if head != run:
         a, b = _flat(head), _flat(run)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -363,7 +396,7 @@ def evaluate(
     use_chat = None if chat is None else bool(chat)
     _, _, mode = build_prompt(problems[0], tokenizer, use_chat, template, instruction)
     run = {
-        "sampler": asdict(cfg),
+        "sampler": cfg.settings(),
         "template": mode,
         "template_text": template,
         "instruction": instruction,
@@ -380,16 +413,8 @@ def evaluate(
     todo = [p for p in problems if p.id not in done]
     notes: set[str] = set()
     correct = sum(r["correct"] for r in records)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[acc]}"),
-        TimeElapsedColumn(),
-        transient=True,
-        disable=not progress or not (get_console().is_terminal or get_console().is_jupyter),
-    ) as bar:
-        task = bar.add_task(cfg.method, total=len(problems), completed=len(records), acc="")
+    with progress_bar(cfg.method, len(problems), enabled=progress) as advance:
+        advance(len(records))
         prompt = lambda p: build_prompt(p, tokenizer, use_chat, template, instruction)[0]  # noqa: E731
         for p, res in _answers(model, tokenizer, todo, prompt, cfg, eos, batch_size, notes):
             completion = _decode(tokenizer, res.pop("tokens"))
@@ -408,7 +433,7 @@ def evaluate(
             if path is not None:
                 with path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
-            bar.update(task, advance=1, acc=f"{correct}/{len(records)} right")
+            advance(description=f"{cfg.method} ({correct}/{len(records)} right)")
     n = len(records)
     lo, hi = wilson_interval(correct, n)
     mean = lambda key: sum(r.get(key, 0.0) for r in records) / n  # noqa: E731

@@ -171,11 +171,15 @@ def _problem(record: dict, i: int, kind: str) -> Problem:
             choices = [str(c).strip() for c in record["choices"]]
             ans = record["answer"]
             letter = LETTERS[int(ans)] if str(ans).isdigit() else str(ans).strip().upper()
+        if not question:
+            raise ValueError(f"record {pid}: the question is empty")
         shown = question + "\n\n" + "\n".join(f"({LETTERS[k]}) {c}" for k, c in enumerate(choices))
         return Problem(pid, kind, shown, letter, choices=choices)
     text = record.get("problem", record.get("question", record.get("prompt")))
     if text is None:
         raise ValueError(f"record {pid}: no problem/question/prompt field")
+    if not str(text).strip():
+        raise ValueError(f"record {pid}: the problem text is empty")
     return Problem(pid, kind, str(text), str(record["answer"]))
 
 

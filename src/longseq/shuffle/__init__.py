@@ -1,6 +1,8 @@
 """ShuffleMamba: stochastic layer-wise token shuffle for deep Vision Mamba training.
 
-from longseq.shuffle import shuffle_probabilities, LayerwiseShuffle, DropPath
+```python
+from longseq.shuffle import shuffle_probabilities, LayerwiseShuffle, DropPath, patch
+```
 """
 
 from longseq.models.shuffle import (
@@ -8,7 +10,15 @@ from longseq.models.shuffle import (
     DropPath,
     LayerwiseShuffle,
     drop_path_rates,
+    patch,
     shuffle_probabilities,
 )
 
-__all__ = ["SCHEDULES", "DropPath", "LayerwiseShuffle", "drop_path_rates", "shuffle_probabilities"]
+__all__ = [
+    "SCHEDULES",
+    "DropPath",
+    "LayerwiseShuffle",
+    "drop_path_rates",
+    "patch",
+    "shuffle_probabilities",
+]

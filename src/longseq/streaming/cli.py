@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.table import Table
 
 from longseq import hub
 from longseq.cliutils import (
     App,
+    check_folder,
+    check_number,
     check_output_file,
     console,
     fail,
@@ -80,9 +83,16 @@ def streaming_generate(
     fps: float = typer.Option(8.0, help="frames per second of the written video"),
     scale: int = typer.Option(4, help="integer upscaling of the written frames"),
     seed: int = typer.Option(0),
+    resume: Path = typer.Option(
+        None,
+        help="frames kept by an interrupted run (OUT.partial.npy): the video continues them",
+    ),
     device: str = typer.Option(None),
 ) -> None:
-    """Generate a long video from a prompt, chunk by chunk, and write it to OUT."""
+    """Generate a long video from a prompt, chunk by chunk, and write it to OUT.
+
+    Ctrl-C keeps the frames made so far (OUT.partial.npy, and OUT as far as it got);
+    --resume OUT.partial.npy continues them."""
     from longseq.data.videoworld import all_captions, caption_of, parse_caption
     from longseq.media import VIDEO_SUFFIXES, check_video_output
     from longseq.streaming import BLENDINGS
@@ -98,20 +108,30 @@ def streaming_generate(
         fail(f"--scale must be >= 1, got {scale}")
     if not fps > 0 or fps == float("inf"):
         fail(f"--fps must be a positive number, got {fps}")
-    check_output_file(out, "--out", VIDEO_SUFFIXES, create_folder=True)
+    check_number(guidance, "--guidance", 0)
+    check_number(anchor_guidance, "--anchor-guidance", 0)
+    if out.suffix.lower() not in VIDEO_SUFFIXES:
+        fail(f"--out must end in {' or '.join(VIDEO_SUFFIXES)}, got {out.name!r}")
+    if out.is_dir():
+        fail(f"--out {out} is a folder; give a file name")
+    check_folder(out.parent, "--out")
     try:
         check_video_output(out, fps)
     except (ValueError, ImportError) as e:
         fail(str(e))
+    init = _read_resume(resume, frames)
     pipe = _load_pipeline(model, enhancer if enhance else None, device)
+    check_output_file(out, "--out", VIDEO_SUFFIXES, create_folder=True)
     if hub.registry().get(model) and not parse_caption(prompt):
         console.print(
             "[yellow]note:[/] the shipped model knows the video world's captions (a shape, a "
             f"motion, a speed), e.g. '{caption_of(all_captions()[0])}'; this prompt names "
             "none of their words"
         )
+    _announce(pipe, frames, init, enhance)
+    made = []  # the chunks made so far, kept if the run is interrupted
     try:
-        video = pipe(
+        for chunk in pipe.stream(
             prompt,
             frames,
             num_inference_steps=steps,
@@ -119,14 +139,90 @@ def streaming_generate(
             anchor_guidance_scale=anchor_guidance,
             use_anchor=apm,
             seed=seed,
-        )
+            init_frames=init,
+        ):
+            made.append(chunk)
+        video = np.concatenate(made)
         if enhance:
-            video = pipe.enhance(video.frames, prompt, blending=blending, seed=seed)
+            video = pipe.enhance(video, prompt, blending=blending, seed=seed).frames
     except ValueError as e:
         fail(str(e))
-    _write_video_or_keep_frames(out, video.frames, fps, scale)
-    h, w = video.frames.shape[1:3]
-    console.print(f"{len(video.frames)} frames of {w}x{h} written to {out}")
+    except KeyboardInterrupt:
+        _keep_interrupted(out, made, frames, fps, scale)
+    _write_video_or_keep_frames(out, video, fps, scale)
+    h, w = video.shape[1:3]
+    console.print(f"{len(video)} frames of {w}x{h} written to {out}")
+
+
+def _partial_path(out: Path) -> Path:
+    return out.with_name(f"{out.stem}.partial.npy")
+
+
+def _read_resume(resume: Path | None, frames: int):
+    """The frames of an interrupted run, checked before the models load."""
+    import numpy as np
+
+    if resume is None:
+        return None
+    try:
+        init = np.load(resume)
+    except (OSError, ValueError) as e:
+        fail(f"--resume: cannot read {resume} ({e})")
+    if init.ndim != 4 or init.shape[-1] != 3 or init.dtype != np.uint8 or len(init) == 0:
+        fail(f"--resume: {resume} does not hold (T, H, W, 3) uint8 frames")
+    if len(init) > frames:
+        fail(f"--resume: {resume} holds {len(init)} frames, more than --frames {frames}")
+    return init
+
+
+def _announce(pipe, frames: int, init, enhance: bool) -> None:
+    """What the run will make, with the memory its frames take (a long video is held in
+    memory until it is written)."""
+    f, fc = pipe.chunk_frames, pipe.cond_frames
+    have = 0 if init is None else len(init)
+    first = f if init is None else 0
+    chunks = (1 if init is None else 0) + max(0, -(-(frames - max(have, first)) // (f - fc)))
+    size = pipe._pixel_size(pipe.enhancer if enhance else pipe.unet)
+    mem = frames * size * size * 3 / 1e9
+    shown = f"{mem:.1f} GB" if mem >= 0.1 else f"{mem * 1e3:.1f} MB"
+    resumed = f", continuing {have} kept frames" if have else ""
+    console.print(
+        f"{frames:,} frames in {chunks:,} chunks of {f - fc} new frames{resumed}; "
+        f"{shown} of {size}x{size} frames in memory",
+        soft_wrap=True,
+    )
+    if mem > 2:
+        console.print(
+            "[yellow]note:[/] the frames are held in memory until the video is written; "
+            "Ctrl-C keeps those made so far",
+            soft_wrap=True,
+        )
+
+
+def _keep_interrupted(out: Path, made: list, frames: int, fps: float, scale: int):
+    """Ctrl-C: keep the frames made so far (.partial.npy to resume from, and the video as
+    far as it got), then exit with status 130."""
+    import numpy as np
+
+    if not made:
+        console.print("interrupted before the first chunk was made; nothing to keep")
+        raise typer.Exit(130)
+    video = np.concatenate(made)
+    keep = _partial_path(out)
+    np.save(keep, video)
+    try:
+        from longseq import media
+
+        media.write_video(out, video, fps=fps, scale=scale)
+        wrote = f" and {out} (not enhanced)"
+    except (OSError, ValueError, ImportError, RuntimeError):
+        wrote = ""
+    console.print(
+        f"interrupted: {len(video)} of {frames} frames kept in {keep}{wrote}; add "
+        f"--resume {keep} to the same command to continue them",
+        soft_wrap=True,
+    )
+    raise typer.Exit(130)
 
 
 def _write_video_or_keep_frames(out: Path, frames, fps: float, scale: int) -> None:
@@ -171,10 +267,9 @@ def streaming_demo(
 
     if frames < 2:
         fail(f"--frames must be >= 2, got {frames}")
-    if out.exists() and not out.is_dir():
-        fail(f"--out {out} is a file; give a folder")
-    make_folder(out, "--out")
+    check_folder(out, "--out")
     pipe = _load_pipeline("streaming-t2v", "streaming-enhancer", device)
+    make_folder(out, "--out")
     caption, _ = gate_prompts(seed + 1, "test")[seed]
     console.print(f"prompt (a caption never seen in training): [bold]{caption}[/]")
     base = pipe(caption, frames, seed=seed)

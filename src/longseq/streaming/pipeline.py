@@ -75,6 +75,29 @@ def chunk_starts(n_frames: int, chunk: int, overlap: int) -> list[int]:
     return starts
 
 
+#: the role of each shipped checkpoint that is not a video generator
+ROLES = {"streaming-enhancer": "enhancer", "streaming-frame-encoder": "frame encoder"}
+
+
+def _check_enhancer(name: str, enhancer: Any, config: dict, unet: Any) -> None:
+    """An enhancer is a plain text-to-video UNet (no chunk conditioning, no anchor) at a
+    higher resolution than the generator's frames."""
+    role = ROLES.get(name)
+    if config.get("architecture") != "video_unet" or role == "frame encoder":
+        raise ValueError(f"the enhancer {name!r} is not a video UNet")
+    if _conditioning(enhancer) != "replace" or getattr(enhancer.config, "apm", False):
+        raise ValueError(
+            f"the enhancer {name!r} is a chunk-conditioned video generator, not an "
+            "enhancer (shipped enhancer: streaming-enhancer)"
+        )
+    size = lambda m: _sample_shape(m, 1)[-1]  # noqa: E731
+    if size(enhancer) <= size(unet):
+        raise ValueError(
+            f"the enhancer {name!r} works at {size(enhancer)} px, not above the generator's "
+            f"{size(unet)} px, so it cannot refine its frames"
+        )
+
+
 class StreamingT2VPipeline:
     """``pipe(prompt, num_frames=240).frames`` -> (T, H, W, 3) uint8.
 
@@ -141,20 +164,29 @@ class StreamingT2VPipeline:
 
         unet, info = hub.load(name, device)
         meta = info.extra.get("streaming")
-        if meta is None:
+        if meta is None or info.config.get("architecture") != "video_unet":
             raise hub.CheckpointError(f"checkpoint {name!r} is not a StreamingT2V video model")
+        if ROLES.get(name, "generator") != "generator":
+            raise ValueError(
+                f"{name!r} is the {ROLES[name]}, not a video generator; give it as "
+                f"{'enhancer' if ROLES[name] == 'enhancer' else 'the frame encoder'} "
+                "(generators: streaming-t2v, streaming-cam, streaming-naive-apm, "
+                "streaming-naive)"
+            )
         first = None
         if _conditioning(unet) == "concat":
             first, _ = hub.load(meta.get("first_chunk", "streaming-t2v"), device)
         image_encoder = None
         if unet.config.apm:
-            image_encoder, _ = hub.load(
-                meta.get("image_encoder", "streaming-frame-encoder"), device
-            )
+            enc_name = meta.get("image_encoder", "streaming-frame-encoder")
+            image_encoder, enc_info = hub.load(enc_name, device)
+            if enc_info.config.get("architecture") != "frame_encoder":
+                raise ValueError(f"the frame encoder {enc_name!r} is not a frame encoder")
         enh, enh_meta = None, {}
         if enhancer:
             enh, enh_info = hub.load(enhancer, device)
             enh_meta = enh_info.extra.get("streaming", {})
+            _check_enhancer(enhancer, enh, enh_info.config, unet)
         sched = DDIMScheduler.from_config(meta["scheduler"])
         text = TextEncoder(max_tokens=meta["max_text_tokens"], device=str(device))
         pipe = cls(
@@ -282,6 +314,9 @@ class StreamingT2VPipeline:
             raise ValueError("prompt must be a non-empty string")
         if isinstance(steps, bool) or int(steps) != steps or steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1, got {steps!r}")
+        for key, v in (("guidance_scale", w), ("anchor_guidance_scale", wa)):
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{key} must be a finite number >= 0, got {v}")
         return int(steps), float(w), None if wa is None else float(wa)
 
     def _anchor(self, frame: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,77 @@
+"""streaming generate: each model in its role, guidance checked before any work, and
+Ctrl-C keeps the frames made so far, which --resume continues."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from longseq import hub
+from longseq.cli import app
+
+pytest.importorskip("diffusers")
+pytestmark = pytest.mark.skipif(
+    "streaming-t2v" not in hub.registry(), reason="StreamingT2V checkpoints not shipped"
+)
+runner = CliRunner()
+PROMPT = "a triangle wanders quickly"
+
+
+def generate(*args: str):
+    return runner.invoke(app, ["streaming", "generate", PROMPT, *args], env={"COLUMNS": "300"})
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--guidance", "nan"], "--guidance must be a finite number >= 0"),
+        (["--guidance", "-5"], "--guidance must be >= 0, got -5"),
+        (["--anchor-guidance", "inf"], "--anchor-guidance must be a finite number"),
+        (["--enhancer", "streaming-t2v"], "is a chunk-conditioned video generator, not an"),
+        (["--enhancer", "streaming-frame-encoder"], "is not a video UNet"),
+        (["--model", "streaming-enhancer"], "is the enhancer, not a video generator"),
+        (["--model", "streaming-frame-encoder"], "not a StreamingT2V video model"),
+        (["--resume", "missing.npy"], "--resume: cannot read missing.npy"),
+    ],
+)
+def test_generate_refuses_before_writing(tmp_path, args, message):
+    res = generate(*args, "-o", "sub/v.gif")
+    assert res.exit_code == 2, res.output
+    assert message in res.output and res.output.count("\n") == 1, res.output
+    assert list(tmp_path.iterdir()) == []  # not even the folder of --out
+
+
+def test_pipeline_refuses_nan_guidance():
+    from longseq.streaming import StreamingT2VPipeline
+
+    pipe = StreamingT2VPipeline.from_pretrained("streaming-t2v", None)
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number"):
+        pipe("a circle bounces slowly", 4, guidance_scale=float("nan"))
+
+
+def test_ctrl_c_keeps_the_frames_and_resume_continues_them(tmp_path, monkeypatch):
+    from longseq.media import read_video
+    from longseq.streaming import StreamingT2VPipeline
+
+    real, calls = StreamingT2VPipeline._chunk, []
+
+    def interrupted(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(StreamingT2VPipeline, "_chunk", interrupted)
+    args = ["--frames", "20", "--steps", "2", "--no-enhance", "--scale", "1", "-o", "v.gif"]
+    res = generate(*args)
+    assert res.exit_code == 130, res.output
+    kept = np.load(tmp_path / "v.partial.npy")
+    assert kept.shape == (8 + 4, 16, 16, 3)  # the first chunk (8) and one more (4 new)
+    assert read_video(tmp_path / "v.gif").shape == kept.shape
+    assert "--resume" in res.output
+    monkeypatch.setattr(StreamingT2VPipeline, "_chunk", real)
+    res = generate(*args, "--resume", "v.partial.npy")
+    assert res.exit_code == 0, res.output
+    video = read_video(tmp_path / "v.gif")
+    assert video.shape == (20, 16, 16, 3)
+    # the kept frames open the video (GIF palettes may move a level or two)
+    assert np.abs(video[:12].astype(int) - kept.astype(int)).mean() < 2
