@@ -337,11 +337,16 @@ def prompt_batch(input_ids, attention_mask=None, pad_token_id: int = 0, device=N
         input_ids = input_ids["input_ids"]
     listed = isinstance(input_ids, Sequence) and not isinstance(input_ids, str) and input_ids
     if listed and not all(isinstance(v, int) and not isinstance(v, bool) for v in input_ids):
-        if attention_mask is not None:
-            raise ValueError("attention_mask goes with a (batch, length) tensor, not a list")
         rows = [_int_ids(r, "each prompt") for r in input_ids]
         if any(r.dim() != 1 for r in rows):
             raise ValueError("each prompt of a list must be a 1-d sequence of token ids")
+        if attention_mask is not None:  # e.g. a BatchEncoding without tensors
+            if len(attention_mask) != len(rows):
+                raise ValueError(
+                    f"attention_mask has {len(attention_mask)} rows for {len(rows)} prompts"
+                )
+            pairs = enumerate(zip(rows, attention_mask, strict=True))
+            rows = [_unmask(i, r, m) for i, (r, m) in pairs]
         return _pack(rows, pad_token_id, device, single=len(rows) == 1)
     ids = _int_ids(input_ids, "input_ids")
     if ids.dim() not in (1, 2) or ids.shape[-1] < 1 or ids.numel() == 0:
@@ -360,19 +365,27 @@ def prompt_batch(input_ids, attention_mask=None, pad_token_id: int = 0, device=N
         raise ValueError(
             f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(ids.shape)}"
         )
-    mask = mask.bool().cpu()
-    rows = []
-    for i, m in enumerate(mask):
-        on = torch.nonzero(m).flatten()
-        if on.numel() == 0:
-            raise ValueError(f"prompt {i} is empty: its attention_mask is all 0")
-        if on[-1] - on[0] + 1 != on.numel():
-            raise ValueError(
-                f"prompt {i}: its attention_mask has padding between tokens; a row must be "
-                "one run of 1s (left or right padding)"
-            )
-        rows.append(ids[i, int(on[0]) : int(on[-1]) + 1])
+    pairs = enumerate(zip(ids, mask.cpu(), strict=True))
+    rows = [_unmask(i, r, m) for i, (r, m) in pairs]
     return _pack(rows, pad_token_id, device, single)
+
+
+def _unmask(i: int, row: torch.Tensor, mask) -> torch.Tensor:
+    """The tokens of prompt ``i``: the positions its mask marks 1, which must be one run."""
+    m = torch.as_tensor(mask).bool().cpu()
+    if m.shape != row.shape:
+        raise ValueError(
+            f"prompt {i}: attention_mask has {m.numel()} positions for {row.numel()} tokens"
+        )
+    on = torch.nonzero(m).flatten()
+    if on.numel() == 0:
+        raise ValueError(f"prompt {i} is empty: its attention_mask is all 0")
+    if on[-1] - on[0] + 1 != on.numel():
+        raise ValueError(
+            f"prompt {i}: its attention_mask has padding between tokens; a row must be "
+            "one run of 1s (left or right padding)"
+        )
+    return row[int(on[0]) : int(on[-1]) + 1]
 
 
 def _pack(rows: list[torch.Tensor], pad: int, device, single: bool) -> PromptBatch:

@@ -159,6 +159,10 @@ def test_batch_encoding_from_a_tokenizer_is_accepted():
     out = sample(model, enc, n=2, max_new_tokens=3, seed=4)
     ref = sample(model, rows, n=2, max_new_tokens=3, seed=4)
     assert torch.equal(out.sequences, ref.sequences)
+    # without tensors: lists of ids of different lengths, and their masks
+    plain = tok(texts)
+    plain["input_ids"] = [[i % 40 for i in r] for r in plain["input_ids"]]
+    assert torch.equal(sample(model, plain, n=2, max_new_tokens=3, seed=4).sequences, ref.sequences)
 
 
 @pytest.mark.parametrize(
@@ -170,6 +174,8 @@ def test_batch_encoding_from_a_tokenizer_is_accepted():
         ([[1, 2], []], None, ValueError, "at least one token"),
         ([[1, 2], [0.5]], None, TypeError, "integer token ids"),
         ({"ids": [1]}, None, TypeError, "input_ids"),
+        ([[1, 2], [3]], [[1, 1]], ValueError, "1 rows for 2 prompts"),
+        ([[1, 2], [3]], [[1, 1], [1, 1]], ValueError, "2 positions for 1 tokens"),
         ("1 2", None, TypeError, "token ids"),
     ],
 )
