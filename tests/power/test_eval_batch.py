@@ -105,3 +105,22 @@ def test_batch_benchmark_runs_and_batches_agree(tmp_path, monkeypatch):
     assert all(r["answers_differing_from_b1"] == 0 for r in rows)
     assert rows[0]["accuracy"] == rows[1]["accuracy"]
     assert "| 3 |" in out.with_suffix(".md").read_text()
+
+
+def test_batches_on_a_model_without_attention_mask():
+    """A model whose forward takes no attention mask (here a scripted one) still
+    evaluates in batches: its prompts of different lengths decode in groups of one
+    length, with the answers of one at a time."""
+    from tests.power.test_eval import Scripted, chat_tokenizer
+
+    tok = chat_tokenizer()
+    problems = [Problem(f"q{i}", "exact", q, a) for i, (q, a) in enumerate(
+        [("2+2=", "4"), ("10+10=", "20"), ("3+3=", "6"), ("100+1=", "101"), ("7=", "7")]
+    )]  # fmt: skip
+    ids = {p.id: ev.build_prompt(p, tok, chat=False)[0] for p in problems}
+    answers = {p.id: tok(p.answer, add_special_tokens=False)["input_ids"] for p in problems}
+    model = Scripted(len(tok), {tuple(ids[k]): answers[k] for k in ids}, tok.eos_token_id)
+    for method in ("smc", "temp-1"):
+        cfg = SamplerConfig(method, n_particles=2, max_new_tokens=8)
+        s = evaluate(model, tok, problems, cfg, chat=False, progress=False, batch_size=3)
+        assert s.accuracy == 1.0 and s.n == 5
