@@ -11,6 +11,12 @@ of `transformers` (``DynamicCache`` with attention layers ``keys``/``values`` an
 linear-attention/SSM layers ``conv_states``/``recurrent_states``) and ours, which
 use the same attribute names. Caches of another layout fall back on their own
 ``reorder_cache``/``batch_repeat_interleave`` methods.
+
+Prompts of different lengths travel as a :class:`PromptBatch` (left-padded, built by
+:func:`prompt_batch` from a list of prompts, ids + attention mask, or a tokenizer's
+``BatchEncoding``); a model decodes it padded when it takes ``attention_mask`` and
+``position_ids`` (:func:`takes_padding`). :class:`Streams` gives each prompt its own
+random stream.
 """
 
 from __future__ import annotations

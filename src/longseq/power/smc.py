@@ -23,6 +23,10 @@ token (top-k, top-p, EOS before ``min_new_tokens``): the proposal is p^b on the
 support and the token weight uses the Renyi term over the support, so the target is
 p^alpha restricted to sequences that stay in it, exactly. Stop strings end a
 particle like EOS; ``max_time`` truncates every live particle at the deadline.
+
+A batch of prompts (of any lengths, left-padded) decodes as one batch of rows, each
+prompt its own SMC run with its own random stream; a prompt that has finished leaves
+the batch, so its result is the one it gets alone with the same seed.
 """
 
 from __future__ import annotations
