@@ -9,6 +9,7 @@ import longseq.power
 from longseq.cli import app
 from longseq.power import power_smc
 from tests.power.test_eval import chat_tokenizer
+from tests.power.test_eval_batch import one_thread  # noqa: F401 (autouse)
 
 CHATS = [[{"role": "user", "content": "2+2?"}], [{"role": "user", "content": "Name a prime."}]]
 

@@ -24,6 +24,16 @@ def _problems():
     ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models decode many small batches: on a busy machine torch's threads cost far
+    more than they bring (seconds instead of tenths of a second)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def arith_model():
     model, codec, _ = hub.load_causal_lm("power-arith-gpt")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.power.test_eval_batch import one_thread  # noqa: F401 (autouse)
+
 NOTES = Path(__file__).resolve().parents[2] / "docs" / "notes" / "i22-batch.md"
 SNIPPETS = re.findall(r"^```python\n(.*?)^```$", NOTES.read_text(), re.S | re.M)
 
