@@ -1,6 +1,8 @@
 """Batches of prompts of different lengths: each prompt is its own run, so its result in
 a batch is its result alone with the same seed; left padding, masks and encodings."""
 
+import functools
+
 import pytest
 import torch
 
@@ -26,6 +28,7 @@ def _trim(rows: list[list[int]], pad: int) -> list[list[int]]:
     return out
 
 
+@functools.cache
 def _models():
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(1)
