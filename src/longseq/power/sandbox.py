@@ -14,6 +14,10 @@ new session with a clean environment. A small launcher (``_LAUNCH``, run with
   namespace where every mount is remounted read-only except the temporary folder, and
   a new PID namespace whose init is the program: when it ends or is killed, the kernel
   kills every process it left behind, ``setsid`` or not;
+* **a socket filter** (seccomp, x86-64 and arm64; it needs no privilege): creating a
+  Unix, IPv4 or IPv6 socket fails, for the program and every process it starts. A Unix
+  socket bound to a path (a database, a container daemon) is reachable from any
+  network namespace, so this is what keeps those out;
 * **in-process guards** (``sys.addaudithook``, always): network calls and writes
   outside the temporary folder raise at the Python level. Where a namespace cannot be
   made (``unshare`` refused, e.g. a container without user namespaces), the guards also
@@ -44,7 +48,7 @@ import tempfile
 # Runs first, in the child: limits, then namespaces, then exec of _BOOT as PID 1.
 # argv: box, report file, memory bytes, cpu seconds, namespaces (1/0), boot source
 _LAUNCH = r"""
-import ctypes, json, os, re, resource, sys
+import ctypes, json, os, platform, re, resource, sys
 box, report, mem, cpu, use_ns, boot = sys.argv[1:7]
 rep = open(report, "w")
 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,7 +59,7 @@ resource.setrlimit(resource.RLIMIT_AS, (int(mem), int(mem)))
 resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu) + 1))
 resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-got = {"network": False, "filesystem": False, "processes": False, "error": ""}
+got = {"network": False, "filesystem": False, "processes": False, "sockets": False, "error": ""}
 
 def check(r, what):
     if r != 0:
@@ -94,15 +98,40 @@ def setup():
         check(libc.mount(None, p.encode(), None, flags, None), f"read-only {p}")
     got["filesystem"] = True
 
+def socket_filter():
+    # seccomp: socket(AF_UNIX | AF_INET | AF_INET6, ...) fails with EPERM, for the
+    # program and every process it starts (a path socket is outside any namespace)
+    arch, nr = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}[platform.machine()]
+    code = [(0x20, 0, 0, 4), (0x15, 0, 6, arch), (0x20, 0, 0, 0), (0x15, 0, 4, nr),
+            (0x20, 0, 0, 16), (0x15, 3, 0, 1), (0x15, 2, 0, 2), (0x15, 1, 0, 10),
+            (0x06, 0, 0, 0x7FFF0000), (0x06, 0, 0, 0x00050001)]
+
+    class Ins(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte),
+                    ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Ins))]
+
+    prog = Prog(len(code), (Ins * len(code))(*[Ins(*c) for c in code]))
+    check(libc.prctl(38, 1, 0, 0, 0), "no_new_privs")
+    check(libc.prctl(22, 2, ctypes.byref(prog), 0, 0), "seccomp")
+    got["sockets"] = True
+
 if use_ns == "1":
     try:
         setup()
     except OSError as e:
         got["error"] = str(e)
+try:
+    socket_filter()
+except (OSError, KeyError) as e:
+    got["error"] = (got["error"] + "; " if got["error"] else "") + f"socket filter: {e!r}"
 rep.write(json.dumps(got))
 rep.close()
 os.chdir(box)
-env = dict(os.environ, LONGSEQ_GUARD="%d%d" % (got["network"], got["filesystem"] and got["processes"]))
+contained = got["filesystem"] and got["processes"] and got["sockets"]
+env = dict(os.environ, LONGSEQ_GUARD="%d%d" % (got["network"], contained))
 argv = [sys.executable, "-I", "-c", boot, box, "program.py"]
 if not got["processes"]:
     os.execve(sys.executable, argv, env)
@@ -244,8 +273,9 @@ def _kill_group(proc: subprocess.Popen) -> None:
 @functools.cache
 def isolation() -> dict:
     """What :func:`run_program` gets on this machine: ``network``, ``filesystem`` and
-    ``processes`` are True where a namespace contains them (else only the in-process
-    guards do); ``error`` is why a namespace could not be made."""
+    ``processes`` are True where a namespace contains them, ``sockets`` where the
+    socket filter is on (else only the in-process guards do); ``error`` says why one
+    could not be had."""
     with tempfile.TemporaryDirectory(prefix="longseq-probe-") as work:
         box = os.path.join(work, "box")
         os.mkdir(box)
@@ -261,4 +291,5 @@ def isolation() -> dict:
             with open(report) as f:
                 return json.load(f)
         except (OSError, ValueError):
-            return {"network": False, "filesystem": False, "processes": False, "error": "?"}
+            none = dict.fromkeys(("network", "filesystem", "processes", "sockets"), False)
+            return {**none, "error": "the probe did not report"}
