@@ -79,6 +79,8 @@ def test_number_grader_hand_graded(completion, answer, ok, shown):
         ("A good guess is hard. The answer is (C).", "C"),
         ("A reasonable start.\nB", "B"),  # a letter alone on the last line
         ("A reasonable start, but I cannot tell.", None),  # an article is not an answer
+        ("The correct option is B.", "B"),
+        ("I'd pick C because it is stable.", "C"),
         ("(A) is too fast, (B) too slow.\n\\boxed{\\text{D}}", "D"),
     ],
 )

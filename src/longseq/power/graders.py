@@ -7,8 +7,10 @@
   answers (``\\boxed{2}`` and ``\\boxed{3}``) count as one list;
 * ``mc`` -- multiple choice (GPQA-style): the letter the completion settles on, read
   in this order: ``\\boxed{C}``, "Final answer: (C)", "The answer is (C)" /
-  "Answer: C", the last "(C)", a letter alone on the last line. Only capital letters
-  (or a letter in parentheses) count, so "The answer is a bit subtle" reads nothing;
+  "Answer: C", "option C", the last "(C)", a letter alone on the last line, the last
+  capital letter standing alone. Only capital letters (or a letter in parentheses)
+  count, and "A" before a lower-case word is the article, so "The answer is a bit
+  subtle" or "A good start" read nothing;
 * ``exact`` -- a number (GSM8K-style): the last non-empty ``\\boxed{}``, else the
   number after the first ``####``, else after the first "the answer is" (a base
   model that runs on into a new question is read at its first answer), else the last
@@ -207,8 +209,10 @@ def extract_choice(completion: str, n_choices: int = 4) -> str | None:
         rf"(?i:final\s+answer)(?:\s+(?i:is))?\s*[:：]?\s*\**\s*{letter}",
         rf"(?i:answer)\s+(?i:is)\s*[:：]?\s*\**\s*(?i:option\s+|choice\s+)?{letter}",
         rf"(?i:answer)\s*[:：]\s*\**\s*(?i:option\s+|choice\s+)?{letter}",
+        rf"(?i:\b(?:option|choice))\s*(?i:is\s+)?[:：]?\s*{letter}",
         rf"\(({any_case})\)",
         rf"(?m)^\W*({cap})\W*\Z",
+        rf"(?<![\w'])(?!A\s+[a-z])({cap})(?![\w'])",
     ):
         found = list(re.finditer(pattern, completion))
         if found:
