@@ -46,14 +46,15 @@ import sys
 import tempfile
 
 # Runs first, in the child: limits, then namespaces, then exec of _BOOT as PID 1.
-# argv: box, report file, memory bytes, cpu seconds, namespaces (1/0), boot source
+# argv: box, report file, memory bytes, cpu seconds, namespaces (1/0), boot source,
+# the grader's pid
 _LAUNCH = r"""
 import ctypes, json, os, platform, re, resource, sys
-box, report, mem, cpu, use_ns, boot = sys.argv[1:7]
+box, report, mem, cpu, use_ns, boot, grader = sys.argv[1:8]
 rep = open(report, "w")
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with the grader
-if os.getppid() == 1:
+if os.getppid() != int(grader):  # the grader died before the line above
     os._exit(111)
 resource.setrlimit(resource.RLIMIT_AS, (int(mem), int(mem)))
 resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu) + 1))
@@ -232,7 +233,16 @@ def run_program(
         }
         args = [str(box), report, str(memory_mb * 2**20), str(int(timeout) + 1)]
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _LAUNCH, *args, "1" if namespaces else "0", _BOOT],
+            [
+                sys.executable,
+                "-I",
+                "-c",
+                _LAUNCH,
+                *args,
+                "1" if namespaces else "0",
+                _BOOT,
+                str(os.getpid()),
+            ],
             cwd=box,
             env=env,
             stdin=subprocess.DEVNULL,
@@ -281,7 +291,8 @@ def isolation() -> dict:
         os.mkdir(box)
         report = os.path.join(work, "isolation.json")
         subprocess.run(
-            [sys.executable, "-I", "-c", _LAUNCH, box, report, str(2**30), "5", "1", "pass"],
+            [sys.executable, "-I", "-c", _LAUNCH, box, report, str(2**30), "5", "1", "pass"]
+            + [str(os.getpid())],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LONGSEQ_TOKEN": "x"},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
