@@ -112,6 +112,11 @@ def test_a_torn_last_line_is_rewritten_and_the_file_agrees_with_the_summary(arit
     assert [r["id"] for r in rows[:3]] == [p.id for p in problems[:3]]
     assert sorted(r["id"] for r in rows[3:]) == sorted(p.id for p in problems[3:])
     assert len(rows) == s.n == 5 and s.correct == sum(r["correct"] for r in rows)
+    # a header cut while being written is started afresh
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text(text.split("\n")[0][:30])
+    assert evaluate(model, codec, problems[:1], T1, out=cut, progress=False).n == 1
+    assert len(_rows(cut)[1]) == 1
     # and again: nothing left to do, the same file
     before = out.read_text()
     again = evaluate(model, codec, problems, T1, out=out, progress=False)

@@ -292,8 +292,6 @@ def power_eval(
         fail(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}")
     if top_p is not None and not 0 < top_p <= 1:
         fail(f"--top-p must be in (0, 1], got {top_p}")
-    if code_timeout <= 0:
-        fail(f"--code-timeout must be > 0 seconds, got {code_timeout}")
     try:
         task_cfg = load_task(task) if task is not None else None
         if task_cfg is not None:

@@ -291,6 +291,11 @@ def _read_results(path: Path, run: dict) -> dict[tuple[str, int], dict]:
         return {}
     text = path.read_text()
     lines = text.split("\n")
+    if len(lines) == 1:  # only a header cut while being written: start afresh
+        try:
+            json.loads(text)
+        except json.JSONDecodeError:
+            return {}
     try:
         head = json.loads(lines[0])["run"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
