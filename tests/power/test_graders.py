@@ -39,6 +39,8 @@ from longseq.power.problems import Problem
         ("The answer is 5. Checking again: \\boxed{7}", "5", False),
         ("\\boxed{\u22125}", "-5", True),  # Unicode minus
         ("\\boxed{\u22125}", "5", False),
+        ("Problem: find x.\n\nProblem: restated, x + 1 = 3, so \\boxed{2}", "2", True),
+        ("\\boxed{2}\n\nProblem: Solve y = 1.\nSolution: \\boxed{1}", "2", True),
     ],
 )
 def test_math_grader_hand_graded(completion, answer, ok):
@@ -58,6 +60,8 @@ def test_math_grader_hand_graded(completion, answer, ok):
         # a base model runs on into a new question after its answer
         ("6 * 7 = 42\n#### 42\n\nQuestion: Tom has 3 cats...\n#### 3", "#### 42", True, "42"),
         ("6 * 7 = 42. The answer is 42.\n\nQ: 2 + 2?\nA: The answer is 4.", "#### 42", True, "42"),
+        ("The answer is 12. Wait: 3 * 4 + 2 = 14. The answer is 14.", "#### 14", True, "14"),
+        ("So \\boxed{5}.\n\nProblem: What is 2 + 2?\nSolution: \\boxed{4}", "#### 5", True, "5"),
         ("He has 1,200 left.", "#### 1200", True, "1,200"),
     ],
 )
@@ -82,6 +86,7 @@ def test_number_grader_hand_graded(completion, answer, ok, shown):
         ("The correct option is B.", "B"),
         ("I'd pick C because it is stable.", "C"),
         ("(A) is too fast, (B) too slow.\n\\boxed{\\text{D}}", "D"),
+        ("The answer is (B).\n\nQuestion: Which is heavier?\n(A) x (B) y\nAnswer: (A)", "B"),
     ],
 )
 def test_choice_extraction_hand_graded(completion, letter):

@@ -1,5 +1,9 @@
 """Graders for reasoning evaluations: is a model's completion right?
 
+Every grader first cuts a base model's run-on: what follows a new question
+("Question:", "Problem:", "Q:" after a blank line) once an answer has been given
+(:func:`before_run_on`).
+
 * ``math`` -- the last non-empty ``\\boxed{...}`` of the completion (else the last
   expression math-verify finds) against the reference answer, compared for
   mathematical equivalence by `math-verify` (``1/2``, ``\\frac12`` and ``0.5``
@@ -12,9 +16,8 @@
   count, and "A" before a lower-case word is the article, so "The answer is a bit
   subtle" or "A good start" read nothing;
 * ``exact`` -- a number (GSM8K-style): the last non-empty ``\\boxed{}``, else the
-  number after the first ``####``, else after the first "the answer is" (a base
-  model that runs on into a new question is read at its first answer), else the last
-  number of the completion. Numbers may be fractions (``1/2`` and ``\\frac{1}{2}``
+  number after the first ``####`` (GSM8K's answers end there), else after the last
+  "the answer is", else the last number of the completion. Numbers may be fractions (``1/2`` and ``\\frac{1}{2}``
   equal 0.5), carry thousands commas, ``$`` or ``%``, and a Unicode minus ``−``;
 * ``code`` -- HumanEval-style: the program (see :func:`code_program`) runs with the
   problem's tests in :func:`longseq.power.sandbox.run_program`, and passes only if
@@ -112,9 +115,26 @@ def split_list(text: str) -> list[str]:
     return [i for i in items if i]
 
 
+# a new question after a blank line: where a base model runs on past its answer
+_NEW_QUESTION = re.compile(r"\n\s*\n\s*(?:Question|Problem|Q)\s*\d*\s*[:.]")
+_HAS_ANSWER = re.compile(r"\\(?:boxed|fbox)\s*\{|####|answer is|answer\s*:", flags=re.I)
+
+
+def before_run_on(text: str) -> str:
+    """``text`` up to the first new question ("Question:", "Problem:", "Q:" after a
+    blank line) that follows an answer: what a base model writes after its answer is
+    the start of another problem, not a second thought. A restated "Problem:" before
+    any answer is kept."""
+    for m in _NEW_QUESTION.finditer(text):
+        if _HAS_ANSWER.search(text, 0, m.start()):
+            return text[: m.start()]
+    return text
+
+
 def grade_math(completion: str, answer: str) -> tuple[bool, str]:
     mv = require_math_verify()
     gold = mv.parse(f"\\boxed{{{answer}}}")
+    completion = before_run_on(completion)
     boxes = boxed_answers(completion)
     if not boxes:
         pred = mv.parse(completion)
@@ -166,17 +186,16 @@ def _to_number(text: str) -> float | None:
 
 def extract_number(completion: str) -> str | None:
     """The final numeric answer of a completion (see the module docstring)."""
-    text = normalize_minus(completion)
+    text = before_run_on(normalize_minus(completion))
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed
-    for pattern in (
-        rf"####\s*\$?\s*({_ANSWER})",
-        rf"answer is[:\s*]*\$?\s*({_ANSWER})",
-    ):
-        m = re.search(pattern, text, flags=re.I)
-        if m:
-            return m.group(1).strip()
+    m = re.search(rf"####\s*\$?\s*({_ANSWER})", text)
+    if m:  # the first: GSM8K's format ends an answer there
+        return m.group(1).strip()
+    found = re.findall(rf"answer is[:\s*]*\$?\s*({_ANSWER})", text, flags=re.I)
+    if found:  # the last: a second "the answer is" corrects the first
+        return found[-1].strip()
     found = re.findall(_ANSWER, text)
     return found[-1] if found else None
 
@@ -200,6 +219,7 @@ def extract_choice(completion: str, n_choices: int = 4) -> str | None:
     cap = f"[{letters}]"
     any_case = f"[{letters}{letters.lower()}]"
     letter = rf"(?:\(\s*({any_case})\s*\)|\*\*({cap})\*\*|({cap})(?![\w']))"
+    completion = before_run_on(completion)
     boxed = last_boxed(completion)
     if boxed is not None:
         m = re.search(rf"(?<![A-Za-z])({any_case})(?![A-Za-z])", boxed.replace("\\text", " "))
