@@ -150,46 +150,57 @@ def test_code_blocks_ignore_other_languages():
 
 @pytest.mark.parametrize(
     "ending",
-    [
-        "    import sys; sys.exit(0)\n",
-        "    import os; os._exit(0)\n",
-        "    raise SystemExit\n",
-    ],
+    ["import sys\nsys.exit(0)\n", "import os\nos._exit(0)\n", "raise SystemExit\n"],
 )
 def test_wrong_code_that_exits_early_fails(ending):
-    # the exit runs as the module loads, before the tests: the tests never end
-    prog = "def add(a, b):\n    return a - b\n\n" + textwrap.dedent(ending)
-    ok, why = grade_code(prog, ADD)
+    # a continuation of the prompt whose top-level exit runs before the tests
+    ok, why = grade_code("    return a - b\n" + ending, ADD)
     assert not ok and "before its end" in why
 
 
 def test_exit_inside_the_function_fails():
     ok, why = grade_code("    import os\n    os._exit(0)\n", ADD)
-    assert not ok
+    assert not ok and "before its end" in why
     ok, _ = grade_code("    import sys\n    sys.exit(0)\n", ADD)
     assert not ok
 
 
-def test_the_models_own_unittest_main_does_not_pass_wrong_code():
-    prog = textwrap.dedent(
-        """\
-        import unittest
+def test_a_program_that_ends_through_unittest_main_does_not_pass():
+    prog = "import unittest\n\nclass T(unittest.TestCase):\n    def test_it(self):\n"
+    prog += "        self.assertTrue(True)\n\nunittest.main()\nprint('the tests')\n"
+    ok, why = sandbox.run_program(prog)
+    assert not ok and "before its end" in why
 
-        def add(a, b):
-            return a - b
 
-        class T(unittest.TestCase):
-            def test_it(self):
-                self.assertEqual(add(2, 3), 5)
+WHOLE = """\
+import sys
+import unittest
 
-        unittest.main()
-        """
-    )
-    ok, _ = grade_code(prog, ADD)
-    assert not ok
-    # even with tests that pass, unittest.main() exits before the problem's tests run
-    ok, _ = grade_code(prog.replace("a - b", "a + b"), ADD)
-    assert not ok
+def add(a, b):
+    return a - b
+
+class T(unittest.TestCase):
+    def test_it(self):
+        self.assertEqual(add(2, 3), -1)
+
+print(add(2, 3))
+assert add(1, 1) == 0
+if __name__ == "__main__":
+    unittest.main()
+unittest.main()
+sys.exit(0)
+"""
+
+
+def test_a_whole_function_is_judged_by_the_problems_tests_alone():
+    """The model's own examples, asserts, unittest.main() and exits are left out:
+    wrong code fails, right code passes, whatever the model's own tests say."""
+    ok, why = grade_code(WHOLE, ADD)
+    assert not ok and "AssertionError" in why
+    assert grade_code(WHOLE.replace("a - b", "a + b"), ADD) == (True, "passed")
+    fenced = "```python\n" + WHOLE + "```"
+    assert not grade_code(fenced, ADD, chat=True)[0]
+    assert grade_code(fenced.replace("a - b", "a + b"), ADD, chat=True)[0]
 
 
 # --- code: containment ---------------------------------------------------------------------

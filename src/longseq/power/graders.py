@@ -29,6 +29,7 @@ raises :class:`MissingExtra`, naming ``pip install 'longseq[eval]'``.
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import textwrap
@@ -287,6 +288,29 @@ def _with_prompt(prompt: str, code: str) -> str:
     return prompt + "\n" + code
 
 
+def definitions(code: str, start: int = 0) -> str:
+    """The definitions of a whole-function answer: its imports, functions, classes,
+    assignments and ``try`` blocks, without the top-level statements that run the
+    model's own examples (calls such as ``print(...)``, ``unittest.main()`` or
+    ``sys.exit(0)``, ``assert``, loops, ``raise``, ``if __name__ == "__main__":``).
+    Code that does not parse is cut at the first such line after ``start``
+    (``FUNCTION_STOPS``) and left for the test run to reject."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return _cut(code, FUNCTION_STOPS, start)
+    lines = code.splitlines(keepends=True)
+    kept = []
+    for node in tree.body:
+        if isinstance(node, ast.Expr | ast.Assert | ast.For | ast.AsyncFor | ast.While | ast.Raise):
+            continue
+        if isinstance(node, ast.If) and "__name__" in ast.unparse(node.test):
+            continue
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        kept.append("".join(lines[first - 1 : node.end_lineno]))
+    return "\n".join(kept) + "\n"
+
+
 def code_program(completion: str, problem, chat: bool) -> str:
     """The program to test.
 
@@ -294,22 +318,22 @@ def code_program(completion: str, problem, chat: bool) -> str:
     the last block that defines the entry point, after the prompt's own lines, or else
     the prompt followed by the last block (a body). Without a block, a completion that
     defines the entry point at the top level is a whole function; anything else is the
-    continuation of the prompt, cut at the first top-level line (``CODE_STOPS``). A
-    top-level ``if __name__ == "__main__":`` block, prints and asserts after a whole
-    function are left out (the model's own examples are not the problem's tests)."""
+    continuation of the prompt, cut at the first top-level line (``CODE_STOPS``). Of a
+    whole function only its :func:`definitions` are kept: the model's own examples
+    and test runs are not the problem's tests."""
     entry = problem.entry_point
     blocks = code_blocks(completion) if chat or completion.lstrip().startswith("```") else []
     for block in reversed(blocks):
         m = _defines(block, entry)
         if m:
-            return _with_prompt(problem.question, _cut(block, FUNCTION_STOPS, m.end()))
+            return _with_prompt(problem.question, definitions(block, m.end()))
     if blocks:
         return problem.question + _cut(blocks[-1], CODE_STOPS)
     m = _defines(completion, entry)
     if m:
         before = completion[: m.start()].splitlines()
         if all(re.match(r"\s*($|#|@|import\s|from\s)", line) for line in before):
-            return _with_prompt(problem.question, _cut(completion, FUNCTION_STOPS, m.end()))
+            return _with_prompt(problem.question, definitions(completion, m.end()))
     return problem.question + _cut(completion, CODE_STOPS)
 
 

@@ -141,7 +141,8 @@ if pid == 0:
     libc.prctl(1, 9)
     os.execve(sys.executable, argv, env)
 _, status = os.waitpid(pid, 0)
-os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+code = os.waitstatus_to_exitcode(status)
+os._exit(128 - code if code < 0 else code & 0xFF)  # killed by signal n: 128 + n
 """
 
 # Runs the program: audit-hook guards, the program as __main__, then the token.
@@ -266,12 +267,13 @@ def run_program(
     if timed_out:
         return False, f"timed out after {timeout:g} s"
     lines = stderr.strip().splitlines()
-    if lines:
-        return False, lines[-1]
     code = proc.returncode
-    if code is not None and code < 0:
-        return False, f"killed by {signal.Signals(-code).name}"
-    return False, f"stopped before its end (exit status {code})"
+    if code is not None and (code < 0 or 128 < code < 128 + signal.NSIG):
+        return False, f"killed by {signal.Signals(abs(code) % 128).name}"
+    if lines and code != 0:
+        return False, lines[-1]  # the exception that stopped it
+    said = f": {lines[-1]}" if lines else ""
+    return False, f"stopped before its end (exit status {code}){said}"
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
