@@ -38,7 +38,7 @@ from rich.table import Table
 
 from longseq import lm
 from longseq.power.baselines import best_of_n, mh_power_sample, sample
-from longseq.power.graders import grade
+from longseq.power.graders import GRADER_VERSION, grade
 from longseq.power.problems import Problem, build_prompt, fewshot_examples
 from longseq.power.smc import ContextClampWarning, power_smc
 from longseq.power.task import TaskConfig, load_task
@@ -431,6 +431,7 @@ def evaluate(
     run = {
         "sampler": cfg.used(),
         "grader": kinds,
+        "grader_version": GRADER_VERSION,
         "template": mode,
         "template_text": template,
         "instruction": instruction if mode == "chat" else None,

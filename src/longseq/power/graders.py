@@ -38,6 +38,9 @@ from fractions import Fraction
 from longseq.power.sandbox import run_program
 
 GRADERS = ("math", "mc", "exact", "code")
+# raised whenever a grader reads answers differently: results files record it, and a
+# rerun does not mix answers graded by two versions
+GRADER_VERSION = 2
 EXTRA_HINT = "pip install 'longseq[eval]'"
 MINUS_SIGNS = "\u2212\u2012\u2013\ufe63\uff0d"  # minus, figure dash, en dash, small/full-width
 
