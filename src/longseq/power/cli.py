@@ -278,12 +278,17 @@ def power_eval(
     mh_blocks: int = typer.Option(16, min=1, help="MH: blocks the answer is built in"),
     mh_steps: int = typer.Option(10, min=0, help="MH: steps after each block"),
     max_new_tokens: int = typer.Option(
-        1024, min=1, help="lowered, with a note, to what the model's context leaves"
+        None,
+        min=1,
+        help="default: the task's, else 1024; lowered, with a note, to what the model's "
+        "context leaves",
     ),
     min_new_tokens: int = typer.Option(0, min=0, help="no EOS before this many new tokens"),
     top_k: int = typer.Option(None, min=1, help="restrict each token to the k most probable"),
     top_p: float = typer.Option(None, help="restrict each token to the nucleus of mass top_p"),
-    stop: list[str] = typer.Option(None, help="stop string (repeatable)"),
+    stop: list[str] = typer.Option(
+        None, help="stop string (repeatable; with --task, added to the task's for plain prompts)"
+    ),
     max_time: float = typer.Option(None, help="seconds per problem before decoding stops"),
     chat: bool = typer.Option(
         None, "--chat/--no-chat", help="use the tokenizer's chat template (default: if it has one)"
@@ -295,6 +300,22 @@ def power_eval(
     ),
     instruction: str = typer.Option(None, help="chat instruction (default: one per grader)"),
     code_timeout: float = typer.Option(10.0, help="seconds per program (code grader)"),
+    task: str = typer.Option(
+        None,
+        help="task settings: math | gsm8k | gpqa | humaneval, or a .toml file (grader, "
+        "max new tokens, stop strings, plain template, few-shot count)",
+    ),
+    samples: int = typer.Option(
+        1, min=1, help="answers per problem; the summary adds pass@k and maj@k"
+    ),
+    fewshot: int = typer.Option(
+        None, min=0, help="worked examples before each problem (default: the task's, else 0)"
+    ),
+    fewshot_file: Path = typer.Option(
+        None,
+        help="problems file whose worked solutions are the few-shot examples "
+        "(default: the evaluated data, each problem's own left out)",
+    ),
     out: Path = typer.Option(
         None, help="results folder, one METHOD.jsonl each (default: power-eval/DATA-MODEL)"
     ),
@@ -305,7 +326,8 @@ def power_eval(
     seed: int = typer.Option(0),
     device: str = typer.Option(None),
 ) -> None:
-    """Accuracy of one or more samplers on reasoning problems, one answer per problem.
+    """Accuracy of one or more samplers on reasoning problems, one answer per problem
+    (or --samples K, with pass@k and maj@k).
 
     Results are written as they come (OUT/METHOD.jsonl); rerunning the same command
     skips the problems already done. Prompts go through the tokenizer's chat template
@@ -314,9 +336,16 @@ def power_eval(
     """
 
     from longseq.cliutils import make_folder
-    from longseq.power.evaluation import METHODS, SamplerConfig, evaluate, summary_table
+    from longseq.power.evaluation import (
+        METHODS,
+        SamplerConfig,
+        breakdown_table,
+        evaluate,
+        summary_table,
+    )
     from longseq.power.graders import MissingExtra, require_math_verify
     from longseq.power.problems import load_problems
+    from longseq.power.task import load_task
 
     bad = [m for m in method if m not in METHODS]
     if bad:
@@ -331,7 +360,16 @@ def power_eval(
     if split is not None and not Path(data).is_dir():
         fail(f"--split chooses a split of a datasets folder; {data} is not a folder")
     try:
+        task_cfg = load_task(task) if task is not None else None
+        if task_cfg is not None:
+            kind = task_cfg.kind if kind == "auto" else kind
+            max_new_tokens = max_new_tokens or task_cfg.max_new_tokens
         problems = load_problems(data, kind=kind, limit=limit, split=split)
+        pool = None
+        if fewshot_file is not None:
+            pool = load_problems(fewshot_file, kind=kind)
+        elif (fewshot if fewshot is not None else task_cfg.fewshot if task_cfg else 0) > 0:
+            pool = load_problems(data, kind=kind, split=split)  # the whole set
         if any(p.kind == "math" for p in problems):
             require_math_verify()
         configs = [
@@ -339,7 +377,7 @@ def power_eval(
                 method=m,
                 alpha=alpha,
                 n_particles=particles,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max_new_tokens or 1024,
                 block_size=block_size,
                 ramp_tokens=ramp_tokens,
                 kappa=kappa,
@@ -380,6 +418,10 @@ def power_eval(
                 code_timeout=code_timeout,
                 run_info={"model": model, "data": str(data), "dtype": dtype},
                 batch_size=batch_size,
+                samples=samples,
+                fewshot=fewshot,
+                fewshot_pool=pool,
+                task=task_cfg,
             )
         except (MissingExtra, ValueError, TypeError) as e:
             fail(str(e))
@@ -389,9 +431,14 @@ def power_eval(
                 console.print(f"[yellow]note:[/] {note}")
                 noted.add(note)
     template_used = summaries[0].template
+    per = "one answer" if samples == 1 else f"{samples} answers"
     console.print(
-        summary_table(summaries, title=f"{data}: one answer per problem ({template_used} prompts)")
+        summary_table(summaries, title=f"{data}: {per} per problem ({template_used} prompts)")
     )
+    for s in summaries:
+        table = breakdown_table(s)
+        if table is not None:
+            console.print(table)
     write_text(
         folder / "summary.json",
         json.dumps([s.to_dict() for s in summaries], indent=2) + "\n",

@@ -5,11 +5,17 @@
     summary = evaluate(model, tokenizer, problems, SamplerConfig("smc", n_particles=16),
                        out="results/smc.jsonl")
 
-One answer per problem. Results are written to a JSONL file as they come (a first
-line with the run's settings, then one line per problem); a rerun with the same
-settings skips the problems already there, so an interrupted evaluation resumes.
+One answer per problem, or ``samples`` answers with pass@k and maj@k. Results are
+written to a JSONL file as they come (a first line with the run's settings, then one
+line per answer); a rerun with the same settings skips the answers already there, so
+an interrupted evaluation resumes. A last line cut by an interruption is dropped and
+the file rewritten before new lines are added. Every setting that changes sampling or
+grading is recorded (the sampler's settings its method uses, the graders, the code
+timeout, the prompt template, the few-shot examples, the samples per problem, the
+task), and a rerun that differs in one stops with an error naming it.
 The summary has the accuracy with a 95% Wilson interval, the generated and decoded
-tokens and the wall time per problem.
+tokens, the wall time per problem and, when the problems have MATH's ``subject`` /
+``level`` fields, the accuracy per subject and level.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import re
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,22 +36,29 @@ from rich.table import Table
 
 from longseq import lm
 from longseq.power.baselines import best_of_n, mh_power_sample, sample
-from longseq.power.graders import grade
-from longseq.power.problems import Problem, build_prompt
+from longseq.power.graders import GRADER_VERSION, grade
+from longseq.power.problems import Problem, build_prompt, fewshot_examples
 from longseq.power.smc import ContextClampWarning, power_smc
+from longseq.power.task import TaskConfig, load_task
 from longseq.utils import progress_bar
 
 METHODS = ("temp-1", "temp-alpha", "best-of-n", "mh", "smc")
 
-#: the settings every method reads, and those each method reads besides
-_COMMON = ("method", "max_new_tokens", "min_new_tokens", "top_k", "top_p", "stop_strings")
-_COMMON += ("max_time", "seed")
-_OWN = {
-    "temp-1": (),
-    "temp-alpha": ("alpha",),
-    "best-of-n": ("n_particles",),
-    "mh": ("alpha", "mh_blocks", "mh_steps"),
-    "smc": ("alpha", "n_particles", "block_size", "ramp_tokens", "kappa"),
+# sampler settings a method does not read: not recorded, not compared on resume
+UNUSED = {
+    "temp-1": (
+        "alpha",
+        "n_particles",
+        "block_size",
+        "ramp_tokens",
+        "kappa",
+        "mh_blocks",
+        "mh_steps",
+    ),
+    "temp-alpha": ("n_particles", "block_size", "ramp_tokens", "kappa", "mh_blocks", "mh_steps"),
+    "best-of-n": ("alpha", "block_size", "ramp_tokens", "kappa", "mh_blocks", "mh_steps"),
+    "mh": ("n_particles", "block_size", "ramp_tokens", "kappa"),
+    "smc": ("mh_blocks", "mh_steps"),
 }
 
 
@@ -88,12 +104,6 @@ class SamplerConfig:
                 f"({self.max_new_tokens})"
             )
 
-    def settings(self) -> dict:
-        """The settings this method reads (a results file records these, so a rerun that
-        changes only another method's settings resumes it)."""
-        used = (*_COMMON, *_OWN[self.method])
-        return {k: v for k, v in asdict(self).items() if k in used}
-
     def describe(self) -> str:
         if self.method == "temp-1":
             return "T=1"
@@ -107,6 +117,10 @@ class SamplerConfig:
             f"alpha={self.alpha:g} N={self.n_particles} block={self.block_size} "
             f"ramp={self.ramp_tokens}"
         )
+
+    def used(self) -> dict:
+        """The settings this method reads (what the results file records)."""
+        return {k: v for k, v in asdict(self).items() if k not in UNUSED[self.method]}
 
 
 @dataclass
@@ -125,6 +139,12 @@ class EvalSummary:
     template: str  # chat or plain
     out: str | None = None
     notes: list[str] = field(default_factory=list)
+    samples: int = 1  # answers per problem; accuracy is then pass@1, correct counts answers
+    pass_at_k: dict[str, float] = field(default_factory=dict)  # "pass@k", unbiased
+    maj_at_k: float | None = None  # majority vote over the samples (not for code)
+    by_subject: dict[str, dict[str, dict]] = field(default_factory=dict)  # field -> value -> stats
+    fewshot: int = 0
+    task: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -293,18 +313,19 @@ def run_batch(
     ]
 
 
-def _answers(model, tokenizer, todo, prompt, cfg, eos, batch_size, notes):
-    """(problem, sampler result) for each problem, sampled ``batch_size`` at a time; a
-    note is added when max_new_tokens did not fit the model's context."""
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        ids = [prompt(p) for p in chunk]
-        seeds = [problem_seed(cfg.seed, p.id) for p in chunk]
+def _answers(model, tokenizer, work, cfg, eos, batch_size, notes):
+    """((problem, sample), sampler result) for each item of ``work`` (problem, sample,
+    prompt ids, seed), sampled ``batch_size`` at a time; a note is added when
+    max_new_tokens did not fit the model's context."""
+    for start in range(0, len(work), batch_size):
+        chunk = work[start : start + batch_size]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ContextClampWarning)
             if len(chunk) == 1:
-                results = [run_sampler(model, ids[0], cfg, eos, tokenizer, seeds[0])]
+                _, _, ids, seed = chunk[0]
+                results = [run_sampler(model, ids, cfg, eos, tokenizer, seed)]
             else:
+                ids, seeds = [w[2] for w in chunk], [w[3] for w in chunk]
                 results = run_batch(model, ids, cfg, eos, tokenizer, seeds)
         for w in caught:
             if issubclass(w.category, ContextClampWarning):
@@ -315,7 +336,48 @@ def _answers(model, tokenizer, todo, prompt, cfg, eos, batch_size, notes):
                 )
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        yield from zip(chunk, results, strict=True)
+        yield from zip(((w[0], w[1]) for w in chunk), results, strict=True)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of one problem with ``c`` correct among ``n`` samples (Chen et al.
+    2021): 1 - C(n - c, k) / C(n, k), the chance that k of the n drawn without
+    replacement hold a correct one."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority(records: list[dict]) -> dict | None:
+    """The answer most samples give (whitespace ignored; ties: the earliest sample);
+    None when no sample has an answer."""
+    key = lambda r: re.sub(r"\s+", "", str(r.get("prediction", "")))  # noqa: E731
+    votes = Counter(key(r) for r in records if key(r))
+    if not votes:
+        return None
+    top = max(votes.values())
+    return next(r for r in records if key(r) and votes[key(r)] == top)
+
+
+def _ks(samples: int) -> list[int]:
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k < samples]
+    return [*ks, samples]
+
+
+# results-file settings and the option that sets each on the command line
+OPTION = {
+    "grader": "--kind",
+    "code_timeout": "--code-timeout",
+    "template": "--chat/--no-chat",
+    "template_text": "--template",
+    "fewshot": "--fewshot",
+    "fewshot_examples": "--fewshot / --fewshot-file",
+    "samples": "--samples",
+    "n_particles": "--particles",
+    "stop_strings": "--stop",
+}
 
 
 def _flat(d: dict) -> dict:
@@ -325,11 +387,20 @@ def _flat(d: dict) -> dict:
     return out
 
 
-def _read_results(path: Path, run: dict) -> dict[str, dict]:
-    """Finished records of an earlier run with the same settings (id -> record)."""
+def _read_results(path: Path, run: dict) -> dict[tuple[str, int], dict]:
+    """Finished answers of an earlier run with the same settings ((id, sample) ->
+    record). Lines that do not parse (a line cut by an interruption) are dropped and
+    the file is rewritten without them, so that new lines start on a line of their
+    own."""
     if not path.exists() or path.stat().st_size == 0:
         return {}
-    lines = path.read_text().splitlines()
+    text = path.read_text()
+    lines = text.split("\n")
+    if len(lines) == 1:  # only a header cut while being written: start afresh
+        try:
+            json.loads(text)
+        except json.JSONDecodeError:
+            return {}
     try:
         head = json.loads(lines[0])["run"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -341,18 +412,53 @@ def _read_results(path: Path, run: dict) -> dict[str, dict]:
     if head != run:
         a, b = _flat(head), _flat(run)
         diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise ValueError(
-            f"{path} holds results of another run (it differs in {', '.join(diff)}); "
-            "give another output file or delete it"
+        said = "; ".join(
+            f"{k}{f' ({OPTION[k]})' if k in OPTION else ''} was "
+            f"{a.get(k, '(not recorded)')!r}, now {b.get(k, '(not recorded)')!r}"
+            for k in diff
         )
-    done = {}
+        raise ValueError(
+            f"{path} holds results of another run: {said}; give another output file or delete it"
+        )
+    done, kept, dropped = {}, [lines[0]], 0
     for line in lines[1:]:
+        if not line.strip():
+            continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by an interruption: redo that problem
+            key = (rec["id"], int(rec.get("sample", 0)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            dropped += 1  # a line cut by an interruption: redo that answer
             continue
-        done[rec["id"]] = rec
+        if key not in done:
+            done[key] = rec
+            kept.append(line)
+    if dropped or not text.endswith("\n"):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("\n".join(kept) + "\n")
+        os.replace(tmp, path)
     return done
+
+
+def _breakdown(problems: list[Problem], score: dict[str, float]) -> dict[str, dict]:
+    """Accuracy per MATH subject and per level, where the problems carry them."""
+    out: dict[str, dict] = {}
+    for name in ("subject", "level"):
+        groups: dict[str, list[float]] = {}
+        for p in problems:
+            value = getattr(p, name)
+            if value and p.id in score:
+                groups.setdefault(value, []).append(score[p.id])
+        if groups:
+            out[name] = {
+                v: {"n": len(xs), "accuracy": sum(xs) / len(xs)}
+                for v, xs in sorted(groups.items(), key=lambda kv: _natural(kv[0]))
+            }
+    return out
+
+
+def _natural(text: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
 
 
 def evaluate(
@@ -367,82 +473,163 @@ def evaluate(
     code_timeout: float = 10.0,
     progress: bool = True,
     run_info: dict | None = None,
+    samples: int = 1,
+    fewshot: int | None = None,
+    fewshot_pool: list[Problem] | None = None,
+    task: TaskConfig | str | None = None,
     batch_size: int = 1,
 ) -> EvalSummary:
-    """Sample one answer per problem with ``sampler`` and grade it.
+    """Sample ``samples`` answers per problem with ``sampler`` and grade them.
 
     Args:
         model: causal LM (see :func:`power_smc`).
         tokenizer: a `transformers` tokenizer or :class:`longseq.hub.TextCodec`.
         problems: from :func:`longseq.power.load_problems`.
         sampler: the method and its settings (default: Power-SMC, alpha 4, N 16).
-        out: JSONL results file, appended to as problems finish; a rerun with the same
-            settings skips the problems it holds. None keeps results in memory only.
+        out: JSONL results file, appended to as answers finish; a rerun with the same
+            settings skips the answers it holds. None keeps results in memory only.
         chat: use the tokenizer's chat template (None: when it has one).
         template, instruction: prompt text (see :func:`longseq.power.build_prompt`).
         code_timeout: seconds per program for the code grader.
         run_info: extra settings recorded in the results file (model, data, ...).
-        batch_size: problems decoded together as one batch. Each keeps its own seed,
+        samples: answers per problem (each its own random stream); the summary then
+            has pass@k for k = 1, 2, 4, ... up to ``samples`` and maj@``samples``.
+        fewshot: worked examples shown before each problem (None: the task's, else
+            0): the first problems of ``fewshot_pool`` (default: ``problems``) with a
+            worked solution, never the problem itself. With a pool and
+            ``fewshot=None``, all of the pool.
+        task: a :class:`longseq.power.task.TaskConfig` or a task name: its plain
+            template and stop strings apply to plain prompts unless ``template`` is
+            given, and its ``fewshot`` when ``fewshot`` is None. (Its
+            ``max_new_tokens`` is the sampler's to take: ``SamplerConfig(...,
+            max_new_tokens=task.max_new_tokens)``.)
+        batch_size: answers decoded together as one batch. Each keeps its own seed,
             so the answers are those of ``batch_size=1`` (up to the rounding of a
             padded forward pass); the time of a batch is shared out evenly among its
-            problems, and ``max_time`` applies to each batch.
+            answers, and ``max_time`` applies to each batch.
     """
     cfg = sampler or SamplerConfig()
     if not problems:
         raise ValueError("no problems to evaluate")
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if code_timeout <= 0:
+        raise ValueError(f"code_timeout must be > 0 seconds, got {code_timeout}")
+    if fewshot is not None and fewshot < 0:
+        raise ValueError(f"fewshot must be >= 0, got {fewshot}")
+    task = load_task(task) if isinstance(task, str | Path) else task
     eos = eos_ids(model, tokenizer)
     use_chat = None if chat is None else bool(chat)
     _, _, mode = build_prompt(problems[0], tokenizer, use_chat, template, instruction)
+    if task is not None and mode == "plain":
+        template = template if template is not None else task.plain_template
+        stops = [s for s in task.stop if s not in cfg.stop_strings]
+        cfg = replace(cfg, stop_strings=[*cfg.stop_strings, *stops])
+    n_shots = fewshot if fewshot is not None else (task.fewshot if task else 0)
+    pool = problems if fewshot_pool is None else fewshot_pool
+    whole_pool = fewshot_pool is not None and fewshot is None and not (task and task.fewshot)
+    if whole_pool:
+        n_shots = len(fewshot_examples(pool, None))
+    shots_of = {}
+    if n_shots:
+        for p in problems:
+            shots_of[p.id] = fewshot_examples(pool, None if whole_pool else n_shots, p)
+            if not whole_pool and len(shots_of[p.id]) < n_shots:
+                have = len(fewshot_examples(pool, None))
+                raise ValueError(
+                    f"fewshot={n_shots} but the examples hold {have} problem(s) with a "
+                    "worked solution, and a problem is never shown its own"
+                )
+    delims = (task.target_delimiter, task.fewshot_delimiter) if task else (None, "\n\n")
+    kinds = sorted({p.kind for p in problems})
     run = {
-        "sampler": cfg.settings(),
+        "sampler": cfg.used(),
+        "grader": kinds,
+        "grader_version": GRADER_VERSION,
         "template": mode,
         "template_text": template,
-        "instruction": instruction,
+        "instruction": instruction if mode == "chat" else None,
+        "samples": samples,
+        "fewshot": n_shots,
+        "task": task.name if task else None,
         **(run_info or {}),
     }
+    if "code" in kinds:
+        run["code_timeout"] = code_timeout
+    if n_shots:
+        run["fewshot_examples"] = [p.id for p in fewshot_examples(pool, n_shots + 1)]
+        run["fewshot_delimiters"] = list(delims) if mode == "plain" else None
     path = Path(out) if out is not None else None
-    done: dict[str, dict] = {}
+    done: dict[tuple[str, int], dict] = {}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         done = _read_results(path, json.loads(json.dumps(run)))
         if not done:
             path.write_text(json.dumps({"run": run}) + "\n")
-    records = [done[p.id] for p in problems if p.id in done]
-    todo = [p for p in problems if p.id not in done]
+    keys = [(p.id, j) for p in problems for j in range(samples)]
+    records = {k: done[k] for k in keys if k in done}
     notes: set[str] = set()
-    correct = sum(r["correct"] for r in records)
-    with progress_bar(cfg.method, len(problems), enabled=progress) as advance:
+    correct = sum(r["correct"] for r in records.values())
+    with progress_bar(cfg.method, len(keys), enabled=progress) as advance:
         advance(len(records))
-        prompt = lambda p: build_prompt(p, tokenizer, use_chat, template, instruction)[0]  # noqa: E731
-        for p, res in _answers(model, tokenizer, todo, prompt, cfg, eos, batch_size, notes):
+        work = []  # (problem, sample, prompt ids, seed) of each answer still to sample
+        for p in problems:
+            todo = [j for j in range(samples) if (p.id, j) not in records]
+            if not todo:
+                continue
+            ids, _, _ = build_prompt(
+                p, tokenizer, use_chat, template, instruction, shots_of.get(p.id), *delims
+            )
+            for j in todo:
+                seed = problem_seed(cfg.seed, p.id if j == 0 else f"{p.id}#{j}")
+                work.append((p, j, ids, seed))
+        for (p, j), res in _answers(model, tokenizer, work, cfg, eos, batch_size, notes):
             completion = _decode(tokenizer, res.pop("tokens"))
             ok, pred = grade(p.kind, completion, p, code_timeout, chat=mode == "chat")
             rec = {
                 "id": p.id,
+                "sample": j,
                 "kind": p.kind,
                 "correct": bool(ok),
                 "prediction": pred,
                 "gold": p.answer if p.kind != "code" else "(tests)",
                 "completion": completion,
+                **{k: getattr(p, k) for k in ("subject", "level") if getattr(p, k)},
                 **res,
             }
-            records.append(rec)
+            records[(p.id, j)] = rec
             correct += rec["correct"]
             if path is not None:
                 with path.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
             advance(description=f"{cfg.method} ({correct}/{len(records)} right)")
-    n = len(records)
-    lo, hi = wilson_interval(correct, n)
-    mean = lambda key: sum(r.get(key, 0.0) for r in records) / n  # noqa: E731
+    return _summarize(problems, records, samples, cfg, mode, path, notes, n_shots, task)
+
+
+def _summarize(problems, records, samples, cfg, mode, path, notes, n_shots, task) -> EvalSummary:
+    per = {p.id: [records[(p.id, j)] for j in range(samples)] for p in problems}
+    n = len(problems)
+    score = {pid: sum(r["correct"] for r in rs) / samples for pid, rs in per.items()}
+    accuracy = sum(score.values()) / n
+    lo, hi = wilson_interval(accuracy * n, n)
+    passes, maj = {}, None
+    if samples > 1:
+        for k in _ks(samples):
+            c = [sum(r["correct"] for r in rs) for rs in per.values()]
+            passes[f"pass@{k}"] = sum(pass_at_k(samples, ci, k) for ci in c) / n
+        if all(p.kind != "code" for p in problems):
+            votes = [majority(rs) for rs in per.values()]
+            maj = sum(bool(v and v["correct"]) for v in votes) / n
+    answers = [r for rs in per.values() for r in rs]
+    mean = lambda key: sum(r.get(key, 0.0) for r in answers) / len(answers)  # noqa: E731
     return EvalSummary(
         method=cfg.method,
         settings=cfg.describe(),
         n=n,
-        correct=correct,
-        accuracy=correct / n,
+        correct=sum(r["correct"] for r in answers),
+        accuracy=accuracy,
         ci_low=lo,
         ci_high=hi,
         new_tokens=mean("new_tokens"),
@@ -452,17 +639,39 @@ def evaluate(
         template=mode,
         out=str(path) if path is not None else None,
         notes=sorted(notes),
+        samples=samples,
+        pass_at_k=passes,
+        maj_at_k=maj,
+        by_subject=_breakdown(problems, score),
+        fewshot=n_shots,
+        task=task.name if task else None,
     )
 
 
+def breakdown_table(summary: EvalSummary) -> Table | None:
+    """Accuracy per subject and per level (MATH), or None when there are none."""
+    if not summary.by_subject:
+        return None
+    table = Table(title=f"{summary.method}: accuracy per subject and level")
+    for col in ("field", "value", "n", "accuracy"):
+        table.add_column(col, justify="right" if col in ("n", "accuracy") else "left")
+    for name, groups in summary.by_subject.items():
+        for value, st in groups.items():
+            table.add_row(name, value, str(st["n"]), f"{100 * st['accuracy']:.1f}%")
+    return table
+
+
 def summary_table(summaries: list[EvalSummary], title: str = "evaluation") -> Table:
-    """A rich table, one row per sampler; values fold rather than being cut."""
+    """A rich table, one row per sampler; values fold rather than being cut. With
+    several samples per problem, pass@k and maj@k at the largest k are added."""
     table = Table(title=title)
+    multi = any(s.samples > 1 for s in summaries)
     right = ("accuracy", "95% CI", "n", "tokens", "decoded", "s/problem", "CPU s")
+    right += ("pass@k", "maj@k") if multi else ()
     for col in ("method", "settings", *right):
         table.add_column(col, justify="right" if col in right else "left", overflow="fold")
     for s in summaries:
-        table.add_row(
+        row = [
             s.method,
             s.settings,
             f"{100 * s.accuracy:.1f}%",
@@ -472,5 +681,10 @@ def summary_table(summaries: list[EvalSummary], title: str = "evaluation") -> Ta
             f"{s.decoded_tokens:.0f}",
             f"{s.seconds:.3f}",
             f"{s.cpu_seconds:.3f}",
-        )
+        ]
+        if multi:
+            k = s.samples
+            row.append(f"{100 * s.pass_at_k[f'pass@{k}']:.1f}% (k={k})" if k > 1 else "-")
+            row.append(f"{100 * s.maj_at_k:.1f}% (k={k})" if s.maj_at_k is not None else "-")
+        table.add_row(*row)
     return table

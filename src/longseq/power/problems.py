@@ -56,6 +56,9 @@ class Problem:
     answer: str  # reference: answer, letter, number, or test code (code)
     entry_point: str = ""  # code: the function the tests call
     choices: list[str] = field(default_factory=list)  # mc, in the order shown
+    solution: str = ""  # a worked answer, shown when the problem is a few-shot example
+    subject: str = ""  # MATH's subject (or type), when the record has one
+    level: str = ""  # MATH's level, when the record has one
 
 
 def sample_path(name: str, fmt: str = "jsonl") -> Path:
@@ -152,9 +155,24 @@ def _shuffled(choices: list[str], key: str) -> list[int]:
 
 
 def _problem(record: dict, i: int, kind: str) -> Problem:
+    p = _bare_problem(record, i, kind)
+    p.subject = str(record.get("subject", record.get("type", "")) or "")
+    level = record.get("level", "")
+    p.level = str(level).removeprefix("Level ").strip() if level not in (None, "") else ""
+    return p
+
+
+def _bare_problem(record: dict, i: int, kind: str) -> Problem:
     pid = _record_id(record, i)
     if kind == "code":
-        return Problem(pid, kind, record["prompt"], record["test"], record["entry_point"])
+        return Problem(
+            pid,
+            kind,
+            record["prompt"],
+            record["test"],
+            record["entry_point"],
+            solution=str(record.get("canonical_solution", "") or ""),
+        )
     if kind == "mc":
         if "Correct Answer" in record:
             question = record["Question"].strip()
@@ -166,21 +184,33 @@ def _problem(record: dict, i: int, kind: str) -> Problem:
             order = _shuffled(options, pid)
             choices = [str(options[j]).strip() for j in order]
             letter = LETTERS[order.index(0)]
+            why = str(record.get("Explanation", "") or "").strip()
         else:
             question = str(record.get("question", record.get("prompt", ""))).strip()
             choices = [str(c).strip() for c in record["choices"]]
             ans = record["answer"]
             letter = LETTERS[int(ans)] if str(ans).isdigit() else str(ans).strip().upper()
+            why = str(record.get("solution", record.get("explanation", "")) or "").strip()
         if not question:
             raise ValueError(f"record {pid}: the question is empty")
         shown = question + "\n\n" + "\n".join(f"({LETTERS[k]}) {c}" for k, c in enumerate(choices))
-        return Problem(pid, kind, shown, letter, choices=choices)
+        solution = (why + "\n" if why else "") + f"The answer is ({letter})."
+        return Problem(pid, kind, shown, letter, choices=choices, solution=solution)
     text = record.get("problem", record.get("question", record.get("prompt")))
     if text is None:
         raise ValueError(f"record {pid}: no problem/question/prompt field")
     if not str(text).strip():
         raise ValueError(f"record {pid}: the problem text is empty")
-    return Problem(pid, kind, str(text), str(record["answer"]))
+    answer = str(record["answer"])
+    if kind == "exact" and "####" in answer:  # GSM8K: the worked answer ends in #### N
+        solution = answer
+    elif record.get("solution"):
+        solution = str(record["solution"])
+    elif kind == "math":
+        solution = f"The final answer is $\\boxed{{{answer}}}$."
+    else:
+        solution = f"The answer is {answer}."
+    return Problem(pid, kind, str(text), answer, solution=solution)
 
 
 def load_problems(
@@ -227,30 +257,69 @@ def build_prompt(
     chat: bool | None = None,
     template: str | None = None,
     instruction: str | None = None,
+    fewshot: list[Problem] | None = None,
+    target_delimiter: str | None = None,
+    fewshot_delimiter: str = "\n\n",
 ) -> tuple[list[int], str, str]:
     """(token ids, prompt text, "chat" or "plain") for ``problem``.
 
     ``chat=None`` uses the tokenizer's chat template when it has one. The chat user
     message is ``template`` (default ``"{problem}\\n\\n{instruction}"``) with the
     kind's instruction (``INSTRUCTIONS``, or ``instruction``); plain text is
-    ``template`` (default ``"{problem}"``).
+    ``template`` (default ``"{problem}"``). ``fewshot`` examples come first, each with
+    its worked solution: as earlier user / assistant turns in chat mode, as
+    ``template`` + ``target_delimiter`` + solution blocks joined by
+    ``fewshot_delimiter`` in plain mode (``target_delimiter`` None: a space, or
+    nothing after a template that ends in white space; a code example is its prompt
+    followed by its solution).
     """
     use_chat = has_chat_template(tokenizer) if chat is None else chat
     if use_chat and not has_chat_template(tokenizer):
         raise ValueError("chat=True but the tokenizer has no chat template")
-    instr = INSTRUCTIONS[problem.kind] if instruction is None else instruction
+    shots = list(fewshot or [])
     if use_chat:
-        body = (template or "{problem}\n\n{instruction}").format(
-            problem=problem.question, instruction=instr
-        )
+        messages = []
+        for ex in [*shots, problem]:
+            instr = INSTRUCTIONS[ex.kind] if instruction is None else instruction
+            body = (template or "{problem}\n\n{instruction}").format(
+                problem=ex.question, instruction=instr
+            )
+            messages.append({"role": "user", "content": body.strip()})
+            if ex is not problem:
+                messages.append({"role": "assistant", "content": _shown_solution(ex)})
         tok = _hf_tokenizer(tokenizer)
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": body.strip()}], add_generation_prompt=True, tokenize=False
-        )
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         ids = list(tok(text, add_special_tokens=False)["input_ids"])
         return ids, text, "chat"
-    text = (template or "{problem}").format(problem=problem.question, instruction=instr)
+
+    def shown(p: Problem) -> str:
+        instr = INSTRUCTIONS[p.kind] if instruction is None else instruction
+        return (template or "{problem}").format(problem=p.question, instruction=instr)
+
+    parts = []
+    for ex in shots:
+        sep = target_delimiter
+        if sep is None:
+            sep = "" if ex.kind == "code" or shown(ex).endswith(("\n", " ")) else " "
+        parts.append(shown(ex) + sep + ex.solution.strip("\n") + fewshot_delimiter)
+    text = "".join(parts) + shown(problem)
     return list(tokenizer.encode(text)), text, "plain"
+
+
+def _shown_solution(p: Problem) -> str:
+    if p.kind == "code":
+        return f"```python\n{p.question}{p.solution}```"
+    return p.solution
+
+
+def fewshot_examples(
+    pool: list[Problem], n: int | None, exclude: Problem | None = None
+) -> list[Problem]:
+    """The first ``n`` problems of ``pool`` that have a worked solution (all when
+    ``n`` is None), leaving out any with the question of ``exclude`` (a problem is
+    never shown its own solution)."""
+    found = [p for p in pool if p.solution and (exclude is None or p.question != exclude.question)]
+    return found if n is None else found[:n]
 
 
 def encode_prompt(text: str, tokenizer, chat: bool | None = None) -> tuple[list[int], str, str]:
