@@ -134,3 +134,17 @@ def test_batches_on_a_model_without_attention_mask():
         cfg = SamplerConfig(method, n_particles=2, max_new_tokens=8)
         s = evaluate(model, tok, problems, cfg, chat=False, progress=False, batch_size=3)
         assert s.accuracy == 1.0 and s.n == 5
+
+
+def test_batches_of_samples_give_the_answers_of_one_at_a_time(arith_model, tmp_path):
+    """With several samples per problem, the samples (each its own seed) batch too."""
+    model, codec = arith_model
+    problems = _problems()[:3]
+    cfg = SamplerConfig("temp-1", max_new_tokens=24, seed=5)
+    for b in (1, 4):
+        evaluate(model, codec, problems, cfg, out=tmp_path / f"{b}.jsonl", samples=3,
+                 progress=False, batch_size=b)  # fmt: skip
+    head1, rows1 = _rows(tmp_path / "1.jsonl")
+    head4, rows4 = _rows(tmp_path / "4.jsonl")
+    assert head1 == head4 and rows1 == rows4 and len(rows1) == 9
+    assert len({r["completion"] for r in rows1 if r["id"] == "p0"}) > 1  # samples differ
