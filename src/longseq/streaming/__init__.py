@@ -1,6 +1,12 @@
 """StreamingT2V: long, consistent text-to-video by autoregressive chunks with short-term
 (CAM) and long-term (APM) memory, and an enhancer with randomized blending."""
 
+from longseq.streaming.denoiser import (
+    Denoiser,
+    as_denoiser,
+    join_chunks,
+    randomized_blending,
+)
 from longseq.streaming.pipeline import (
     BLENDINGS,
     StreamingOutput,
@@ -11,6 +17,10 @@ from longseq.streaming.text import TextEncoder
 
 __all__ = [
     "BLENDINGS",
+    "Denoiser",
+    "as_denoiser",
+    "join_chunks",
+    "randomized_blending",
     "StreamingOutput",
     "StreamingT2VPipeline",
     "TextEncoder",

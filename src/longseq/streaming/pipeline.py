@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from longseq.data.videoworld import to_tensor, to_uint8
+from longseq.streaming.denoiser import check_denoiser, join_chunks, randomized_blending
 from longseq.utils import progress_bar
 
 BLENDINGS = ("random", "shared", "independent")
@@ -52,7 +53,11 @@ def _conditioning(unet: Any) -> str:
 
 
 def _param(module: Any) -> torch.Tensor:
-    return next(module.parameters())
+    """A tensor on the module's device, of its dtype (CPU float32 for a plain callable)."""
+    for get in ("parameters", "buffers"):
+        for t in getattr(module, get, lambda: ())():
+            return t
+    return torch.empty(0)
 
 
 def _sample_shape(unet: Any, frames: int, batch: int = 1) -> tuple[int, ...]:
@@ -123,6 +128,10 @@ class StreamingT2VPipeline:
         enhancer_chunk_frames: int = 24,
         enhancer_overlap: int = 8,
     ) -> None:
+        check_denoiser(unet)
+        for name, m in (("first_unet", first_unet), ("enhancer", enhancer)):
+            if m is not None:
+                check_denoiser(m, name)
         if not 0 < cond_frames < chunk_frames:
             raise ValueError(
                 f"need 0 < cond_frames < chunk_frames, got {cond_frames} and {chunk_frames}"
@@ -297,7 +306,8 @@ class StreamingT2VPipeline:
                 x[:, :, : cond.shape[2]] = self.scheduler.add_noise(cond, fixed_noise, t.reshape(1))
             eps = self._eps(unet, x, t, text, null, w_text, cond, anchor, w_anchor)
             x = self.scheduler.step(eps, t, x).prev_sample
-        return x.clamp(-1, 1)
+        # pixels are bounded, latents are not: only decoded pixels are clamped
+        return x if self.vae is not None else x.clamp(-1, 1)
 
     def _settings(
         self,
@@ -514,19 +524,7 @@ class StreamingT2VPipeline:
                 x = sched.step(eps, t, x).prev_sample
                 xs = list(x.split(1))
                 if blending == "random":
-                    for i in range(len(starts) - 1):
-                        o = starts[i] + le - starts[i + 1]  # overlap length
-                        cut = int(rng.integers(0, o + 1))
-                        left, right = xs[i][:, :, le - o :], xs[i + 1][:, :, :o]
-                        merged = torch.cat([left[:, :, :cut], right[:, :, cut:]], 2)
-                        xs[i] = torch.cat([xs[i][:, :, : le - o], merged], 2)
-                        xs[i + 1] = torch.cat([merged, xs[i + 1][:, :, o:]], 2)
+                    xs = randomized_blending(xs, starts, rng)
                 advance()
-        out = torch.empty_like(video)
-        seams = []
-        for i, s in enumerate(starts):
-            lo = s if i == 0 else (starts[i - 1] + le + s) // 2  # middle of the overlap
-            out[:, :, lo : s + le] = xs[i][:, :, lo - s :]
-            if i:
-                seams.append(int(lo))
+        out, seams = join_chunks(xs, starts)
         return StreamingOutput(to_uint8(self._decode(out)[0].clamp(-1, 1)), seams)
