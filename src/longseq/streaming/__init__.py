@@ -7,6 +7,7 @@ from longseq.streaming.denoiser import (
     join_chunks,
     randomized_blending,
 )
+from longseq.streaming.memory import APM, CAM, StreamingUNet, attach_memory, load_memory
 from longseq.streaming.pipeline import (
     BLENDINGS,
     StreamingOutput,
@@ -16,7 +17,12 @@ from longseq.streaming.pipeline import (
 from longseq.streaming.text import TextEncoder
 
 __all__ = [
+    "APM",
     "BLENDINGS",
+    "CAM",
+    "StreamingUNet",
+    "attach_memory",
+    "load_memory",
     "Denoiser",
     "as_denoiser",
     "join_chunks",
