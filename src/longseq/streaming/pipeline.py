@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -161,16 +162,39 @@ class StreamingT2VPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        name: str = "streaming-t2v",
-        enhancer: str | None = "streaming-enhancer",
+        name: str | Path = "streaming-t2v",
+        enhancer: str | Path | None = "streaming-enhancer",
         device: str | torch.device = "cpu",
     ) -> StreamingT2VPipeline:
-        """The shipped models (or checkpoint directories written by ``hub.save_pretrained``)."""
+        """The shipped models, checkpoint directories written by ``hub.save_pretrained``, or
+        a ``diffusers`` text-to-video folder (``TextToVideoSDPipeline`` layout: ``unet/``,
+        ``text_encoder/``, ``tokenizer/``, ``scheduler/``, optional ``vae/``) with or
+        without trained CAM/APM in its ``streaming/`` subfolder. For such a folder
+        ``enhancer`` is another diffusers folder whose UNet refines the video (sharing the
+        generator's VAE and text encoder); the shipped enhancer belongs to the shipped
+        world models and is not used with one."""
         from diffusers import DDIMScheduler
 
         from longseq import hub
+        from longseq.streaming.folder import is_diffusers_folder, load_folder
         from longseq.streaming.text import TextEncoder
 
+        if not isinstance(name, str | Path):
+            raise TypeError(f"name must be a model name or folder, got {type(name).__name__}")
+        if name not in hub.registry() and is_diffusers_folder(name):
+            enhancer = None if enhancer == "streaming-enhancer" else enhancer
+            return cls(**load_folder(name, enhancer, device))
+        folder = Path(name)
+        if (
+            name not in hub.registry()
+            and folder.is_dir()
+            and not (folder / "config.json").is_file()
+        ):
+            raise hub.CheckpointError(
+                f"{folder} is neither a longseq checkpoint (config.json, model.safetensors) "
+                "nor a diffusers text-to-video folder (unet/, text_encoder/, tokenizer/, "
+                "scheduler/, optional vae/)"
+            )
         unet, info = hub.load(name, device)
         meta = info.extra.get("streaming")
         if meta is None or info.config.get("architecture") != "video_unet":
