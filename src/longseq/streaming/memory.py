@@ -211,6 +211,7 @@ class CAM(nn.Module):
         self.down_blocks = copy.deepcopy(unet.down_blocks)
         self.mid_block = copy.deepcopy(unet.mid_block)
         _plain_processors(self)  # the copy reads the text alone
+        self.requires_grad_(True)  # trainable, whether or not the base is frozen
         c0 = cfg.block_out_channels[0]
         self.frame_embedding = cond_frame_embedding(cfg.in_channels, c0)
         self.inject = nn.ModuleList(CAMInjection(c, _heads(c)) for c in _skip_channels(cfg))
@@ -248,7 +249,8 @@ class CAM(nn.Module):
 
 class APMProcessor:
     """A cross-attention processor that reads ``text + SiLU(alpha) * mix([anchor; text])``
-    instead of the text: the anchor tokens are the last ``n_anchor`` of its context."""
+    instead of the text: the anchor tokens are the last ``n_anchor`` of its context. A
+    context of the text alone is read as it is (the UNet without APM)."""
 
     def __init__(self, mixer: APMMixer, n_anchor: int):
         from diffusers.models.attention_processor import AttnProcessor2_0
@@ -257,8 +259,11 @@ class APMProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kw):
         ctx = encoder_hidden_states
-        text, anchor = ctx[:, : -self.n_anchor], ctx[:, -self.n_anchor :]
-        return self.inner(attn, hidden_states, self.mixer(text, anchor), attention_mask, **kw)
+        if ctx is not None and ctx.shape[1] == self.mixer.mix.in_features:
+            text, anchor = ctx[:, : -self.n_anchor], ctx[:, -self.n_anchor :]
+            ctx = self.mixer(text, anchor)
+        # without anchor tokens (the UNet called on its own): plain cross-attention
+        return self.inner(attn, hidden_states, ctx, attention_mask, **kw)
 
 
 def _cross_attentions(unet: nn.Module) -> dict[str, nn.Module]:

@@ -104,6 +104,16 @@ def _check_enhancer(name: str, enhancer: Any, config: dict, unet: Any) -> None:
         )
 
 
+def encode_frames(vae: Any, x: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, 3, F, H, W) in [-1, 1] -> latents (B, C, F, h, w), per frame through a
+    ``diffusers.AutoencoderKL`` (the distribution's mode, times its scaling factor)."""
+    b, _, f = x.shape[:3]
+    flat = x.transpose(1, 2).flatten(0, 1).to(_param(vae))
+    lat = torch.cat([vae.encode(z).latent_dist.mode() for z in flat.split(16)])
+    lat = lat * vae.config.scaling_factor
+    return lat.unflatten(0, (b, f)).transpose(1, 2).to(x)
+
+
 class StreamingT2VPipeline:
     """``pipe(prompt, num_frames=240).frames`` -> (T, H, W, 3) uint8.
 
@@ -250,13 +260,7 @@ class StreamingT2VPipeline:
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, F, H, W) in [-1, 1] -> UNet samples (B, C, F, h, w)."""
-        if self.vae is None:
-            return x
-        b, _, f = x.shape[:3]
-        flat = x.transpose(1, 2).flatten(0, 1).to(_param(self.vae))
-        lat = torch.cat([self.vae.encode(z).latent_dist.mode() for z in flat.split(16)])
-        lat = lat * self.vae.config.scaling_factor
-        return lat.unflatten(0, (b, f)).transpose(1, 2).to(x)
+        return x if self.vae is None else encode_frames(self.vae, x)
 
     def _pixel_size(self, unet: Any) -> int:
         size = _sample_shape(unet, 1)[-1]
