@@ -112,12 +112,18 @@ def text_table(run: Path, device) -> tuple[dict[str, torch.Tensor], torch.Tensor
     return table, d["emb"][-1].to(device)
 
 
-def diffusion_loss(model, sched, x0, text, gen, min_snr: float = 0.0, **cond) -> torch.Tensor:
+def diffusion_loss(
+    model, sched, x0, text, gen, min_snr: float = 0.0, rows=None, total=None, **cond
+) -> torch.Tensor:
     """The denoising loss in the scheduler's parametrisation (v-prediction here); with
     ``min_snr`` > 0 each sample is weighted by min(SNR, min_snr) / (SNR + 1), the
-    min-SNR weighting of v-prediction (Hang et al. 2023)."""
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+    min-SNR weighting of v-prediction (Hang et al. 2023). ``rows`` (a slice): ``x0`` is
+    those rows of a batch of ``total``, whose noise and timesteps are drawn and sliced (so
+    that data-parallel processes together draw what one process would)."""
+    n = x0.shape[0] if rows is None else total
+    rows = slice(0, n) if rows is None else rows
+    noise = torch.randn((n, *x0.shape[1:]), generator=gen)[rows].to(x0.device)
+    t = torch.randint(0, sched.config.num_train_timesteps, (n,), generator=gen)[rows]
     t = t.to(x0.device)
     xt = sched.add_noise(x0, noise, t)
     kind = sched.config.prediction_type
@@ -424,7 +430,7 @@ def train_on_base(args) -> Path:
     rank, world = dist_info()
     if world == 1:
         device = default_device(args.device)
-    gen = seed_everything(args.seed + rank)
+    gen = seed_everything(args.seed)
     out = Path(args.out) if args.out else Path(args.base) / MEMORY_DIR
     run = Path(args.run_dir) / f"base-{args.stage}"
     run.mkdir(parents=True, exist_ok=True)
@@ -442,30 +448,34 @@ def train_on_base(args) -> Path:
     stop = min(steps, args.stop_at or steps)
     cfg = model.unet.config
     size = cfg.sample_size * (2 ** (len(vae.config.block_out_channels) - 1) if vae else 1)
-    batch = max(1, args.batch // world)
+    if args.batch % world:
+        raise SystemExit(f"error: --batch {args.batch} does not split over {world} processes")
+    rows = slice(rank * args.batch // world, (rank + 1) * args.batch // world)
     null = text_enc([""])[0]
     if rank == 0:
         n = sum(p.numel() for p in params)
         print(f"base {args.base}: {args.stage} on the frozen UNet, {n / 1e6:.2f}M trainable")
     losses = []
     while step < stop:
-        rng = np.random.default_rng([args.seed, STAGES.index(args.stage), step, rank])
+        # one batch per step for all processes together, each taking its rows
+        rng = np.random.default_rng([args.seed, STAGES.index(args.stage), step])
         gen.manual_seed(int(rng.integers(2**31)))
         for g in opt.param_groups:
             g["lr"] = warmup_cosine_lr(step, args.lr, min(100, steps // 10), steps)
         frames, first, caps = vw.clip_batch(
             rng,
-            batch,
+            args.batch,
             args.chunk_frames,
             size,
             MAX_START,
             reappear=REAPPEAR,
             hidden_before=args.cond_frames,
         )
+        u = rng.uniform(size=len(caps))[rows]
+        frames, first, caps = frames[rows], first[rows], caps[rows]
         pixels = vw.to_tensor(frames).to(device)
         with torch.no_grad():
             x0 = pixels if vae is None else encode_frames(vae, pixels)
-        u = rng.uniform(size=len(caps))
         drop_text = u < DROP_BOTH + DROP_TEXT
         drop_anchor = (u < DROP_BOTH) | (u >= 1 - DROP_ANCHOR)
         emb = text_enc(caps)
@@ -476,7 +486,7 @@ def train_on_base(args) -> Path:
             with torch.no_grad():
                 anchor = frame_enc.embed(vw.to_tensor(first[:, None])[:, :, 0].to(device))
             cond["anchor_embeds"] = anchor * torch.from_numpy(~drop_anchor).to(device)[:, None]
-        loss = diffusion_loss(net, sched, x0, text, gen, args.min_snr, **cond)
+        loss = diffusion_loss(net, sched, x0, text, gen, args.min_snr, rows, args.batch, **cond)
         optimizer_step(opt, loss, model)
         losses.append(loss.item())
         step += 1

@@ -2,12 +2,16 @@
 
 import hashlib
 import importlib.util
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from longseq import hub
 from longseq.data import videoworld as vw
@@ -111,3 +115,51 @@ def test_training_on_a_diffusers_base_lowers_the_loss_and_changes_only_cam_and_a
         "apm.tokens",
     } <= changed
     assert all(n.startswith(("cam.", "apm.")) for n in f if not torch.equal(f[n], t[n]))
+
+
+def test_two_gloo_processes_train_what_one_process_trains(t2v_copy, tmp_path):
+    """torchrun with 2 CPU processes (DDP on gloo), each on half of every batch, ends
+    with the CAM/APM weights of one process on the whole batch."""
+    folder = t2v_copy("pixel")
+    common = [
+        "--base",
+        str(folder),
+        "--stage",
+        "cam",
+        "--steps",
+        "4",
+        "--batch",
+        "4",
+        "--chunk-frames",
+        "4",
+        "--cond-frames",
+        "2",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"), OMP_NUM_THREADS="1")
+    runs = {
+        "one": [sys.executable, str(SCRIPT), "--device", "cpu"],
+        "two": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(SCRIPT),
+        ],
+    }
+    out = {}
+    for name, cmd in runs.items():
+        args = [*common, "--out", str(tmp_path / name), "--run-dir", str(tmp_path / f"run-{name}")]
+        r = subprocess.run(cmd + args, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out[name] = load_file(tmp_path / name / "memory.safetensors")
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["training"]["processes"] == 2
+    assert out["one"].keys() == out["two"].keys()
+    fresh = attach_memory(
+        diffusers.UNet3DConditionModel.from_pretrained(folder / "unet"), apm=False
+    )
+    moved = 0
+    for k, v in out["one"].items():
+        torch.testing.assert_close(out["two"][k], v, rtol=1e-4, atol=1e-5)
+        moved += not torch.equal(v, fresh.state_dict()[k])
+    assert moved > 0
