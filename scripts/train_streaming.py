@@ -17,7 +17,8 @@ Stages (each resumable: ``RUN/<stage>/state.pt``; run them in this order, or ``a
 
 On a diffusers text-to-video model instead (a TextToVideoSDPipeline folder: unet/,
 text_encoder/, tokenizer/, scheduler/, vae/ for latent models), ``--base FOLDER`` freezes
-its UNet and trains CAM + APM (``--stage cam-apm``) or CAM alone (``--stage cam``) on the
+its UNet and trains CAM + APM (``--stage cam-apm``) or CAM alone (``--stage cam``), or
+fine-tunes it as the naive baseline (``--stage naive``: last frame concatenated), on the
 video world, in latent space through the folder's VAE when it has one, and writes them
 to FOLDER/streaming/ (or ``--out``), where ``StreamingT2VPipeline.from_pretrained(FOLDER)``
 finds them. Data-parallel over GPUs with torchrun (each process its share of the batch):
@@ -377,7 +378,7 @@ def train(stage: str, args) -> None:
     print(f"exported {name} -> {out}")
 
 
-BASE_STAGES = ("cam-apm", "cam")  # what --base trains
+BASE_STAGES = ("cam-apm", "cam", "naive")  # what --base trains
 
 
 def base_model(args, device):
@@ -387,6 +388,7 @@ def base_model(args, device):
 
     from longseq.streaming import attach_memory
     from longseq.streaming.folder import is_diffusers_folder, missing_parts
+    from longseq.streaming.memory import ConcatUNet
     from longseq.streaming.text import TokenizerTextEncoder
 
     folder = Path(args.base)
@@ -405,6 +407,9 @@ def base_model(args, device):
     if apm:
         frame_enc, _ = hub.load(NAMES["classifier"], device)
         frame_enc.requires_grad_(False)
+    if args.stage == "naive":  # the baseline: the whole UNet fine-tuned, last frame concatenated
+        model = ConcatUNet(unet, dict(chunk_frames=args.chunk_frames, cond_frames=args.cond_frames))
+        return model, model.memory_parameters(), text, vae, sched, None
     unet.requires_grad_(False)
     model = attach_memory(
         unet,
@@ -440,7 +445,10 @@ def train_on_base(args) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    memory = torch.nn.ModuleDict({k: m for k, m in (("cam", model.cam), ("apm", model.apm)) if m})
+    parts = ("unet", "cam", "apm")
+    memory = torch.nn.ModuleDict({k: getattr(model, k) for k in parts if getattr(model, k, None)})
+    if args.stage != "naive":
+        memory.pop("unet")  # frozen
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     state_file = run / "state.pt"
     step = load_training_state(state_file, memory, opt, device)
@@ -454,7 +462,7 @@ def train_on_base(args) -> Path:
     null = text_enc([""])[0]
     if rank == 0:
         n = sum(p.numel() for p in params)
-        print(f"base {args.base}: {args.stage} on the frozen UNet, {n / 1e6:.2f}M trainable")
+        print(f"base {args.base}: {args.stage}, {n / 1e6:.2f}M trainable parameters")
     losses = []
     while step < stop:
         # one batch per step for all processes together, each taking its rows
@@ -507,7 +515,8 @@ def train_on_base(args) -> Path:
             "final_loss": float(np.mean(losses[-50:])) if losses else None,
         }
         model.save_memory(out)
-        print(f"CAM{' + APM' if model.apm else ''} -> {out}")
+        what = {"cam-apm": "CAM + APM", "cam": "CAM", "naive": "the naive model"}[args.stage]
+        print(f"{what} -> {out}")
     return out
 
 

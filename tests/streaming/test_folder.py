@@ -97,3 +97,16 @@ def test_the_cli_generates_from_a_folder(t2v_folders, tmp_path):
     )
     assert r.exit_code == 2 and "missing scheduler/scheduler_config.json" in r.output
     assert "Traceback" not in r.output
+
+
+def test_a_folder_with_a_naive_model_makes_its_first_chunk_with_the_base(t2v_copy):
+    from longseq.streaming.memory import ConcatUNet
+
+    folder = t2v_copy("pixel")
+    unet = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet")
+    ConcatUNet(unet, dict(chunk_frames=4, cond_frames=2)).save_memory(folder / "streaming")
+    pipe = StreamingT2VPipeline.from_pretrained(folder)
+    assert pipe.mode == "concat" and isinstance(pipe.unet, ConcatUNet)
+    assert pipe.first_unet.config.in_channels == 3  # the folder's own UNet
+    out = pipe("a red circle", 6, num_inference_steps=1, progress=False)
+    assert out.frames.shape == (6, 8, 8, 3)

@@ -146,3 +146,22 @@ def test_shipped_models_give_the_outputs_they_gave_before_the_shared_components(
     with torch.no_grad():
         out = m(x, torch.tensor(500), text, **kw).sample.float().numpy()
     np.testing.assert_allclose(out, np.load(SHIPPED)[name], rtol=0, atol=1e-5)
+
+
+def test_a_fresh_naive_model_computes_the_unet_and_reads_the_last_frame():
+    from longseq.streaming.memory import ConcatUNet
+
+    unet = unet3d()
+    x, text, cond, _ = inputs()
+    with torch.no_grad():
+        ref = unet(x, 400, encoder_hidden_states=text).sample
+        naive = ConcatUNet(unet)
+        out = naive(x, 400, text, cond_frames=cond).sample
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+        naive.unet.conv_in.weight[:, 4:].normal_()
+        a = naive(x, 400, text, cond_frames=cond).sample
+        b = naive(x, 400, text, cond_frames=torch.cat([-cond[:, :, :1], cond[:, :, 1:]], 2)).sample
+        c = naive(x, 400, text, cond_frames=-cond).sample
+    torch.testing.assert_close(a, b)  # only the last conditioning frame is read
+    assert (a - c).abs().max() > 1e-3
+    assert naive.config.in_channels == 4 and naive.unet.config.in_channels == 8

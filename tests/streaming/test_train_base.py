@@ -163,3 +163,48 @@ def test_two_gloo_processes_train_what_one_process_trains(t2v_copy, tmp_path):
         torch.testing.assert_close(out["two"][k], v, rtol=1e-4, atol=1e-5)
         moved += not torch.equal(v, fresh.state_dict()[k])
     assert moved > 0
+
+
+def test_the_naive_baseline_fine_tunes_the_whole_unet(t2v_copy, tmp_path, monkeypatch):
+    from longseq.streaming.memory import ConcatUNet
+
+    folder = t2v_copy("pixel")
+    mod = script()
+    argv = [
+        "train_streaming.py",
+        "--base",
+        str(folder),
+        "--stage",
+        "naive",
+        "--steps",
+        "3",
+        "--batch",
+        "2",
+        "--chunk-frames",
+        "4",
+        "--cond-frames",
+        "2",
+        "--device",
+        "cpu",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "naive"),
+    ]
+    monkeypatch.setattr(sys, "argv", argv)
+    mod.main()
+    naive = load_memory(
+        diffusers.UNet3DConditionModel.from_pretrained(folder / "unet"), tmp_path / "naive"
+    )
+    assert isinstance(naive, ConcatUNet)
+    base = dict(diffusers.UNet3DConditionModel.from_pretrained(folder / "unet").named_parameters())
+    moved = [
+        n
+        for n, p in naive.unet.named_parameters()
+        if n != "conv_in.weight" and not torch.equal(p, base[n])
+    ]
+    assert len(moved) > len(base) // 2  # the whole UNet trains, not only its input
+
+    monkeypatch.setattr(sys, "argv", [*argv[:2], str(tmp_path), *argv[3:]])
+    with pytest.raises(SystemExit, match="not a diffusers text-to-video folder"):
+        mod.main()

@@ -64,7 +64,7 @@ def _quiet(load, *args, **kw):
 
 def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> dict[str, Any]:
     """The pipeline's parts from a diffusers folder: ``unet`` (with CAM/APM when
-    ``streaming/`` holds them), ``scheduler``, ``text_encoder``, ``vae`` (or None),
+    ``streaming/`` holds them, or the naive model, the base then making the first chunk), ``scheduler``, ``text_encoder``, ``vae`` (or None),
     ``image_encoder`` (for APM), ``enhancer`` (the UNet of another such folder, sharing
     this one's VAE and text encoder) and the chunk settings."""
     import diffusers
@@ -92,14 +92,16 @@ def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> d
         raise CheckpointError(f"cannot load the diffusers folder {path}: {e}") from e
     unet = unet.to(device).eval()
     settings: dict[str, Any] = {}
-    image_encoder = None
+    image_encoder = first = None
     memory = path / MEMORY_DIR
     if memory.exists():
         try:
-            unet = load_memory(unet, memory).to(device).eval()
+            base, unet = unet, load_memory(unet, memory).to(device).eval()
         except (FileNotFoundError, ValueError) as e:
             raise CheckpointError(str(e)) from e
         settings = json.loads((memory / MEMORY_CONFIG).read_text())
+        if settings.get("concat_cond"):
+            first = base  # the naive model continues chunks; the base makes the first
         if settings.get("apm"):
             image_encoder, _ = hub.load(settings.get("image_encoder", "streaming-frame-encoder"))
             image_encoder = image_encoder.to(device).eval()
@@ -124,6 +126,7 @@ def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> d
         text_encoder=text,
         vae=vae,
         image_encoder=image_encoder,
+        first_unet=first,
         enhancer=enh,
         chunk_frames=int(settings.get("chunk_frames", 16)),
         cond_frames=int(settings.get("cond_frames", 8)),

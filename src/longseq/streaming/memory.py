@@ -360,6 +360,57 @@ class StreamingUNet(nn.Module):
         return path
 
 
+class ConcatUNet(nn.Module):
+    """The naive baseline on a ``UNet3DConditionModel``: the last conditioning frame is
+    concatenated to every frame's input on the channel axis (``conv_in`` widened, the new
+    input channels zero-initialised, so a fresh one computes the UNet). Training
+    fine-tunes the whole UNet; :meth:`save_memory` writes it to ``folder/unet``."""
+
+    def __init__(self, unet: nn.Module, settings: dict | None = None):
+        super().__init__()
+        cfg = unet.config
+        c = cfg.out_channels
+        if cfg.in_channels == c:  # widen a plain UNet's input
+            old = unet.conv_in
+            new = nn.Conv2d(2 * c, old.out_channels, old.kernel_size, padding=old.padding)
+            new = new.to(old.weight)
+            with torch.no_grad():
+                new.weight.zero_()
+                new.weight[:, :c] = old.weight
+                new.bias.copy_(old.bias)
+            unet.conv_in = new
+            unet.register_to_config(in_channels=2 * c)
+        elif cfg.in_channels != 2 * c:
+            raise ValueError(f"a naive UNet has 2 x {c} input channels, this one {cfg.in_channels}")
+        self.unet, self.settings = unet, dict(settings or {}, concat_cond=True)
+        self.config = SimpleNamespace(sample_size=cfg.sample_size, in_channels=c, concat_cond=True)
+
+    def memory_parameters(self) -> list[nn.Parameter]:
+        return list(self.unet.parameters())
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        cond_frames: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> Any:
+        if cond_frames is None:
+            raise ValueError("the naive model needs cond_frames (the previous chunk)")
+        last = cond_frames[:, :, -1:].expand(-1, -1, sample.shape[2], -1, -1).to(sample)
+        x = torch.cat([sample, last], 1)
+        return self.unet(
+            x, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=return_dict
+        )
+
+    def save_memory(self, path: str | Path) -> Path:
+        path = Path(path)
+        self.unet.save_pretrained(path / "unet")
+        (path / MEMORY_CONFIG).write_text(json.dumps(self.settings, indent=2) + "\n")
+        return path
+
+
 def attach_memory(
     unet: nn.Module,
     cam: bool = True,
@@ -390,15 +441,24 @@ def attach_memory(
     return StreamingUNet(unet, c, a, settings)
 
 
-def load_memory(unet: nn.Module, path: str | Path) -> StreamingUNet:
-    """CAM/APM saved by :meth:`StreamingUNet.save_memory`, attached to ``unet``."""
+def load_memory(unet: nn.Module, path: str | Path) -> StreamingUNet | ConcatUNet:
+    """CAM/APM saved by :meth:`StreamingUNet.save_memory`, attached to ``unet`` (or the
+    naive baseline saved by :meth:`ConcatUNet.save_memory`, which replaces it)."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    missing = [f for f in (MEMORY_CONFIG, MEMORY_WEIGHTS) if not (path / f).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{path} has no {' and no '.join(missing)} (CAM/APM weights)")
+    if not (path / MEMORY_CONFIG).is_file():
+        raise FileNotFoundError(f"{path} has no {MEMORY_CONFIG} (the CAM/APM settings)")
     cfg = json.loads((path / MEMORY_CONFIG).read_text())
+    if cfg.get("concat_cond"):  # the naive baseline: a whole fine-tuned UNet
+        import diffusers
+
+        if not (path / "unet" / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no unet/config.json (the naive model's UNet)")
+        naive = diffusers.UNet3DConditionModel.from_pretrained(path / "unet")
+        return ConcatUNet(naive.to(next(unet.parameters())), cfg)
+    if not (path / MEMORY_WEIGHTS).is_file():
+        raise FileNotFoundError(f"{path} has no {MEMORY_WEIGHTS} (the CAM/APM weights)")
     model = attach_memory(unet, **cfg)
     state = load_file(path / MEMORY_WEIGHTS)
     mem = {k: v for k, v in model.state_dict().items() if not k.startswith("unet.")}
