@@ -134,3 +134,82 @@ def test_join_chunks_takes_each_frame_from_the_chunk_whose_half_it_lies_in():
         owner.append(i)
     assert video.flatten().tolist() == [f + 100 * owner[f] for f in range(14)]
     assert seams == [f for f in range(1, 14) if owner[f] != owner[f - 1]]
+
+
+def tiny_svd():
+    torch.manual_seed(0)
+    return diffusers.UNetSpatioTemporalConditionModel(
+        sample_size=8,
+        in_channels=6,
+        out_channels=3,
+        down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
+        up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
+        block_out_channels=(32, 32),
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=24,
+        layers_per_block=1,
+        cross_attention_dim=32,
+        num_attention_heads=(2, 2),
+        num_frames=4,
+    ).eval()
+
+
+def test_an_svd_layout_unet_continues_each_chunk_from_the_last_frame_before_it():
+    from longseq.streaming import ImageToVideoDenoiser
+
+    unet = tiny_svd()
+    calls = []
+    unet.register_forward_pre_hook(lambda m, args: calls.append([a.clone() for a in args]))
+    embeds = torch.randn(1, 1, 32)
+    pipe = StreamingT2VPipeline(
+        ImageToVideoDenoiser(unet, fps=7, motion_bucket_id=127, noise_aug_strength=0.02),
+        diffusers.EulerDiscreteScheduler(prediction_type="v_prediction"),
+        lambda prompts: embeds.expand(len(prompts), -1, -1),
+        chunk_frames=4,
+        cond_frames=1,
+    )
+    image = np.random.default_rng(0).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
+    kw = dict(num_inference_steps=2, guidance_scale=1.0, progress=False)
+    chunks = list(pipe.stream("continue", 7, init_frames=image, **kw))
+    assert [len(c) for c in chunks] == [1, 3, 3]
+    assert len(calls) == 4  # two chunks of two steps
+    sample, t, ctx, ids = calls[0]
+    assert sample.shape == (2, 4, 6, 8, 8)  # SVD's (B, F, 2C, H, W), guidance batch of 2
+    torch.testing.assert_close(ids, torch.tensor([[6.0, 127.0, 0.02]] * 2))
+    torch.testing.assert_close(ctx, embeds.expand(2, -1, -1))
+    # the image channels of every frame: the given image, then the last frame made before
+    img = to_tensor(image)[:, 0]  # (3, H, W) in [-1, 1]
+    torch.testing.assert_close(sample[:, :, 3:], img.expand(2, 4, -1, -1, -1))
+    last = to_tensor(chunks[1][-1:])[:, 0]
+    torch.testing.assert_close(
+        calls[2][0][:, :, 3:], last.expand(2, 4, -1, -1, -1), atol=0.01, rtol=0
+    )
+    # Euler's input scaling: the noise starts at sigma_max and enters the UNet scaled to ~1
+    assert 0.5 < sample[:, :, :3].std() < 2
+    with pytest.raises(ValueError, match="init_frames"):
+        next(pipe.stream("continue", 7, **kw))
+    with pytest.raises(TypeError, match="SVD-layout"):
+        ImageToVideoDenoiser(as_denoiser(lambda x, t, c: x, sample_size=8, in_channels=3))
+
+
+def test_an_svd_layout_latent_model_decodes_through_its_temporal_vae():
+    from longseq.streaming import ImageToVideoDenoiser
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLTemporalDecoder(block_out_channels=(32,), latent_channels=3)
+    calls = []
+    vae.decoder.register_forward_pre_hook(
+        lambda m, args, kw: calls.append(kw.get("num_frames")), with_kwargs=True
+    )
+    pipe = StreamingT2VPipeline(
+        ImageToVideoDenoiser(tiny_svd(), image_latent_scale=1 / vae.config.scaling_factor),
+        diffusers.EulerDiscreteScheduler(),
+        lambda prompts: torch.zeros(len(prompts), 1, 32),
+        vae=vae.eval(),
+        chunk_frames=4,
+        cond_frames=1,
+    )
+    image = np.random.default_rng(0).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
+    out = pipe("continue", 4, init_frames=image, num_inference_steps=1, progress=False)
+    assert out.frames.shape == (4, 8, 8, 3)
+    assert calls == [3]  # the new frames of the chunk, decoded as one video

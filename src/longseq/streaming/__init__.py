@@ -3,6 +3,7 @@
 
 from longseq.streaming.denoiser import (
     Denoiser,
+    ImageToVideoDenoiser,
     as_denoiser,
     join_chunks,
     randomized_blending,
@@ -24,6 +25,7 @@ __all__ = [
     "attach_memory",
     "load_memory",
     "Denoiser",
+    "ImageToVideoDenoiser",
     "as_denoiser",
     "join_chunks",
     "randomized_blending",

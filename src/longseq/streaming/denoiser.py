@@ -150,3 +150,64 @@ def join_chunks(
         if i:
             seams.append(int(lo))
     return out, seams
+
+
+class ImageToVideoDenoiser(torch.nn.Module):
+    """An image-to-video UNet in the SVD layout (``diffusers``'
+    ``UNetSpatioTemporalConditionModel``) as a :class:`Denoiser` that continues a video
+    training-free: every chunk is conditioned on the previous chunk's last frame, whose
+    latent is concatenated to every frame's input on the channel axis, as SVD conditions
+    on its input image.
+
+    The adapter converts the layout ((B, C, F, H, W) in and out, SVD's (B, F, C, H, W)
+    inside) and passes ``added_time_ids`` (``fps``, ``motion_bucket_id``,
+    ``noise_aug_strength``, as ``diffusers``' SVD pipeline builds them). The pipeline's
+    ``text_encoder`` gives SVD's ``encoder_hidden_states`` (the CLIP image embedding of
+    the first image, e.g. ``lambda prompts: embeds``). SVD's image latents are the VAE's
+    unscaled ones: ``image_latent_scale=1 / vae.config.scaling_factor`` converts the
+    pipeline's scaled latents. The first chunk comes from ``init_frames`` (the image)."""
+
+    def __init__(
+        self,
+        unet: Any,
+        fps: int = 7,
+        motion_bucket_id: int = 127,
+        noise_aug_strength: float = 0.02,
+        image_latent_scale: float = 1.0,
+    ) -> None:
+        super().__init__()
+        cfg = unet.config
+        if not hasattr(cfg, "projection_class_embeddings_input_dim"):
+            raise TypeError(
+                f"{type(unet).__name__} is not an SVD-layout UNet "
+                "(UNetSpatioTemporalConditionModel)"
+            )
+        c = cfg.out_channels
+        if cfg.in_channels != 2 * c:
+            raise ValueError(
+                f"an SVD-layout UNet reads 2 x {c} channels (noisy + image), got {cfg.in_channels}"
+            )
+        self.unet = unet
+        self.time_ids = (float(fps - 1), float(motion_bucket_id), float(noise_aug_strength))
+        self.image_latent_scale = image_latent_scale
+        self.config = SimpleNamespace(
+            sample_size=cfg.sample_size, in_channels=c, concat_cond=True, image_to_video=True
+        )
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: Any,
+        encoder_hidden_states: torch.Tensor,
+        cond_frames: torch.Tensor | None = None,
+        return_dict: bool = True,
+    ) -> DenoiserOutput:
+        if cond_frames is None:
+            raise ValueError("an image-to-video model needs cond_frames (its image)")
+        b, _, f = sample.shape[:3]
+        image = cond_frames[:, :, -1:].to(sample) * self.image_latent_scale
+        x = torch.cat([sample, image.expand(-1, -1, f, -1, -1)], 1).transpose(1, 2)
+        ids = torch.tensor(self.time_ids, device=sample.device, dtype=sample.dtype)
+        t = torch.as_tensor(timestep, device=sample.device)
+        out = self.unet(x, t, encoder_hidden_states, ids.expand(b, -1)).sample
+        return DenoiserOutput(out.transpose(1, 2))

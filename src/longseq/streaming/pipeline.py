@@ -21,6 +21,7 @@ anchor and the model are kept: memory does not grow with the video's length.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -149,9 +150,13 @@ class StreamingT2VPipeline:
             )
         self.unet, self.scheduler, self.text_encoder = unet, scheduler, text_encoder
         self.image_encoder, self.enhancer, self.vae = image_encoder, enhancer, vae
+        self._temporal_vae = (
+            vae is not None and "num_frames" in inspect.signature(vae.decode).parameters
+        )
         self.first_unet = first_unet or unet
         self.mode = _conditioning(unet)
-        if _conditioning(self.first_unet) == "concat":
+        self.image_to_video = bool(getattr(self.first_unet.config, "image_to_video", False))
+        if _conditioning(self.first_unet) == "concat" and not self.image_to_video:
             raise ValueError(
                 "the naive (concat) model cannot make the first chunk: pass first_unet"
             )
@@ -255,7 +260,10 @@ class StreamingT2VPipeline:
         b, _, f = x.shape[:3]
         flat = x.transpose(1, 2).flatten(0, 1) / self.vae.config.scaling_factor
         flat = flat.to(_param(self.vae))
-        img = torch.cat([self.vae.decode(z).sample for z in flat.split(16)])
+        if self._temporal_vae:  # SVD's AutoencoderKLTemporalDecoder: a video at a time
+            img = torch.cat([self.vae.decode(z, num_frames=f).sample for z in flat.split(f)])
+        else:
+            img = torch.cat([self.vae.decode(z).sample for z in flat.split(16)])
         return img.unflatten(0, (b, f)).transpose(1, 2).to(x).clamp(-1, 1)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -324,15 +332,16 @@ class StreamingT2VPipeline:
     ) -> torch.Tensor:
         p = _param(unet)
         shape = _sample_shape(unet, self.chunk_frames)
-        x = torch.randn(shape, generator=gen).to(p)
         self.scheduler.set_timesteps(steps)
+        x = torch.randn(shape, generator=gen).to(p) * self.scheduler.init_noise_sigma
         replace = cond is not None and _conditioning(unet) == "replace"
         if replace:
             fixed_noise = torch.randn(cond.shape, generator=gen).to(p)
         for t in self.scheduler.timesteps:
             if replace:
                 x[:, :, : cond.shape[2]] = self.scheduler.add_noise(cond, fixed_noise, t.reshape(1))
-            eps = self._eps(unet, x, t, text, null, w_text, cond, anchor, w_anchor)
+            x_in = self.scheduler.scale_model_input(x, t)  # identity for DDIM, not for Euler
+            eps = self._eps(unet, x_in, t, text, null, w_text, cond, anchor, w_anchor)
             x = self.scheduler.step(eps, t, x).prev_sample
         # pixels are bounded, latents are not: only decoded pixels are clamped
         return x if self.vae is not None else x.clamp(-1, 1)
@@ -440,6 +449,10 @@ class StreamingT2VPipeline:
             if x.shape[2] < fc:
                 raise ValueError(f"init_frames needs at least {fc} frames, got {x.shape[2]}")
             first_frames = np.asarray(init_frames)[:num_frames]
+        elif self.image_to_video:
+            raise ValueError(
+                "an image-to-video model continues frames: pass init_frames (the first image)"
+            )
         n_first = len(first_frames) if init_frames is not None else f
         n_chunks = 1 + max(0, math.ceil((num_frames - n_first) / (f - fc)))
         done = 0
@@ -543,10 +556,11 @@ class StreamingT2VPipeline:
         with progress_bar("enhancing", len(timesteps), enabled=progress) as advance:
             for t in timesteps:
                 x = torch.cat(xs)
+                x_in = sched.scale_model_input(x, t)
                 eps = torch.cat(
                     [
                         self._eps(unet, xb, t, text, null, guidance_scale)
-                        for xb in x.split(chunk_batch)
+                        for xb in x_in.split(chunk_batch)
                     ]
                 )
                 x = sched.step(eps, t, x).prev_sample
