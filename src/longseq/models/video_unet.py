@@ -10,9 +10,9 @@ spatial conv, then a 3-tap temporal conv) and, at the coarse levels, a
 transformer block: spatial self-attention, temporal self-attention (sinusoidal
 frame positions), cross-attention to the text tokens, MLP.
 
-Two optional modules make the model autoregressive (StreamingT2V); their parts are the
-ones ``longseq.streaming.memory`` attaches to a ``diffusers`` UNet (same classes, same
-weights' names), on this UNet's own encoder:
+Two optional modules make the model autoregressive (StreamingT2V); their parts
+(``longseq.models.video_memory``) are the ones ``longseq.streaming.memory`` attaches to a
+``diffusers`` UNet (same classes, same weights' names), here on this UNet's own encoder:
 
 - **CAM** (short-term memory, ``cam=True``), as the authors build it: a trainable
   copy of the UNet encoder reads the *noisy* sample of the chunk's first ``F_cond``
@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longseq.models.config import ConfigDict
-from longseq.streaming.memory import (
+from longseq.models.video_memory import (
     APMMixer,
     Attention,
     CAMInjection,
