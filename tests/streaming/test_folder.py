@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -110,3 +111,17 @@ def test_a_folder_with_a_naive_model_makes_its_first_chunk_with_the_base(t2v_cop
     assert pipe.first_unet.config.in_channels == 3  # the folder's own UNet
     out = pipe("a red circle", 6, num_inference_steps=1, progress=False)
     assert out.frames.shape == (6, 8, 8, 3)
+
+
+def test_a_folder_enhancer_refines_with_the_generators_vae_and_text(t2v_folders, tmp_path):
+    pipe = StreamingT2VPipeline.from_pretrained(
+        t2v_folders["latent"], enhancer=t2v_folders["latent"]
+    )
+    assert isinstance(pipe.enhancer, diffusers.UNet3DConditionModel)
+    video = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    out = pipe.enhance(
+        video, "a red circle", num_inference_steps=2, chunk_frames=4, overlap=2, progress=False
+    )
+    assert out.frames.shape == (6, 8, 8, 3) and out.seams == [3]
+    with pytest.raises(ValueError, match="must be a diffusers folder"):
+        StreamingT2VPipeline.from_pretrained(t2v_folders["latent"], enhancer="streaming-t2v")
