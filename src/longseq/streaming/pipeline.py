@@ -2,14 +2,17 @@
 randomized blending, as a pipeline in the ``diffusers`` style.
 
 The pipeline drives any denoiser with the ``diffusers`` 3-D UNet call
-``unet(sample, t, encoder_hidden_states=...).sample`` on (B, C, F, H, W) samples
-and any ``diffusers`` scheduler with ``set_timesteps``/``step``/``add_noise``.
+``unet(sample, t, encoder_hidden_states=...).sample`` on (B, C, F, H, W) samples (the
+:class:`~longseq.streaming.Denoiser` protocol) and any ``diffusers`` scheduler
+(``set_timesteps``/``scale_model_input``/``step``/``add_noise``).
 How a chunk is tied to the previous one depends on the denoiser:
 
-- ``cam``: a :class:`~longseq.models.video_unet.VideoUNet` with CAM gets the last
-  ``F_cond`` frames as ``cond_frames`` (and, with APM, the anchor embedding);
+- ``cam``: a :class:`~longseq.models.video_unet.VideoUNet` with CAM, or a
+  ``diffusers`` UNet with CAM attached (:class:`~longseq.streaming.StreamingUNet`), gets
+  the last ``F_cond`` frames as ``cond_frames`` (and, with APM, the anchor embedding);
 - ``concat``: the naive baseline, a model with ``concat_cond`` (last frame
-  concatenated to its input);
+  concatenated to its input), or an SVD-layout image-to-video UNet
+  (:class:`~longseq.streaming.ImageToVideoDenoiser`);
 - ``replace``: any plain text-to-video UNet (e.g. ``diffusers.UNet3DConditionModel``):
   the first ``F_cond`` frames of the chunk are overwritten at every step by the
   conditioning frames noised to that step (training-free).
