@@ -15,6 +15,17 @@ Stages (each resumable: ``RUN/<stage>/state.pt``; run them in this order, or ``a
     python scripts/train_streaming.py --stage all              # everything, resumable
     python scripts/train_streaming.py --stage base --steps 2400 [--device cuda]
 
+On a diffusers text-to-video model instead (a TextToVideoSDPipeline folder: unet/,
+text_encoder/, tokenizer/, scheduler/, vae/ for latent models), ``--base FOLDER`` freezes
+its UNet and trains CAM + APM (``--stage cam-apm``) or CAM alone (``--stage cam``), or
+fine-tunes it as the naive baseline (``--stage naive``: last frame concatenated), on the
+video world, in latent space through the folder's VAE when it has one, and writes them
+to FOLDER/streaming/ (or ``--out``), where ``StreamingT2VPipeline.from_pretrained(FOLDER)``
+finds them. Data-parallel over GPUs with torchrun (each process its share of the batch):
+
+    torchrun --nproc_per_node=8 scripts/train_streaming.py --base FOLDER --stage cam-apm \
+        --device cuda --batch 64 --steps 10000 --chunk-frames 16 --cond-frames 8
+
 Each stage exports its model to ``src/longseq/checkpoints/<name>/`` (float16) and
 registers it; ``base`` is exported inside the memory models. Every step's batch is drawn
 from a generator seeded by (seed, stage, step), so a resumed run sees the same data as
@@ -40,10 +51,12 @@ from longseq.models.video_unet import VideoUNet, VideoUNetConfig
 from longseq.streaming.text import TextEncoder
 from longseq.utils import (
     default_device,
+    dist_info,
     load_training_state,
     optimizer_step,
     save_training_state,
     seed_everything,
+    setup_distributed,
     warmup_cosine_lr,
 )
 
@@ -100,12 +113,18 @@ def text_table(run: Path, device) -> tuple[dict[str, torch.Tensor], torch.Tensor
     return table, d["emb"][-1].to(device)
 
 
-def diffusion_loss(model, sched, x0, text, gen, min_snr: float = 0.0, **cond) -> torch.Tensor:
+def diffusion_loss(
+    model, sched, x0, text, gen, min_snr: float = 0.0, rows=None, total=None, **cond
+) -> torch.Tensor:
     """The denoising loss in the scheduler's parametrisation (v-prediction here); with
     ``min_snr`` > 0 each sample is weighted by min(SNR, min_snr) / (SNR + 1), the
-    min-SNR weighting of v-prediction (Hang et al. 2023)."""
-    noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-    t = torch.randint(0, sched.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+    min-SNR weighting of v-prediction (Hang et al. 2023). ``rows`` (a slice): ``x0`` is
+    those rows of a batch of ``total``, whose noise and timesteps are drawn and sliced (so
+    that data-parallel processes together draw what one process would)."""
+    n = x0.shape[0] if rows is None else total
+    rows = slice(0, n) if rows is None else rows
+    noise = torch.randn((n, *x0.shape[1:]), generator=gen)[rows].to(x0.device)
+    t = torch.randint(0, sched.config.num_train_timesteps, (n,), generator=gen)[rows]
     t = t.to(x0.device)
     xt = sched.add_noise(x0, noise, t)
     kind = sched.config.prediction_type
@@ -359,6 +378,148 @@ def train(stage: str, args) -> None:
     print(f"exported {name} -> {out}")
 
 
+BASE_STAGES = ("cam-apm", "cam", "naive")  # what --base trains
+
+
+def base_model(args, device):
+    """The frozen diffusers UNet with fresh CAM (+ APM), the folder's text encoder, VAE and
+    noise schedule, and the frame encoder for the anchor."""
+    import diffusers
+
+    from longseq.streaming import attach_memory
+    from longseq.streaming.folder import is_diffusers_folder, missing_parts
+    from longseq.streaming.memory import ConcatUNet
+    from longseq.streaming.text import TokenizerTextEncoder
+
+    folder = Path(args.base)
+    if not is_diffusers_folder(folder) or missing_parts(folder):
+        lacks = ", ".join(missing_parts(folder)) if folder.is_dir() else "the folder"
+        raise SystemExit(f"error: --base {folder} is not a diffusers text-to-video folder: {lacks}")
+    unet = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet").to(device)
+    vae = None
+    if (folder / "vae").exists():
+        vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae").to(device).eval()
+        vae.requires_grad_(False)
+    text = TokenizerTextEncoder.from_folder(folder, str(device))
+    sched = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")
+    frame_enc = None
+    apm = args.stage == "cam-apm"
+    if apm:
+        frame_enc, _ = hub.load(NAMES["classifier"], device)
+        frame_enc.requires_grad_(False)
+    if args.stage == "naive":  # the baseline: the whole UNet fine-tuned, last frame concatenated
+        model = ConcatUNet(unet, dict(chunk_frames=args.chunk_frames, cond_frames=args.cond_frames))
+        return model, model.memory_parameters(), text, vae, sched, None
+    unet.requires_grad_(False)
+    model = attach_memory(
+        unet,
+        cam=True,
+        apm=apm,
+        image_dim=frame_enc.config.dim if apm else 64,
+        n_text_tokens=text.max_tokens,
+        chunk_frames=args.chunk_frames,
+        cond_frames=args.cond_frames,
+        image_encoder=NAMES["classifier"],
+    )
+    model.unet.eval()  # frozen: no dropout
+    params = model.memory_parameters()
+    return model, params, text, vae, sched, frame_enc
+
+
+def train_on_base(args) -> Path:
+    """CAM + APM (or CAM) on a frozen diffusers base; returns the folder written."""
+    from longseq.streaming.memory import MEMORY_DIR
+    from longseq.streaming.pipeline import encode_frames
+
+    device = setup_distributed()  # under torchrun: this process's device
+    rank, world = dist_info()
+    if world == 1:
+        device = default_device(args.device)
+    gen = seed_everything(args.seed)
+    out = Path(args.out) if args.out else Path(args.base) / MEMORY_DIR
+    run = Path(args.run_dir) / f"base-{args.stage}"
+    run.mkdir(parents=True, exist_ok=True)
+    model, params, text_enc, vae, sched, frame_enc = base_model(args, device)
+    net = model
+    if world > 1:  # torchrun: every process its share of each batch, gradients averaged
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    parts = ("unet", "cam", "apm")
+    memory = torch.nn.ModuleDict({k: getattr(model, k) for k in parts if getattr(model, k, None)})
+    if args.stage != "naive":
+        memory.pop("unet")  # frozen
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    state_file = run / "state.pt"
+    step = load_training_state(state_file, memory, opt, device)
+    steps = args.steps or STEPS[args.stage]
+    stop = min(steps, args.stop_at or steps)
+    cfg = model.unet.config
+    size = cfg.sample_size * (2 ** (len(vae.config.block_out_channels) - 1) if vae else 1)
+    if args.batch % world:
+        raise SystemExit(f"error: --batch {args.batch} does not split over {world} processes")
+    rows = slice(rank * args.batch // world, (rank + 1) * args.batch // world)
+    null = text_enc([""])[0]
+    if rank == 0:
+        n = sum(p.numel() for p in params)
+        print(f"base {args.base}: {args.stage}, {n / 1e6:.2f}M trainable parameters")
+    losses = []
+    while step < stop:
+        # one batch per step for all processes together, each taking its rows
+        rng = np.random.default_rng([args.seed, STAGES.index(args.stage), step])
+        gen.manual_seed(int(rng.integers(2**31)))
+        for g in opt.param_groups:
+            g["lr"] = warmup_cosine_lr(step, args.lr, min(100, steps // 10), steps)
+        frames, first, caps = vw.clip_batch(
+            rng,
+            args.batch,
+            args.chunk_frames,
+            size,
+            MAX_START,
+            reappear=REAPPEAR,
+            hidden_before=args.cond_frames,
+        )
+        u = rng.uniform(size=len(caps))[rows]
+        frames, first, caps = frames[rows], first[rows], caps[rows]
+        pixels = vw.to_tensor(frames).to(device)
+        with torch.no_grad():
+            x0 = pixels if vae is None else encode_frames(vae, pixels)
+        drop_text = u < DROP_BOTH + DROP_TEXT
+        drop_anchor = (u < DROP_BOTH) | (u >= 1 - DROP_ANCHOR)
+        emb = text_enc(caps)
+        keep = torch.from_numpy(~drop_text).to(device)
+        text = torch.where(keep[:, None, None], emb, null)
+        cond = {"cond_frames": x0[:, :, : args.cond_frames]}
+        if frame_enc is not None:
+            with torch.no_grad():
+                anchor = frame_enc.embed(vw.to_tensor(first[:, None])[:, :, 0].to(device))
+            cond["anchor_embeds"] = anchor * torch.from_numpy(~drop_anchor).to(device)[:, None]
+        loss = diffusion_loss(net, sched, x0, text, gen, args.min_snr, rows, args.batch, **cond)
+        optimizer_step(opt, loss, model)
+        losses.append(loss.item())
+        step += 1
+        if rank == 0 and (step % 50 == 0 or step == stop):
+            print(f"{args.stage} step {step}/{steps} loss {np.mean(losses[-50:]):.4f}", flush=True)
+        if rank == 0 and (step % 100 == 0 or step == stop):
+            save_training_state(state_file, memory, opt, step)
+    if rank == 0:
+        model.settings["training"] = {
+            "script": "scripts/train_streaming.py",
+            "base": str(args.base),
+            "stage": args.stage,
+            "steps": steps,
+            "batch": args.batch,
+            "processes": world,
+            "lr": args.lr,
+            "seed": args.seed,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        }
+        model.save_memory(out)
+        what = {"cam-apm": "CAM + APM", "cam": "CAM", "naive": "the naive model"}[args.stage]
+        print(f"{what} -> {out}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--stage", required=True, choices=[*STAGES, "tune", "all"])
@@ -379,9 +540,22 @@ def main() -> None:
         "--first-chunk-frac", type=float, default=0.0, help="share of base batches at frame 0"
     )
     ap.add_argument("--run-dir", default="runs/streaming")
+    ap.add_argument(
+        "--base", default=None, help="a diffusers text-to-video folder: train CAM/APM on it"
+    )
+    ap.add_argument("--out", default=None, help="with --base: where CAM/APM go [FOLDER/streaming]")
+    ap.add_argument("--chunk-frames", type=int, default=CHUNK, help="with --base: frames a chunk")
+    ap.add_argument("--cond-frames", type=int, default=COND, help="with --base: F_cond")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.base is not None:
+        if args.stage not in BASE_STAGES:
+            ap.error(f"--base trains --stage {' or '.join(BASE_STAGES)}, not {args.stage}")
+        if not 0 < args.cond_frames < args.chunk_frames:
+            ap.error("need 0 < --cond-frames < --chunk-frames")
+        train_on_base(args)
+        return
     for stage in [*STAGES, "tune"] if args.stage == "all" else [args.stage]:
         if stage == "tune":
             tune(args)

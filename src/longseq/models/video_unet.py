@@ -10,7 +10,9 @@ spatial conv, then a 3-tap temporal conv) and, at the coarse levels, a
 transformer block: spatial self-attention, temporal self-attention (sinusoidal
 frame positions), cross-attention to the text tokens, MLP.
 
-Two optional modules make the model autoregressive (StreamingT2V):
+Two optional modules make the model autoregressive (StreamingT2V); their parts
+(``longseq.models.video_memory``) are the ones ``longseq.streaming.memory`` attaches to a
+``diffusers`` UNet (same classes, same weights' names), here on this UNet's own encoder:
 
 - **CAM** (short-term memory, ``cam=True``), as the authors build it: a trainable
   copy of the UNet encoder reads the *noisy* sample of the chunk's first ``F_cond``
@@ -31,7 +33,6 @@ concatenated to the noisy input on the channel axis.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -39,6 +40,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from longseq.models.config import ConfigDict
+from longseq.models.video_memory import (
+    APMMixer,
+    Attention,
+    CAMInjection,
+    anchor_tokens,
+    cond_frame_embedding,
+    sinusoid,
+)
 
 
 @dataclass
@@ -64,42 +73,9 @@ class UNetOutput:
     sample: torch.Tensor
 
 
-def sinusoid(pos: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding (..., dim) of positions or timesteps ``pos``."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=pos.device) / half)
-    arg = pos.float()[..., None] * freqs
-    return torch.cat([arg.sin(), arg.cos()], -1)
-
-
-class Attention(nn.Module):
-    def __init__(self, dim: int, heads: int, kv_dim: int | None = None, zero_out: bool = False):
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(kv_dim or dim, 2 * dim, bias=False)
-        self.o = nn.Linear(dim, dim)
-        if zero_out:
-            nn.init.zeros_(self.o.weight)
-            nn.init.zeros_(self.o.bias)
-
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, d = x.shape
-        ctx = x if ctx is None else ctx
-        q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v)
-        return self.o(y.transpose(1, 2).reshape(b, n, d))
-
-
 def _to_frames(x: torch.Tensor) -> torch.Tensor:  # (B,C,F,H,W) -> (B*F, H*W, C)
     b, c, f, h, w = x.shape
     return x.permute(0, 2, 3, 4, 1).reshape(b * f, h * w, c)
-
-
-def _to_pixels(x: torch.Tensor) -> torch.Tensor:  # (B,C,F,H,W) -> (B*H*W, F, C)
-    b, c, f, h, w = x.shape
-    return x.permute(0, 3, 4, 2, 1).reshape(b * h * w, f, c)
 
 
 class ResBlock(nn.Module):
@@ -116,22 +92,6 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x))) + self.temb(temb)[:, :, None, None, None]
         h = self.conv2(F.silu(self.norm2(h)))
         return self.skip(x) + h
-
-
-class APMMixer(nn.Module):
-    """One cross-attention layer's APM: [anchor tokens; text tokens] mixed over the token
-    axis back to the text's length, LayerNorm, added to the text through SiLU(alpha)."""
-
-    def __init__(self, n_anchor: int, n_text: int, ctx_dim: int):
-        super().__init__()
-        self.mix = nn.Linear(n_anchor + n_text, n_text)
-        self.norm = nn.LayerNorm(ctx_dim)
-        self.alpha = nn.Parameter(torch.zeros(()))
-
-    def forward(self, text: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
-        tokens = torch.cat([anchor, text], 1).transpose(1, 2)  # (B, D, Na + Nt)
-        mixed = self.norm(self.mix(tokens).transpose(1, 2))
-        return text + F.silu(self.alpha) * mixed
 
 
 class STBlock(nn.Module):
@@ -226,24 +186,6 @@ class Encoder(nn.Module):
         return skips
 
 
-class CAMInjection(nn.Module):
-    """Temporal attention from the chunk's frames to the conditioning frames at one skip,
-    output projection zero-initialised."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.norm_q, self.norm_kv = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads, zero_out=True)
-
-    def forward(self, skip: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        b, c, f, h, w = skip.shape
-        q, kv = _to_pixels(skip), _to_pixels(cond)
-        q = self.norm_q(q) + sinusoid(torch.arange(f, device=skip.device), c)
-        kv = self.norm_kv(kv) + sinusoid(torch.arange(kv.shape[1], device=skip.device), c)
-        out = self.attn(q, kv).view(b, h, w, f, c).permute(0, 4, 3, 1, 2)
-        return skip + out
-
-
 class VideoUNet(nn.Module):
     def __init__(self, config: VideoUNetConfig):
         super().__init__()
@@ -267,21 +209,11 @@ class VideoUNet(nn.Module):
         if cfg.cam:
             # the clean conditioning frames enter the CAM encoder through a zero-initialised
             # embedding added to its input features (ControlNet style)
-            self.cam_frame_encoder = nn.Sequential(
-                nn.Conv3d(cfg.in_channels, ch[0], (1, 3, 3), padding=(0, 1, 1)),
-                nn.SiLU(),
-                nn.Conv3d(ch[0], ch[0], (1, 3, 3), padding=(0, 1, 1)),
-            )
-            nn.init.zeros_(self.cam_frame_encoder[-1].weight)
-            nn.init.zeros_(self.cam_frame_encoder[-1].bias)
+            self.cam_frame_encoder = cond_frame_embedding(cfg.in_channels, ch[0])
             self.cam_encoder = Encoder(cfg, tdim, cfg.in_channels)
             self.cam_inject = nn.ModuleList(CAMInjection(c, cfg.heads) for c in ch)
         if cfg.apm:
-            self.apm_tokens = nn.Sequential(  # the image embedding expanded to the anchor tokens
-                nn.Linear(cfg.image_dim, 2 * cfg.image_dim),
-                nn.SiLU(),
-                nn.Linear(2 * cfg.image_dim, cfg.n_anchor_tokens * cfg.ctx_dim),
-            )
+            self.apm_tokens = anchor_tokens(cfg.image_dim, cfg.n_anchor_tokens, cfg.ctx_dim)
 
     # --- StreamingT2V stage-2 helpers -------------------------------------------------
     def init_cam_from_base(self) -> None:

@@ -1,6 +1,14 @@
 """StreamingT2V: long, consistent text-to-video by autoregressive chunks with short-term
 (CAM) and long-term (APM) memory, and an enhancer with randomized blending."""
 
+from longseq.streaming.denoiser import (
+    Denoiser,
+    ImageToVideoDenoiser,
+    as_denoiser,
+    join_chunks,
+    randomized_blending,
+)
+from longseq.streaming.memory import APM, CAM, StreamingUNet, attach_memory, load_memory
 from longseq.streaming.pipeline import (
     BLENDINGS,
     StreamingOutput,
@@ -10,7 +18,17 @@ from longseq.streaming.pipeline import (
 from longseq.streaming.text import TextEncoder
 
 __all__ = [
+    "APM",
     "BLENDINGS",
+    "CAM",
+    "StreamingUNet",
+    "attach_memory",
+    "load_memory",
+    "Denoiser",
+    "ImageToVideoDenoiser",
+    "as_denoiser",
+    "join_chunks",
+    "randomized_blending",
     "StreamingOutput",
     "StreamingT2VPipeline",
     "TextEncoder",

@@ -65,10 +65,14 @@ def streaming_generate(
     model: str = typer.Option(
         "streaming-t2v",
         help="streaming-t2v (CAM + APM), streaming-cam, streaming-naive-apm, streaming-naive, "
-        "or a checkpoint directory",
+        "a checkpoint directory, or a diffusers text-to-video folder (unet/, vae/, "
+        "text_encoder/, tokenizer/, scheduler/; CAM/APM in streaming/ if trained)",
     ),
     enhance: bool = typer.Option(True, help="refine with the enhancer (randomized blending)"),
-    enhancer: str = typer.Option("streaming-enhancer"),
+    enhancer: str = typer.Option(
+        "streaming-enhancer",
+        help="the shipped enhancer, or a diffusers folder for a diffusers model",
+    ),
     blending: str = typer.Option(
         None, help="random | shared | independent: how the enhancer joins chunks [default: random]"
     ),
@@ -128,6 +132,13 @@ def streaming_generate(
             f"motion, a speed), e.g. '{caption_of(all_captions()[0])}'; this prompt names "
             "none of their words"
         )
+    if enhance and pipe.enhancer is None:
+        console.print(
+            f"[yellow]note:[/] {model} comes with no enhancer (give --enhancer <diffusers "
+            "folder>); the video is written as generated",
+            soft_wrap=True,
+        )
+        enhance = False
     _announce(pipe, frames, init, enhance)
     made = []  # the chunks made so far, kept if the run is interrupted
     try:

@@ -2,14 +2,17 @@
 randomized blending, as a pipeline in the ``diffusers`` style.
 
 The pipeline drives any denoiser with the ``diffusers`` 3-D UNet call
-``unet(sample, t, encoder_hidden_states=...).sample`` on (B, C, F, H, W) samples
-and any ``diffusers`` scheduler with ``set_timesteps``/``step``/``add_noise``.
+``unet(sample, t, encoder_hidden_states=...).sample`` on (B, C, F, H, W) samples (the
+:class:`~longseq.streaming.Denoiser` protocol) and any ``diffusers`` scheduler
+(``set_timesteps``/``scale_model_input``/``step``/``add_noise``).
 How a chunk is tied to the previous one depends on the denoiser:
 
-- ``cam``: a :class:`~longseq.models.video_unet.VideoUNet` with CAM gets the last
-  ``F_cond`` frames as ``cond_frames`` (and, with APM, the anchor embedding);
+- ``cam``: a :class:`~longseq.models.video_unet.VideoUNet` with CAM, or a
+  ``diffusers`` UNet with CAM attached (:class:`~longseq.streaming.StreamingUNet`), gets
+  the last ``F_cond`` frames as ``cond_frames`` (and, with APM, the anchor embedding);
 - ``concat``: the naive baseline, a model with ``concat_cond`` (last frame
-  concatenated to its input);
+  concatenated to its input), or an SVD-layout image-to-video UNet
+  (:class:`~longseq.streaming.ImageToVideoDenoiser`);
 - ``replace``: any plain text-to-video UNet (e.g. ``diffusers.UNet3DConditionModel``):
   the first ``F_cond`` frames of the chunk are overwritten at every step by the
   conditioning frames noised to that step (training-free).
@@ -21,9 +24,11 @@ anchor and the model are kept: memory does not grow with the video's length.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from longseq.data.videoworld import to_tensor, to_uint8
+from longseq.streaming.denoiser import check_denoiser, join_chunks, randomized_blending
 from longseq.utils import progress_bar
 
 BLENDINGS = ("random", "shared", "independent")
@@ -52,7 +58,11 @@ def _conditioning(unet: Any) -> str:
 
 
 def _param(module: Any) -> torch.Tensor:
-    return next(module.parameters())
+    """A tensor on the module's device, of its dtype (CPU float32 for a plain callable)."""
+    for get in ("parameters", "buffers"):
+        for t in getattr(module, get, lambda: ())():
+            return t
+    return torch.empty(0)
 
 
 def _sample_shape(unet: Any, frames: int, batch: int = 1) -> tuple[int, ...]:
@@ -98,6 +108,16 @@ def _check_enhancer(name: str, enhancer: Any, config: dict, unet: Any) -> None:
         )
 
 
+def encode_frames(vae: Any, x: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, 3, F, H, W) in [-1, 1] -> latents (B, C, F, h, w), per frame through a
+    ``diffusers.AutoencoderKL`` (the distribution's mode, times its scaling factor)."""
+    b, _, f = x.shape[:3]
+    flat = x.transpose(1, 2).flatten(0, 1).to(_param(vae))
+    lat = torch.cat([vae.encode(z).latent_dist.mode() for z in flat.split(16)])
+    lat = lat * vae.config.scaling_factor
+    return lat.unflatten(0, (b, f)).transpose(1, 2).to(x)
+
+
 class StreamingT2VPipeline:
     """``pipe(prompt, num_frames=240).frames`` -> (T, H, W, 3) uint8.
 
@@ -123,15 +143,23 @@ class StreamingT2VPipeline:
         enhancer_chunk_frames: int = 24,
         enhancer_overlap: int = 8,
     ) -> None:
+        check_denoiser(unet)
+        for name, m in (("first_unet", first_unet), ("enhancer", enhancer)):
+            if m is not None:
+                check_denoiser(m, name)
         if not 0 < cond_frames < chunk_frames:
             raise ValueError(
                 f"need 0 < cond_frames < chunk_frames, got {cond_frames} and {chunk_frames}"
             )
         self.unet, self.scheduler, self.text_encoder = unet, scheduler, text_encoder
         self.image_encoder, self.enhancer, self.vae = image_encoder, enhancer, vae
+        self._temporal_vae = (
+            vae is not None and "num_frames" in inspect.signature(vae.decode).parameters
+        )
         self.first_unet = first_unet or unet
         self.mode = _conditioning(unet)
-        if _conditioning(self.first_unet) == "concat":
+        self.image_to_video = bool(getattr(self.first_unet.config, "image_to_video", False))
+        if _conditioning(self.first_unet) == "concat" and not self.image_to_video:
             raise ValueError(
                 "the naive (concat) model cannot make the first chunk: pass first_unet"
             )
@@ -152,16 +180,39 @@ class StreamingT2VPipeline:
     @classmethod
     def from_pretrained(
         cls,
-        name: str = "streaming-t2v",
-        enhancer: str | None = "streaming-enhancer",
+        name: str | Path = "streaming-t2v",
+        enhancer: str | Path | None = "streaming-enhancer",
         device: str | torch.device = "cpu",
     ) -> StreamingT2VPipeline:
-        """The shipped models (or checkpoint directories written by ``hub.save_pretrained``)."""
+        """The shipped models, checkpoint directories written by ``hub.save_pretrained``, or
+        a ``diffusers`` text-to-video folder (``TextToVideoSDPipeline`` layout: ``unet/``,
+        ``text_encoder/``, ``tokenizer/``, ``scheduler/``, optional ``vae/``) with or
+        without trained CAM/APM in its ``streaming/`` subfolder. For such a folder
+        ``enhancer`` is another diffusers folder whose UNet refines the video (sharing the
+        generator's VAE and text encoder); the shipped enhancer belongs to the shipped
+        world models and is not used with one."""
         from diffusers import DDIMScheduler
 
         from longseq import hub
+        from longseq.streaming.folder import is_diffusers_folder, load_folder
         from longseq.streaming.text import TextEncoder
 
+        if not isinstance(name, str | Path):
+            raise TypeError(f"name must be a model name or folder, got {type(name).__name__}")
+        if name not in hub.registry() and is_diffusers_folder(name):
+            enhancer = None if enhancer == "streaming-enhancer" else enhancer
+            return cls(**load_folder(name, enhancer, device))
+        folder = Path(name)
+        if (
+            name not in hub.registry()
+            and folder.is_dir()
+            and not (folder / "config.json").is_file()
+        ):
+            raise hub.CheckpointError(
+                f"{folder} is neither a longseq checkpoint (config.json, model.safetensors) "
+                "nor a diffusers text-to-video folder (unet/, text_encoder/, tokenizer/, "
+                "scheduler/, optional vae/)"
+            )
         unet, info = hub.load(name, device)
         meta = info.extra.get("streaming")
         if meta is None or info.config.get("architecture") != "video_unet":
@@ -212,18 +263,15 @@ class StreamingT2VPipeline:
         b, _, f = x.shape[:3]
         flat = x.transpose(1, 2).flatten(0, 1) / self.vae.config.scaling_factor
         flat = flat.to(_param(self.vae))
-        img = torch.cat([self.vae.decode(z).sample for z in flat.split(16)])
+        if self._temporal_vae:  # SVD's AutoencoderKLTemporalDecoder: a video at a time
+            img = torch.cat([self.vae.decode(z, num_frames=f).sample for z in flat.split(f)])
+        else:
+            img = torch.cat([self.vae.decode(z).sample for z in flat.split(16)])
         return img.unflatten(0, (b, f)).transpose(1, 2).to(x).clamp(-1, 1)
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, F, H, W) in [-1, 1] -> UNet samples (B, C, F, h, w)."""
-        if self.vae is None:
-            return x
-        b, _, f = x.shape[:3]
-        flat = x.transpose(1, 2).flatten(0, 1).to(_param(self.vae))
-        lat = torch.cat([self.vae.encode(z).latent_dist.mode() for z in flat.split(16)])
-        lat = lat * self.vae.config.scaling_factor
-        return lat.unflatten(0, (b, f)).transpose(1, 2).to(x)
+        return x if self.vae is None else encode_frames(self.vae, x)
 
     def _pixel_size(self, unet: Any) -> int:
         size = _sample_shape(unet, 1)[-1]
@@ -287,17 +335,19 @@ class StreamingT2VPipeline:
     ) -> torch.Tensor:
         p = _param(unet)
         shape = _sample_shape(unet, self.chunk_frames)
-        x = torch.randn(shape, generator=gen).to(p)
         self.scheduler.set_timesteps(steps)
+        x = torch.randn(shape, generator=gen).to(p) * self.scheduler.init_noise_sigma
         replace = cond is not None and _conditioning(unet) == "replace"
         if replace:
             fixed_noise = torch.randn(cond.shape, generator=gen).to(p)
         for t in self.scheduler.timesteps:
             if replace:
                 x[:, :, : cond.shape[2]] = self.scheduler.add_noise(cond, fixed_noise, t.reshape(1))
-            eps = self._eps(unet, x, t, text, null, w_text, cond, anchor, w_anchor)
+            x_in = self.scheduler.scale_model_input(x, t)  # identity for DDIM, not for Euler
+            eps = self._eps(unet, x_in, t, text, null, w_text, cond, anchor, w_anchor)
             x = self.scheduler.step(eps, t, x).prev_sample
-        return x.clamp(-1, 1)
+        # pixels are bounded, latents are not: only decoded pixels are clamped
+        return x if self.vae is not None else x.clamp(-1, 1)
 
     def _settings(
         self,
@@ -402,6 +452,10 @@ class StreamingT2VPipeline:
             if x.shape[2] < fc:
                 raise ValueError(f"init_frames needs at least {fc} frames, got {x.shape[2]}")
             first_frames = np.asarray(init_frames)[:num_frames]
+        elif self.image_to_video:
+            raise ValueError(
+                "an image-to-video model continues frames: pass init_frames (the first image)"
+            )
         n_first = len(first_frames) if init_frames is not None else f
         n_chunks = 1 + max(0, math.ceil((num_frames - n_first) / (f - fc)))
         done = 0
@@ -505,28 +559,17 @@ class StreamingT2VPipeline:
         with progress_bar("enhancing", len(timesteps), enabled=progress) as advance:
             for t in timesteps:
                 x = torch.cat(xs)
+                x_in = sched.scale_model_input(x, t)
                 eps = torch.cat(
                     [
                         self._eps(unet, xb, t, text, null, guidance_scale)
-                        for xb in x.split(chunk_batch)
+                        for xb in x_in.split(chunk_batch)
                     ]
                 )
                 x = sched.step(eps, t, x).prev_sample
                 xs = list(x.split(1))
                 if blending == "random":
-                    for i in range(len(starts) - 1):
-                        o = starts[i] + le - starts[i + 1]  # overlap length
-                        cut = int(rng.integers(0, o + 1))
-                        left, right = xs[i][:, :, le - o :], xs[i + 1][:, :, :o]
-                        merged = torch.cat([left[:, :, :cut], right[:, :, cut:]], 2)
-                        xs[i] = torch.cat([xs[i][:, :, : le - o], merged], 2)
-                        xs[i + 1] = torch.cat([merged, xs[i + 1][:, :, o:]], 2)
+                    xs = randomized_blending(xs, starts, rng)
                 advance()
-        out = torch.empty_like(video)
-        seams = []
-        for i, s in enumerate(starts):
-            lo = s if i == 0 else (starts[i - 1] + le + s) // 2  # middle of the overlap
-            out[:, :, lo : s + le] = xs[i][:, :, lo - s :]
-            if i:
-                seams.append(int(lo))
+        out, seams = join_chunks(xs, starts)
         return StreamingOutput(to_uint8(self._decode(out)[0].clamp(-1, 1)), seams)

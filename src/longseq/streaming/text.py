@@ -68,3 +68,47 @@ class TextEncoder:
             for p, h in zip(todo, hidden, strict=True):
                 self._cache[p] = h
         return torch.stack([self._cache[p] for p in prompts])
+
+
+class TokenizerTextEncoder:
+    """A ``transformers`` text encoder and its tokenizer as the pipeline's text encoder:
+    ``encoder(prompts)`` -> (B, max_tokens, hidden) last hidden states, as
+    ``diffusers``' ``TextToVideoSDPipeline`` computes them (prompts padded to the
+    tokenizer's length, no mask)."""
+
+    def __init__(self, model, tokenizer, max_tokens: int | None = None) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_tokens = int(max_tokens or tokenizer.model_max_length)
+        self.hidden_size = int(model.config.hidden_size)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_folder(cls, path: str | Path, device: str = "cpu") -> TokenizerTextEncoder:
+        """``path/text_encoder`` and ``path/tokenizer`` of a diffusers pipeline folder."""
+        from transformers import AutoModel, AutoTokenizer
+
+        from longseq.hub import quiet_transformers
+
+        path = Path(path)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
+            model = AutoModel.from_pretrained(path / "text_encoder").to(device)
+        return cls(model, tokenizer)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str] | str) -> torch.Tensor:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        if todo:
+            device = next(self.model.parameters()).device
+            ids = self.tokenizer(
+                todo,
+                padding="max_length",
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            ).input_ids.to(device)
+            for p, h in zip(todo, self.model(ids)[0], strict=True):
+                self._cache[p] = h
+        return torch.stack([self._cache[p] for p in prompts])

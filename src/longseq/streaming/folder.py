@@ -1,0 +1,133 @@
+"""Loading a ``diffusers`` text-to-video folder (the ``TextToVideoSDPipeline`` layout:
+``unet/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``) for the pipeline,
+with trained CAM/APM weights beside it in ``streaming/`` when there are any."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from longseq.hub import CheckpointError
+from longseq.streaming.memory import MEMORY_CONFIG, MEMORY_DIR
+
+#: the parts of the layout, and whether the pipeline needs them
+PARTS = {"unet": True, "scheduler": True, "text_encoder": True, "tokenizer": True, "vae": False}
+_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+
+def is_diffusers_folder(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and ((path / "model_index.json").is_file() or (path / "unet").is_dir())
+
+
+def missing_parts(path: Path) -> list[str]:
+    """What a folder lacks of the layout the pipeline needs (empty: complete)."""
+    need = {
+        "unet": ["config.json", _WEIGHTS],
+        "scheduler": ["scheduler_config.json"],
+        "text_encoder": ["config.json", ("model.safetensors", "pytorch_model.bin")],
+        "tokenizer": [("tokenizer_config.json", "vocab.json", "tokenizer.json")],
+        "vae": ["config.json", _WEIGHTS],
+    }
+    missing = []
+    for part, required in PARTS.items():
+        if not required and not (path / part).exists():
+            continue
+        for f in need[part]:
+            names = (f,) if isinstance(f, str) else f
+            if not any((path / part / n).is_file() for n in names):
+                missing.append(f"{part}/{names[0]}")
+    return missing
+
+
+def _check(path: Path) -> None:
+    missing = missing_parts(path)
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a complete diffusers text-to-video folder: missing "
+            f"{', '.join(missing)} (needs unet/, scheduler/, text_encoder/, tokenizer/; "
+            "vae/ for a latent model)"
+        )
+
+
+def _quiet(load, *args, **kw):
+    from diffusers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        return load(*args, **kw)
+    finally:
+        logging.set_verbosity(level)
+
+
+def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> dict[str, Any]:
+    """The pipeline's parts from a diffusers folder: ``unet`` (with CAM/APM when
+    ``streaming/`` holds them, or the naive model, the base then making the first chunk), ``scheduler``, ``text_encoder``, ``vae`` (or None),
+    ``image_encoder`` (for APM), ``enhancer`` (the UNet of another such folder, sharing
+    this one's VAE and text encoder) and the chunk settings."""
+    import diffusers
+
+    from longseq import hub
+    from longseq.streaming.memory import load_memory
+    from longseq.streaming.text import TokenizerTextEncoder
+
+    path = Path(path)
+    _check(path)
+    try:
+        unet = _quiet(diffusers.UNet3DConditionModel.from_pretrained, path / "unet")
+        cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+        sched_cls = getattr(diffusers, cfg.get("_class_name", "DDIMScheduler"), None)
+        if sched_cls is None or not hasattr(sched_cls, "add_noise"):
+            raise CheckpointError(
+                f"{path}/scheduler: unknown scheduler {cfg.get('_class_name')!r} in diffusers"
+            )
+        scheduler = sched_cls.from_config(cfg)
+        vae = None
+        if (path / "vae").exists():
+            vae = _quiet(diffusers.AutoencoderKL.from_pretrained, path / "vae").to(device).eval()
+        text = TokenizerTextEncoder.from_folder(path, str(device))
+    except (OSError, ValueError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot load the diffusers folder {path}: {e}") from e
+    unet = unet.to(device).eval()
+    settings: dict[str, Any] = {}
+    image_encoder = first = None
+    memory = path / MEMORY_DIR
+    if memory.exists():
+        try:
+            base, unet = unet, load_memory(unet, memory).to(device).eval()
+        except (FileNotFoundError, ValueError) as e:
+            raise CheckpointError(str(e)) from e
+        settings = json.loads((memory / MEMORY_CONFIG).read_text())
+        if settings.get("concat_cond"):
+            first = base  # the naive model continues chunks; the base makes the first
+        if settings.get("apm"):
+            image_encoder, _ = hub.load(settings.get("image_encoder", "streaming-frame-encoder"))
+            image_encoder = image_encoder.to(device).eval()
+    enh = None
+    if enhancer is not None:
+        if not is_diffusers_folder(enhancer):
+            raise ValueError(
+                f"the enhancer of a diffusers model must be a diffusers folder, got {enhancer!r}"
+            )
+        _check(Path(enhancer))
+        enh = _quiet(diffusers.UNet3DConditionModel.from_pretrained, Path(enhancer) / "unet")
+        enh = enh.to(device).eval()
+        width = getattr(unet, "unet", unet).config.cross_attention_dim
+        if enh.config.cross_attention_dim != width:
+            raise ValueError(
+                f"the enhancer {enhancer} reads {enh.config.cross_attention_dim}-wide text "
+                f"states, the generator's text encoder gives {width}"
+            )
+    return dict(
+        unet=unet,
+        scheduler=scheduler,
+        text_encoder=text,
+        vae=vae,
+        image_encoder=image_encoder,
+        first_unet=first,
+        enhancer=enh,
+        chunk_frames=int(settings.get("chunk_frames", 16)),
+        cond_frames=int(settings.get("cond_frames", 8)),
+    )

@@ -1,0 +1,127 @@
+"""A diffusers text-to-video folder through the API and the CLI."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from longseq.cli import app
+from longseq.streaming import StreamingT2VPipeline, attach_memory
+from longseq.streaming.memory import StreamingUNet
+
+from .conftest import TEXT_TOKENS
+
+diffusers = pytest.importorskip("diffusers")
+
+
+def test_a_latent_folder_loads_and_streams(t2v_folders):
+    pipe = StreamingT2VPipeline.from_pretrained(t2v_folders["latent"])
+    assert pipe.vae is not None and pipe.mode == "replace" and pipe.enhancer is None
+    assert (pipe.chunk_frames, pipe.cond_frames) == (16, 8)  # the paper's
+    tokens = pipe.text_encoder(["a red circle"])
+    assert tokens.shape == (1, TEXT_TOKENS, 32)
+    # the folder's own text encoder and tokenizer, as diffusers computes the states
+    ids = pipe.text_encoder.tokenizer(
+        ["a red circle"],
+        padding="max_length",
+        truncation=True,
+        max_length=TEXT_TOKENS,
+        return_tensors="pt",
+    ).input_ids
+    torch.testing.assert_close(tokens, pipe.text_encoder.model(ids)[0])
+    pipe.chunk_frames, pipe.cond_frames = 4, 2
+    out = pipe("a red circle", 6, num_inference_steps=2, progress=False)
+    assert out.frames.shape == (6, 8, 8, 3)  # 4x4 latents through the 2x VAE
+
+
+def test_a_folder_with_trained_cam_and_apm_beside_it(t2v_copy):
+    folder = t2v_copy("pixel")
+    unet = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet")
+    model = attach_memory(
+        unet, image_dim=64, n_text_tokens=TEXT_TOKENS, chunk_frames=4, cond_frames=2
+    )
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n.startswith("apm.") and n.endswith("alpha"):
+                p.fill_(1.0)
+    model.save_memory(folder / "streaming")
+    pipe = StreamingT2VPipeline.from_pretrained(folder)
+    assert isinstance(pipe.unet, StreamingUNet) and pipe.mode == "cam" and pipe.apm
+    assert (pipe.chunk_frames, pipe.cond_frames) == (4, 2)
+    assert pipe.unet.apm.mixers[0].alpha.item() == 1.0
+    out = pipe("a red circle", 6, num_inference_steps=2, progress=False)
+    assert out.frames.shape == (6, 8, 8, 3) and out.seams == [4]
+
+
+def test_what_a_folder_lacks_is_named_in_one_line(t2v_copy, tmp_path):
+    folder = t2v_copy("latent")
+    shutil.rmtree(folder / "tokenizer")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    with pytest.raises(
+        Exception, match="missing unet/diffusion_pytorch_model.safetensors, tokenizer/"
+    ) as e:
+        StreamingT2VPipeline.from_pretrained(folder)
+    assert "\n" not in str(e.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(Exception, match="neither a longseq checkpoint"):
+        StreamingT2VPipeline.from_pretrained(empty)
+
+
+def test_the_cli_generates_from_a_folder(t2v_folders, tmp_path):
+    out = tmp_path / "v.gif"
+    r = CliRunner().invoke(
+        app,
+        [
+            "streaming",
+            "generate",
+            "a red circle",
+            "--model",
+            str(t2v_folders["pixel"]),
+            "--frames",
+            "18",
+            "--steps",
+            "1",
+            "-o",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "no enhancer" in r.output and out.exists()
+    bad = tmp_path / "bad"
+    shutil.copytree(t2v_folders["pixel"], bad)
+    shutil.rmtree(bad / "scheduler")
+    r = CliRunner().invoke(
+        app, ["streaming", "generate", "x", "--model", str(bad), "-o", str(tmp_path / "w.gif")]
+    )
+    assert r.exit_code == 2 and "missing scheduler/scheduler_config.json" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_a_folder_with_a_naive_model_makes_its_first_chunk_with_the_base(t2v_copy):
+    from longseq.streaming.memory import ConcatUNet
+
+    folder = t2v_copy("pixel")
+    unet = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet")
+    ConcatUNet(unet, dict(chunk_frames=4, cond_frames=2)).save_memory(folder / "streaming")
+    pipe = StreamingT2VPipeline.from_pretrained(folder)
+    assert pipe.mode == "concat" and isinstance(pipe.unet, ConcatUNet)
+    assert pipe.first_unet.config.in_channels == 3  # the folder's own UNet
+    out = pipe("a red circle", 6, num_inference_steps=1, progress=False)
+    assert out.frames.shape == (6, 8, 8, 3)
+
+
+def test_a_folder_enhancer_refines_with_the_generators_vae_and_text(t2v_folders, tmp_path):
+    pipe = StreamingT2VPipeline.from_pretrained(
+        t2v_folders["latent"], enhancer=t2v_folders["latent"]
+    )
+    assert isinstance(pipe.enhancer, diffusers.UNet3DConditionModel)
+    video = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    out = pipe.enhance(
+        video, "a red circle", num_inference_steps=2, chunk_frames=4, overlap=2, progress=False
+    )
+    assert out.frames.shape == (6, 8, 8, 3) and out.seams == [3]
+    with pytest.raises(ValueError, match="must be a diffusers folder"):
+        StreamingT2VPipeline.from_pretrained(t2v_folders["latent"], enhancer="streaming-t2v")
