@@ -15,7 +15,9 @@ timeout, the prompt template, the few-shot examples, the samples per problem, th
 task), and a rerun that differs in one stops with an error naming it.
 The summary has the accuracy with a 95% Wilson interval, the generated and decoded
 tokens, the wall time per problem and, when the problems have MATH's ``subject`` /
-``level`` fields, the accuracy per subject and level.
+``level`` fields, the accuracy per subject and level. Under ``torchrun`` (or with
+``ranks``) the answers are shared out over the processes and merged into the same file
+(:mod:`longseq.power.parallel`).
 """
 
 from __future__ import annotations
