@@ -240,3 +240,9 @@ def test_torchrun_with_two_cpu_processes_gives_the_one_process_results(tmp_path)
     assert len(one) == len(two) == 2
     for a, b in zip(one, two, strict=True):
         _same_summary(a, b)
+    # other settings on resume: every rank stops, rank 0 says why in one line
+    cmd[cmd.index("--samples") + 1] = "3"
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    errors = [line for line in run.stdout.splitlines() if line.startswith("error:")]
+    assert run.returncode != 0 and len(errors) == 1, run.stdout
+    assert "samples (--samples) was 2, now 3" in errors[0]
