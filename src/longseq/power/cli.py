@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -333,9 +334,17 @@ def power_eval(
     skips the problems already done. Prompts go through the tokenizer's chat template
     when it has one. Example: longseq power eval arith --method temp-1 --method smc
     --block-size 4 --ramp-tokens 16
+
+    Under torchrun (torchrun --nproc-per-node K -m longseq power eval ...) the answers
+    are shared out over the K processes, each on cuda:LOCAL_RANK when CUDA is present;
+    each writes OUT/METHOD.rankR-of-K.jsonl, and rank 0 merges them into OUT/METHOD.jsonl,
+    the file one process writes.
     """
 
+    import torch
+
     from longseq.cliutils import make_folder
+    from longseq.power import parallel
     from longseq.power.evaluation import (
         METHODS,
         SamplerConfig,
@@ -346,7 +355,10 @@ def power_eval(
     from longseq.power.graders import MissingExtra, require_math_verify
     from longseq.power.problems import load_problems
     from longseq.power.task import load_task
+    from longseq.utils import default_device
 
+    if parallel.launched() and os.environ.get("RANK", "0") != "0":
+        console.quiet = True  # rank 0 speaks for all (every rank meets the same errors)
     bad = [m for m in method if m not in METHODS]
     if bad:
         fail(f"--method must be among {', '.join(METHODS)}; got {', '.join(bad)}")
@@ -392,16 +404,20 @@ def power_eval(
             )
             for m in method
         ]
+        if parallel.launched() and default_device(device) == torch.device("cuda"):
+            device = f"cuda:{parallel.local_rank()}"  # one GPU per process
         lm_model, codec, dev = load_model(model, device, dtype)
-    except (MissingExtra, hub.CheckpointError, ValueError, TypeError) as e:
+        ranks = parallel.init_from_env(dev)
+    except (MissingExtra, hub.CheckpointError, ValueError, TypeError, RuntimeError) as e:
         fail(str(e))
     stem = Path(data).stem if Path(data).exists() else data
     folder = out or Path("power-eval") / f"{stem}-{Path(model).name}"
     make_folder(folder, "--out")
     kinds = sorted({p.kind for p in problems})
+    spread = f" x {ranks.world_size} processes" if ranks.world_size > 1 else ""
     console.print(
         f"[bold]power eval[/]: {len(problems)} problems ({', '.join(kinds)}) from {data}; "
-        f"model {model}, device {dev}; results in {folder}/"
+        f"model {model}, device {dev}{spread}; results in {folder}/"
     )
     summaries, noted = [], set()
     for cfg in configs:
@@ -422,6 +438,7 @@ def power_eval(
                 fewshot=fewshot,
                 fewshot_pool=pool,
                 task=task_cfg,
+                ranks=ranks,
             )
         except (MissingExtra, ValueError, TypeError) as e:
             fail(str(e))
@@ -439,8 +456,11 @@ def power_eval(
         table = breakdown_table(s)
         if table is not None:
             console.print(table)
-    write_text(
-        folder / "summary.json",
-        json.dumps([s.to_dict() for s in summaries], indent=2) + "\n",
-        "--out",
-    )
+    if ranks.rank == 0:
+        write_text(
+            folder / "summary.json",
+            json.dumps([s.to_dict() for s in summaries], indent=2) + "\n",
+            "--out",
+        )
+    if ranks.world_size > 1:
+        torch.distributed.destroy_process_group()

@@ -15,7 +15,9 @@ timeout, the prompt template, the few-shot examples, the samples per problem, th
 task), and a rerun that differs in one stops with an error naming it.
 The summary has the accuracy with a 95% Wilson interval, the generated and decoded
 tokens, the wall time per problem and, when the problems have MATH's ``subject`` /
-``level`` fields, the accuracy per subject and level.
+``level`` fields, the accuracy per subject and level. Under ``torchrun`` (or with
+``ranks``) the answers are shared out over the processes and merged into the same file
+(:mod:`longseq.power.parallel`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch
 from rich.table import Table
 
 from longseq import lm
+from longseq.power import parallel
 from longseq.power.baselines import best_of_n, mh_power_sample, sample
 from longseq.power.graders import GRADER_VERSION, grade
 from longseq.power.problems import Problem, build_prompt, fewshot_examples
@@ -387,20 +390,20 @@ def _flat(d: dict) -> dict:
     return out
 
 
-def _read_results(path: Path, run: dict) -> dict[tuple[str, int], dict]:
-    """Finished answers of an earlier run with the same settings ((id, sample) ->
-    record). Lines that do not parse (a line cut by an interruption) are dropped and
-    the file is rewritten without them, so that new lines start on a line of their
-    own."""
+def _parse_results(path: Path, run: dict) -> tuple[dict, dict, bool]:
+    """(records, lines, torn) of a results file with the settings ``run``: the finished
+    answers ((id, sample) -> record, and -> its line as written) and whether lines that
+    do not parse (a line cut by an interruption) or a missing last newline were found.
+    Raises ValueError naming every setting that differs."""
     if not path.exists() or path.stat().st_size == 0:
-        return {}
+        return {}, {}, False
     text = path.read_text()
     lines = text.split("\n")
     if len(lines) == 1:  # only a header cut while being written: start afresh
         try:
             json.loads(text)
         except json.JSONDecodeError:
-            return {}
+            return {}, {}, False
     try:
         head = json.loads(lines[0])["run"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
@@ -420,7 +423,7 @@ def _read_results(path: Path, run: dict) -> dict[tuple[str, int], dict]:
         raise ValueError(
             f"{path} holds results of another run: {said}; give another output file or delete it"
         )
-    done, kept, dropped = {}, [lines[0]], 0
+    done, kept, dropped = {}, {}, 0
     for line in lines[1:]:
         if not line.strip():
             continue
@@ -431,13 +434,50 @@ def _read_results(path: Path, run: dict) -> dict[tuple[str, int], dict]:
             dropped += 1  # a line cut by an interruption: redo that answer
             continue
         if key not in done:
-            done[key] = rec
-            kept.append(line)
-    if dropped or not text.endswith("\n"):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("\n".join(kept) + "\n")
-        os.replace(tmp, path)
+            done[key], kept[key] = rec, line
+    return done, kept, bool(dropped or not text.endswith("\n"))
+
+
+def _read_results(path: Path, run: dict) -> dict[tuple[str, int], dict]:
+    """Finished answers of an earlier run with the same settings ((id, sample) ->
+    record). Lines that do not parse (a line cut by an interruption) are dropped and
+    the file is rewritten without them, so that new lines start on a line of their
+    own."""
+    done, kept, torn = _parse_results(path, run)
+    if torn:
+        head = path.read_text().split("\n")[0]
+        _write_atomic(path, [head, *kept.values()])
     return done
+
+
+def _write_atomic(path: Path, lines: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_all(path: Path, run: dict) -> tuple[dict, dict]:
+    """(records, lines) of the results file and of every rank file beside it (read
+    only: a torn line is skipped, not rewritten; the first copy of an answer wins)."""
+    done, lines = {}, {}
+    for f in [path, *parallel.rank_files(path)]:
+        recs, kept, _ = _parse_results(f, run)
+        for key, rec in recs.items():
+            if key not in done:
+                done[key], lines[key] = rec, kept[key]
+    return done, lines
+
+
+def _merge(path: Path, run: dict, keys: list, lines: dict) -> None:
+    """Write the results file of a one-process run from the gathered ``lines`` (the
+    answers of ``keys`` in their order, then any others the files held) and remove the
+    rank files, whose answers it now holds."""
+    ordered = [lines[k] for k in keys if k in lines]
+    wanted = set(keys)
+    ordered += [line for k, line in lines.items() if k not in wanted]
+    _write_atomic(path, [json.dumps({"run": run}), *ordered])
+    for f in parallel.rank_files(path):
+        f.unlink()
 
 
 def _breakdown(problems: list[Problem], score: dict[str, float]) -> dict[str, dict]:
@@ -478,6 +518,7 @@ def evaluate(
     fewshot_pool: list[Problem] | None = None,
     task: TaskConfig | str | None = None,
     batch_size: int = 1,
+    ranks: parallel.Ranks | None = None,
 ) -> EvalSummary:
     """Sample ``samples`` answers per problem with ``sampler`` and grade them.
 
@@ -507,6 +548,11 @@ def evaluate(
             so the answers are those of ``batch_size=1`` (up to the rounding of a
             padded forward pass); the time of a batch is shared out evenly among its
             answers, and ``max_time`` applies to each batch.
+        ranks: the processes sharing the work (default: ``torch.distributed``'s group
+            when initialized, e.g. under ``torchrun``, else this process alone). Each
+            rank samples every K-th answer still to do and writes it to its own
+            ``out`` rank file; the files are merged into ``out`` at the end, the same
+            file and summary as one process gives (see :mod:`longseq.power.parallel`).
     """
     cfg = sampler or SamplerConfig()
     if not problems:
@@ -562,27 +608,47 @@ def evaluate(
         run["fewshot_examples"] = [p.id for p in fewshot_examples(pool, n_shots + 1)]
         run["fewshot_delimiters"] = list(delims) if mode == "plain" else None
     path = Path(out) if out is not None else None
+    ranks = ranks or parallel.current()
+    # several processes, or the rank files of one to resume: each rank writes its own
+    shared = ranks.world_size > 1 or (path is not None and bool(parallel.rank_files(path)))
+    if shared and path is None:
+        raise ValueError("a data-parallel evaluation needs a results file (out)")
+    run = json.loads(json.dumps(run))
     done: dict[tuple[str, int], dict] = {}
-    if path is not None:
+    write_to = path
+    if path is not None and not shared:
         path.parent.mkdir(parents=True, exist_ok=True)
-        done = _read_results(path, json.loads(json.dumps(run)))
+        done = _read_results(path, run)
         if not done:
             path.write_text(json.dumps({"run": run}) + "\n")
+    elif shared:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        done, _ = _read_all(path, run)
+        ranks.barrier()  # every rank has read the files before any writes
+        write_to = parallel.rank_file(path, ranks.rank, ranks.world_size)
+        if not _read_results(write_to, run):
+            head = {"run": run, "rank": ranks.rank, "world_size": ranks.world_size}
+            write_to.write_text(json.dumps(head) + "\n")
     keys = [(p.id, j) for p in problems for j in range(samples)]
     records = {k: done[k] for k in keys if k in done}
     notes: set[str] = set()
+    mine = parallel.shard([k for k in keys if k not in records], ranks)
+    todo_of: dict[str, list[int]] = {}
+    for pid, j in mine:
+        todo_of.setdefault(pid, []).append(j)
     correct = sum(r["correct"] for r in records.values())
-    with progress_bar(cfg.method, len(keys), enabled=progress) as advance:
-        advance(len(records))
-        work = []  # (problem, sample, prompt ids, seed) of each answer still to sample
+    total = len(keys) if ranks.world_size == 1 else len(mine)
+    label = cfg.method if ranks.world_size == 1 else f"{cfg.method} rank 0/{ranks.world_size}"
+    with progress_bar(label, total, enabled=progress and ranks.rank == 0) as advance:
+        advance(total - len(mine))
+        work = []  # (problem, sample, prompt ids, seed) of each answer this rank samples
         for p in problems:
-            todo = [j for j in range(samples) if (p.id, j) not in records]
-            if not todo:
+            if p.id not in todo_of:
                 continue
             ids, _, _ = build_prompt(
                 p, tokenizer, use_chat, template, instruction, shots_of.get(p.id), *delims
             )
-            for j in todo:
+            for j in todo_of[p.id]:
                 seed = problem_seed(cfg.seed, p.id if j == 0 else f"{p.id}#{j}")
                 work.append((p, j, ids, seed))
         for (p, j), res in _answers(model, tokenizer, work, cfg, eos, batch_size, notes):
@@ -601,10 +667,18 @@ def evaluate(
             }
             records[(p.id, j)] = rec
             correct += rec["correct"]
-            if path is not None:
-                with path.open("a") as f:
+            if write_to is not None:
+                with write_to.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
-            advance(description=f"{cfg.method} ({correct}/{len(records)} right)")
+            advance(description=f"{label} ({correct}/{len(records)} right)")
+    if shared:
+        ranks.barrier()  # every rank has written its answers
+        done, lines = _read_all(path, run)
+        records = {k: done[k] for k in keys}
+        notes = set().union(*ranks.all_gather(sorted(notes)))  # and every rank has read
+        if ranks.rank == 0:
+            _merge(path, run, keys, lines)
+        ranks.barrier()  # the merged file is there when evaluate returns, on every rank
     return _summarize(problems, records, samples, cfg, mode, path, notes, n_shots, task)
 
 
