@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from longseq.data.flowworld import crop_resize
 
 PROBES = ("kl", "rgb")
+READOUTS = ("centroid", "softargmax")
+OCCLUSION_RULES = ("peak", "contrast")
 
 
 @runtime_checkable
@@ -223,6 +225,19 @@ class TraceConfig:
     scales: tuple[float, ...] = (1.0, 0.75, 0.5)  # zoom windows, fraction of the frame
     thresholds: dict[str, float] = field(default_factory=lambda: {"kl": 0.05, "rgb": 1.0})
     batch_size: int = 64  # (point, zoom, mask) jobs per forward pass
+    # reveal mask k's zoom window is moved by a quasi-random offset of up to jitter / 2
+    # patches in x and y, so the patch grid meets the point at different sub-patch
+    # offsets and the averaged KL map is sampled finer than one patch (0: centred)
+    jitter: float = 0.0
+    # the peak's sub-patch position: "centroid" of the map above half the peak, or
+    # "softargmax" (weights exp((m - peak) / (softness * peak)) near the peak)
+    readout: str = "centroid"
+    softness: float = 0.2
+    # a point is occluded when its "peak" is below thresholds[probe] (absolute: tied to
+    # the model and the data it was calibrated on), or when its "contrast" (the peak
+    # over the mean of its own map) is below contrast_thresholds[probe]
+    occlusion: str = "peak"
+    contrast_thresholds: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
     seed: int = 0
 
     def validate(self) -> None:
@@ -234,20 +249,30 @@ class TraceConfig:
             raise ValueError(f"n_masks must be >= 1, got {self.n_masks}")
         if not 0 <= self.reveal < 1:
             raise ValueError(f"reveal must be in [0, 1), got {self.reveal}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.softness <= 0:
+            raise ValueError(f"softness must be > 0, got {self.softness}")
+        if self.occlusion not in OCCLUSION_RULES:
+            raise ValueError(f"occlusion must be one of {OCCLUSION_RULES}, got {self.occlusion!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be in [0, 1] (patches), got {self.jitter}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be fractions in (0, 1], got {self.scales}")
 
 
 @dataclass
 class TraceResult:
-    """Per probe (``"kl"``, ``"rgb"``): targets (N, 2) pixel xy in frame 1, occluded (N,)
-    and peak value (N,); ``maps`` holds the averaged response maps (N, H, W) if kept."""
+    """Per probe (``"kl"``, ``"rgb"``): targets (N, 2) pixel xy in frame 1, occluded (N,),
+    peak value (N,) and contrast (N,: the peak over the mean of the point's own map);
+    ``maps`` holds the averaged response maps (N, H, W) if kept."""
 
     targets: dict[str, np.ndarray]
     occluded: dict[str, np.ndarray]
     peaks: dict[str, np.ndarray]
     maps: dict[str, np.ndarray] | None = None
     sequences_per_point: float = 0.0  # model input rows run per query point
+    contrasts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 DEFAULT_MODEL = "kltrace-match"
@@ -355,18 +380,28 @@ def _responses(
     return torch.where(hidden, kl.clamp(min=0), nan), torch.where(hidden, rgb, nan)
 
 
-def _refine_peak(m: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
-    """Argmax of a map (H, W), refined by the centroid of the values above half the peak
-    within ``radius`` pixels; returns (xy in pixel-centre coordinates, peak value)."""
+def _refine_peak(
+    m: np.ndarray, radius: float, readout: str = "centroid", softness: float = 0.2
+) -> tuple[np.ndarray, float, float]:
+    """Argmax of a map (H, W), refined within ``radius`` pixels of it: ``"centroid"`` of
+    the values above half the peak, or ``"softargmax"``, the mean position under weights
+    ``exp((m - peak) / (softness * peak))``. Returns (xy in pixel-centre coordinates, peak
+    value, contrast: the peak over the mean of the map where it is positive)."""
     i, j = np.unravel_index(np.nanargmax(m), m.shape)
     peak = float(m[i, j])
+    pos = m[m > 0]
+    contrast = peak / float(pos.mean()) if pos.size else 0.0
     h, w = m.shape
     yy, xx = np.mgrid[0:h, 0:w]
-    near = ((yy - i) ** 2 + (xx - j) ** 2 <= radius**2) & (m >= 0.5 * peak)
-    wts = np.where(near, m - 0.5 * peak, 0.0)
-    if wts.sum() <= 0:
-        return np.array([j + 0.5, i + 0.5]), peak
-    return np.array([(wts * (xx + 0.5)).sum(), (wts * (yy + 0.5)).sum()]) / wts.sum(), peak
+    near = (yy - i) ** 2 + (xx - j) ** 2 <= radius**2
+    if readout == "softargmax":
+        wts = np.where(near, np.exp((m - peak) / max(softness * peak, 1e-12)), 0.0)
+    else:
+        wts = np.where(near & (m >= 0.5 * peak), m - 0.5 * peak, 0.0)
+    if not peak > 0 or wts.sum() <= 0:
+        return np.array([j + 0.5, i + 0.5]), peak, contrast
+    xy = np.array([(wts * (xx + 0.5)).sum(), (wts * (yy + 0.5)).sum()]) / wts.sum()
+    return xy, peak, contrast
 
 
 def trace_points(
@@ -405,10 +440,15 @@ def trace_points(
     orders = torch.stack([torch.randperm(n_slots, generator=g) for _ in range(cfg.n_masks)])
     masks = torch.zeros(cfg.n_masks, n_slots, dtype=torch.bool)
     masks.scatter_(1, orders[:, :n_reveal], True)
+    # an R2 low-discrepancy sequence: mask 0 centred, the others spread over the patch
+    k = np.arange(cfg.n_masks)[:, None]
+    offsets = cfg.jitter * ((0.5 + k * np.array([0.7548776662, 0.5698402910])) % 1 - 0.5)
     n_sequences = 0
     for start in range(0, len(jobs), cfg.batch_size):
         chunk = jobs[start : start + cfg.batch_size]
-        boxes = [zoom_window(pts[i], (h, w), side) for i, side, _ in chunk]
+        boxes = [
+            zoom_window(pts[i] + offsets[k] * side / grid, (h, w), side) for i, side, k in chunk
+        ]
         crops = torch.from_numpy(np.stack([crop_resize(pair, box, size) for box in boxes]))
         local = torch.from_numpy(
             np.array(
@@ -446,10 +486,17 @@ def trace_points(
     result = TraceResult({}, {}, {}, {} if keep_maps else None, n_sequences / len(pts))
     for probe in PROBES:
         maps = sums[probe] / np.maximum(counts, 1)
-        tg, pk = zip(*(_refine_peak(m, 1.5 * finest) for m in maps), strict=True)
+        tg, pk, ct = zip(
+            *(_refine_peak(m, 1.5 * finest, cfg.readout, cfg.softness) for m in maps),
+            strict=True,
+        )
         result.targets[probe] = np.stack(tg).astype(np.float32)
         result.peaks[probe] = np.array(pk, dtype=np.float32)
-        result.occluded[probe] = result.peaks[probe] < cfg.thresholds[probe]
+        result.contrasts[probe] = np.array(ct, dtype=np.float32)
+        if cfg.occlusion == "contrast":
+            result.occluded[probe] = np.array(ct) < cfg.contrast_thresholds[probe]
+        else:
+            result.occluded[probe] = result.peaks[probe] < cfg.thresholds[probe]
         if keep_maps:
             result.maps[probe] = maps.astype(np.float32)
     return result
