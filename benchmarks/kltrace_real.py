@@ -14,7 +14,7 @@ points (the precision), ms per point, and paired 95% intervals (over frame pairs
 delta_avg(KL) - delta_avg(zero motion) and delta_avg(KL) - delta_avg(RGB).
 
     python benchmarks/kltrace_real.py [--pairs 48] [--clips 24] [--model kltrace-match]
-        [--set NAME=VALUE ...]   # tracing settings, e.g. --set jitter=0 --set occlusion=peak
+        [--set NAME=VALUE ...]   # tracing settings, e.g. --set jitter=0 kl_threshold=0.98
 """
 
 from __future__ import annotations
@@ -156,6 +156,9 @@ def main() -> None:
     model, cfg = load_tracer(args.model)
     for item in args.set:
         key, value = item.split("=", 1)
+        if key == "kl_threshold":  # the absolute occlusion threshold of KL-tracing
+            cfg.thresholds = {**cfg.thresholds, "kl": float(value)}
+            continue
         old = getattr(cfg, key)
         setattr(cfg, key, type(old)(value) if not isinstance(old, str) else value)
     cfg.validate()
