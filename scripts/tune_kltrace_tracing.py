@@ -13,7 +13,8 @@ test photos. Candidates:
 * **occlusion**: an absolute peak threshold (``peak``) or a threshold on the peak over the
   mean of the point's own KL map (``contrast``); the rule and threshold with the largest
   *smaller* gain in occlusion accuracy over "everything visible" across the photo and the
-  world sets win (so a rule fitted to one world cannot cost the other).
+  world sets win (so a rule fitted to one world cannot cost the other); if no rule gains
+  on both sets, ``none`` (every point reported visible).
 
     python scripts/tune_kltrace_tracing.py --model kltrace-match [--write]
 """
@@ -113,18 +114,22 @@ def main() -> None:
                 print(json.dumps(row), f"({time.time() - t0:.0f} s)", flush=True)
                 if best is None or row["mean_delta_avg"] > best["mean_delta_avg"]:
                     best, kept = row, ro
-    # occlusion: rule and threshold with the best worst-case gain over "everything visible"
+    # occlusion: rule and threshold with the best worst-case gain over "everything
+    # visible" (ties: the lowest threshold, which flags least); "none" unless a rule gains
+    # on both sets
     occ = {k: d.occluded[:, :, 1] for k, d in sets.items()}
     rules = {}
     for rule, col in (("peak", 1), ("contrast", 2)):
         cands = np.unique(np.concatenate([kept[k][col].ravel() for k in sets]))
         cands = np.concatenate([[cands.min() - 1e-6], cands])
-        gains = [[occlusion_gain(kept[k][col], occ[k], t) for k in sets] for t in cands]
-        i = max(range(len(cands)), key=lambda j: (min(gains[j]), sum(gains[j])))
+        gains = [[round(occlusion_gain(kept[k][col], occ[k], t), 9) for k in sets] for t in cands]
+        i = max(range(len(cands)), key=lambda j: (min(gains[j]), sum(gains[j]), -j))
         rules[rule] = {"threshold": float(cands[i]), **dict(zip(sets, gains[i], strict=True))}
     rule = max(
         rules, key=lambda r: (min(rules[r][k] for k in sets), sum(rules[r][k] for k in sets))
     )
+    if min(rules[rule][k] for k in sets) <= 0:
+        rule = "none"
     choice = {
         "jitter": best["jitter"],
         "reveal": best["reveal"],
@@ -138,7 +143,9 @@ def main() -> None:
         config = json.loads(cfile.read_text())
         kl = config.setdefault("kltrace", {})
         kl["config"] = {**kl.get("config", {}), **choice}
-        if rule == "peak":
+        if rule == "none":
+            pass
+        elif rule == "peak":
             kl["thresholds"] = {**kl.get("thresholds", {}), "kl": rules["peak"]["threshold"]}
         else:
             kl["config"]["contrast_thresholds"] = {"kl": rules["contrast"]["threshold"], "rgb": 0.0}

@@ -208,3 +208,10 @@ def test_contrast_occlusion_flags_flat_maps_only():
     assert not seen.occluded["kl"].any() and (seen.contrasts["kl"] > 2).all()
     blind = trace_points(Blind(), f0, f0, pts, cfg)
     assert blind.occluded["kl"].all() and blind.occluded["rgb"].all()
+
+
+def test_occlusion_none_reports_every_point_visible():
+    f0 = _textured()
+    cfg = TraceConfig(scales=(1.0,), n_masks=1, reveal=0.0, occlusion="none")
+    res = trace_points(Blind(), f0, f0, np.array([[10.0, 18.0], [14.0, 22.0]]), cfg)
+    assert not res.occluded["kl"].any() and not res.occluded["rgb"].any()

@@ -32,7 +32,7 @@ from longseq.data.flowworld import crop_resize
 
 PROBES = ("kl", "rgb")
 READOUTS = ("centroid", "softargmax")
-OCCLUSION_RULES = ("peak", "contrast")
+OCCLUSION_RULES = ("peak", "contrast", "none")
 
 
 @runtime_checkable
@@ -235,7 +235,8 @@ class TraceConfig:
     softness: float = 0.2
     # a point is occluded when its "peak" is below thresholds[probe] (absolute: tied to
     # the model and the data it was calibrated on), or when its "contrast" (the peak
-    # over the mean of its own map) is below contrast_thresholds[probe]
+    # over the mean of its own map) is below contrast_thresholds[probe]; "none": every
+    # point is reported visible (for a model whose maps carry no occlusion signal)
     occlusion: str = "peak"
     contrast_thresholds: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
     seed: int = 0
@@ -495,6 +496,8 @@ def trace_points(
         result.contrasts[probe] = np.array(ct, dtype=np.float32)
         if cfg.occlusion == "contrast":
             result.occluded[probe] = np.array(ct) < cfg.contrast_thresholds[probe]
+        elif cfg.occlusion == "none":
+            result.occluded[probe] = np.zeros(len(pts), dtype=bool)
         else:
             result.occluded[probe] = result.peaks[probe] < cfg.thresholds[probe]
         if keep_maps:
