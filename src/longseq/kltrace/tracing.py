@@ -88,6 +88,11 @@ def _check_members(model: object) -> None:
         )
 
 
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def _describe(x: object) -> str:
     if isinstance(x, torch.Tensor):
         return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
@@ -156,10 +161,9 @@ def check_model(model: object) -> FramePairModel:
         with torch.no_grad():
             out = model.frame1_logprobs(frames[:, 0], frames[:, 1], revealed)
     except Exception as e:  # a user's model: any failure is reported in one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise TypeError(
             f"{type(model).__name__}.frame1_logprobs failed on frames (2, {size}, {size}, 3) "
-            f"and revealed (2, {n_slots}): {type(e).__name__}: {first}"
+            f"and revealed (2, {n_slots}): {_one_line(e)}"
         ) from e
     _check_logprobs(out, 2, n_slots, k)
     return model  # type: ignore[return-value]
@@ -193,14 +197,14 @@ def load_user_model(spec: str, device: str | torch.device = "cpu") -> FramePairM
             spec_.loader.exec_module(module)
         except Exception as e:
             del sys.modules[mod_name]
-            raise ValueError(f"cannot run {source}: {type(e).__name__}: {e}") from e
+            raise ValueError(f"cannot run {source}: {_one_line(e)}") from e
     else:
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())  # modules of the working folder, as `python -m`
         try:
             module = importlib.import_module(source)
         except Exception as e:
-            raise ValueError(f"cannot import {source!r}: {type(e).__name__}: {e}") from e
+            raise ValueError(f"cannot import {source!r}: {_one_line(e)}") from e
     if not hasattr(module, name):
         raise ValueError(f"{source} has no {name!r}")
     obj = getattr(module, name)
@@ -208,7 +212,7 @@ def load_user_model(spec: str, device: str | torch.device = "cpu") -> FramePairM
         try:
             obj = obj()
         except Exception as e:
-            raise ValueError(f"{name}() failed: {type(e).__name__}: {e}") from e
+            raise ValueError(f"{name}() failed: {_one_line(e)}") from e
     if isinstance(obj, torch.nn.Module):
         obj = obj.to(device).eval()
     return check_model(obj)
