@@ -17,8 +17,8 @@ mapping (bicubic, pixel ``[i, j]`` has its centre at ``(j + 0.5, i + 0.5)``):
   a static background; background points it covers in frame 1 are occluded.
 
 Points that leave the frame are occluded, as in TAP-Vid. :func:`photo_set` returns the
-same :class:`~longseq.kltrace.evaluate.SyntheticSet` layout as the synthetic world, so
-every KL-tracing benchmark runs on it unchanged.
+same layout as the synthetic world's ``SyntheticSet``, so every KL-tracing benchmark
+runs on it unchanged.
 """
 
 from __future__ import annotations
@@ -190,6 +190,18 @@ def photo_pair(
     return PhotoPair(frames, pts, targets, occluded.astype(bool), motion)
 
 
+@dataclass
+class PhotoSet:
+    """Frame pairs in the layout of the world's ``SyntheticSet`` (the KL-tracing
+    benchmarks take either), with each pair's motion type."""
+
+    videos: np.ndarray  # (B, 2, H, W, 3) uint8
+    query_points: np.ndarray  # (B, N, 3) as (t, y, x), all at frame 0
+    tracks: np.ndarray  # (B, N, 2, 2) xy
+    occluded: np.ndarray  # (B, N, 2)
+    motions: list[str]
+
+
 def photo_set(
     n_pairs: int,
     split: str,
@@ -198,12 +210,9 @@ def photo_set(
     n_points: int = 16,
     seed: int = 0,
     photos: list[np.ndarray] | None = None,
-):
+) -> PhotoSet:
     """``n_pairs`` frame pairs of ``split``'s photos, the motion types taken in turn, as a
-    :class:`~longseq.kltrace.evaluate.SyntheticSet` (videos of two frames, queries at
-    frame 0). ``.motions`` lists each pair's motion type."""
-    from longseq.kltrace.evaluate import SyntheticSet
-
+    :class:`PhotoSet` (videos of two frames, queries at frame 0)."""
     bad = set(motions) - set(MOTIONS)
     if bad or not motions:
         raise ValueError(f"motions must be among {MOTIONS}, got {motions}")
@@ -213,7 +222,7 @@ def photo_set(
         photo_pair(photos, motions[i % len(motions)], rng, size, n_points) for i in range(n_pairs)
     ]
     n = n_points
-    data = SyntheticSet(
+    data = PhotoSet(
         videos=np.stack([p.frames for p in pairs]),
         query_points=np.stack(
             [np.concatenate([np.zeros((n, 1)), p.points[:, ::-1]], 1) for p in pairs]
