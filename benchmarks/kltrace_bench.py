@@ -18,7 +18,8 @@ trained on and at native resolution, and milliseconds per traced point.
 Ablation (``--ablation label=checkpoint_dir ...``, models trained by
 ``scripts/train_kltrace.py`` with ``--head mode``, ``--head mean`` or
 ``--no-reveal-conditioning``): the same protocol, read by KL and by RGB difference.
-KL against RGB: paired per-clip differences of delta_avg with a 95% interval.
+KL against RGB: paired per-clip differences of delta_avg with a 95% interval. Without
+``--ablation`` the ablation rows of the previous ``kltrace.json`` are kept.
 
     python benchmarks/kltrace_bench.py [--clips 40] [--lras kltrace-lras]
         [--ablation "mode head=runs/kltrace-ablation/mode" ...]
@@ -193,6 +194,9 @@ def main() -> None:
     ) | {"sec_per_point": 0.0}
 
     ablation = {}
+    previous = out / "kltrace.json"
+    if not args.ablation and previous.exists():  # the ablation models live in runs/: keep
+        ablation = json.loads(previous.read_text()).get("ablation", {})
     for item in args.ablation:
         label, path = item.split("=", 1)
         model, cfg = load_tracer(path)

@@ -6,6 +6,8 @@ LRAS transformer ``kltrace-lras``.
         --pairs 16000 --max-gap 2 --steps 6000 --stop-at 3400 --batch-size 48 --lr 1e-3
     python scripts/train_kltrace.py --head mean --export runs/ablation-mean   # an ablation
     python scripts/train_kltrace.py --pairs 512 --steps 50 --export ""        # smoke run
+    python scripts/train_kltrace.py --name kltrace-match-photo --init-from kltrace-match \
+        --photo-frac 0.5 --steps 400 --lr 1e-3 --warmup 20 --threads 1   # + real photos
 
 Three stages, each saved in the run directory so a second call resumes:
 1. ``pairs.npy`` / ``val_pairs.npy``: frame pairs of the synthetic world
@@ -14,6 +16,13 @@ Three stages, each saved in the run directory so a second call resumes:
 2. ``quantizer.pt``: the k-means codebook of 4x4 patches (shared likewise);
 3. ``state.pt``: model, optimizer and step, every ``--save-every`` steps, with a
    ``metrics.jsonl`` log.
+With ``--photo-frac F`` a fraction F of every batch are frame pairs composited from real
+photographs (``longseq.data.photopairs.training_photo_pairs``: scikit-image's bundled
+photos, affine camera motion, independently moving layers that occlude, brightness
+change, noise; cached as ``photo_pairs.npy``), and the held-out accuracy is also measured
+on pairs from the validation photos. ``--init-from NAME_OR_DIR`` starts from a trained
+checkpoint (weights and codebook) instead of from scratch.
+
 Batches are augmented by the 8 flips/rotations of the square and by swapping the two
 frames (the world's motion is reversible). ``match`` models train with a random number
 of revealed frame-1 patches per batch (``--reveal-min`` .. ``--reveal-max`` of the
@@ -88,6 +97,20 @@ def make_pairs(
             if k % 8 == 7 or k == len(todo) - 1:
                 np.save(path, np.concatenate(parts))
     return np.concatenate(parts)[:n]
+
+
+def cached_photo_pairs(data: Path, n: int, split: str, size: int) -> np.ndarray:
+    """Real-photo training pairs of ``split``, rendered once into ``data`` (resumable)."""
+    from longseq.data.photopairs import training_photo_pairs
+
+    path = data / f"photo_{split}_pairs_{size}.npy"
+    have = np.load(path) if path.exists() else np.zeros((0, 2, size, size, 3), np.uint8)
+    if len(have) < n:
+        seed = {"train": 0, "val": 1}[split]
+        more = training_photo_pairs(n - len(have), split, size, seed=seed * 1000 + len(have))
+        have = np.concatenate([have, more])
+        np.save(path, have)
+    return have[:n]
 
 
 def augment(pairs: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -197,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
         help="bump amplitudes tried on validation clips (the best KL delta_avg is shipped)",
     )
     ap.add_argument("--trace-sigmas", default="1.5,2", help="bump widths tried likewise")
+    ap.add_argument("--photo-frac", type=float, default=0.0, help="real-photo share of a batch")
+    ap.add_argument("--photo-pairs", type=int, default=6000, help="real-photo training pairs")
+    ap.add_argument("--init-from", default=None, help="checkpoint to start from")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -220,10 +246,18 @@ def main(argv: list[str] | None = None) -> None:
     pairs = make_pairs(data / f"pairs_gap{gap}.npy", args.pairs, size, w, "train", gap)
     val = make_pairs(data / f"val_pairs_gap{gap}.npy", args.val_pairs, size, w, "val", gap)
     pairs, val = torch.from_numpy(pairs), torch.from_numpy(val)
+    photo, photo_val = None, None
+    if args.photo_frac > 0:
+        photo = torch.from_numpy(cached_photo_pairs(data, args.photo_pairs, "train", size))
+        photo_val = cached_photo_pairs(data, args.val_pairs, "val", size)
 
     model = build(args).to(device)
     qfile = data / f"quantizer_{args.codebook}.pt"
-    if qfile.exists():
+    if args.init_from:
+        init, _ = hub.load(args.init_from, device)
+        model.load_state_dict(init.state_dict())
+        print(f"initialised from {args.init_from}")
+    elif qfile.exists():
         model.quantizer.codebook.copy_(torch.load(qfile, map_location=device))
     else:
         idx = torch.randperm(len(pairs), generator=g)[:4000]
@@ -251,8 +285,13 @@ def main(argv: list[str] | None = None) -> None:
         advance(step)
         while step < last:
             gs = torch.Generator().manual_seed(args.seed * 10**7 + step)  # resumable stream
-            idx = torch.randint(len(pairs), (args.batch_size,), generator=gs)
-            batch = augment(pairs[idx], gs).to(device)
+            n_photo = round(args.photo_frac * args.batch_size) if photo is not None else 0
+            idx = torch.randint(len(pairs), (args.batch_size - n_photo,), generator=gs)
+            batch = pairs[idx]
+            if n_photo:
+                pidx = torch.randint(len(photo), (n_photo,), generator=gs)
+                batch = torch.cat([batch, photo[pidx]])
+            batch = augment(batch, gs).to(device)
             lr = warmup_cosine_lr(step, args.lr, args.warmup, args.steps)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -264,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
             if step % args.eval_every == 0 or step == last:
                 model.eval()
                 rec.update(code_accuracy(model, val[:256], args.eval_reveal))
+                if photo_val is not None:
+                    acc = code_accuracy(model, photo_val[:256], args.eval_reveal)
+                    rec.update({f"photo_{k}": v for k, v in acc.items()})
                 model.train()
                 print(json.dumps(rec), flush=True)
             log.write(json.dumps(rec) + "\n")
@@ -273,6 +315,9 @@ def main(argv: list[str] | None = None) -> None:
     log.close()
     model.eval()
     metrics = {"reveal": args.eval_reveal, **code_accuracy(model, val, args.eval_reveal)}
+    if photo_val is not None:
+        acc = code_accuracy(model, photo_val, args.eval_reveal)
+        metrics.update({f"photo_{k}": v for k, v in acc.items()})
     metrics["train_seconds_this_call"] = round(time.time() - t0, 1)
     print(json.dumps(metrics))
     # the tracing settings shipped with the model, and the occlusion thresholds of

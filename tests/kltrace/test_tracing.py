@@ -153,3 +153,65 @@ def test_dis_follows_the_world_conventions():
     data = synthetic_set(3, "test", size=64, n_frames=2, n_points=16)
     res = evaluate_methods(None, data, TraceConfig(), methods=("dis",))
     assert res["dis"]["pts_within_4"] > 0.7
+
+
+def _blob(cx, cy, size=32, sigma=2.5):
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+
+
+@pytest.mark.parametrize("readout", ["centroid", "softargmax"])
+def test_readouts_find_a_blob_between_pixels(readout):
+    from longseq.kltrace.tracing import _refine_peak
+
+    for cx, cy in [(10.3, 14.8), (20.5, 9.0), (16.9, 16.1)]:
+        xy, peak, contrast = _refine_peak(_blob(cx, cy), 6.0, readout)
+        np.testing.assert_allclose(xy, [cx, cy], atol=0.25)
+        assert peak == pytest.approx(_blob(cx, cy).max())
+        assert contrast > 5  # a sharp peak stands well above its map's mean
+
+
+def test_jittered_windows_still_recover_the_motion():
+    """Jitter moves each mask's window by up to half a patch; the averaged map still
+    peaks where the oracle moved the point."""
+    model = ShiftOracle(shift=(1, 0))
+    f0 = sample_world(3, 64, 2).render()[0]
+    pts = np.array([[30.0, 30.0], [22.0, 40.0]])
+    plain = TraceConfig(scales=(0.5,), n_masks=4, reveal=0.0)
+    jit = TraceConfig(scales=(0.5,), n_masks=4, reveal=0.0, jitter=1.0)
+    r0 = trace_points(model, f0, f0, pts, plain, keep_maps=True)
+    r1 = trace_points(model, f0, f0, pts, jit, keep_maps=True)
+    np.testing.assert_allclose(r1.targets["kl"], pts + [4, 0], atol=2.0)
+    # the jittered windows cover more of the frame than the centred one
+    assert ((r1.maps["kl"] > 0).sum((1, 2)) > (r0.maps["kl"] > 0).sum((1, 2))).all()
+    with pytest.raises(ValueError, match="jitter"):
+        TraceConfig(jitter=2.0).validate()
+    with pytest.raises(ValueError, match="readout"):
+        TraceConfig(readout="argmax").validate()
+    with pytest.raises(ValueError, match="occlusion"):
+        TraceConfig(occlusion="fb").validate()
+
+
+class Blind(ShiftOracle):
+    """A model that ignores frame 0: the bump changes nothing, every map is flat."""
+
+    def frame1_logprobs(self, frame0, frame1, revealed):
+        return super().frame1_logprobs(torch.zeros_like(frame0), frame1, revealed)
+
+
+def test_contrast_occlusion_flags_flat_maps_only():
+    f0 = _textured()
+    pts = np.array([[10.0, 18.0], [14.0, 22.0]])
+    cfg = TraceConfig(scales=(1.0,), n_masks=2, reveal=0.0, occlusion="contrast")
+    cfg.contrast_thresholds = {"kl": 2.0, "rgb": 2.0}
+    seen = trace_points(ShiftOracle(shift=(1, 0)), f0, f0, pts, cfg)
+    assert not seen.occluded["kl"].any() and (seen.contrasts["kl"] > 2).all()
+    blind = trace_points(Blind(), f0, f0, pts, cfg)
+    assert blind.occluded["kl"].all() and blind.occluded["rgb"].all()
+
+
+def test_occlusion_none_reports_every_point_visible():
+    f0 = _textured()
+    cfg = TraceConfig(scales=(1.0,), n_masks=1, reveal=0.0, occlusion="none")
+    res = trace_points(Blind(), f0, f0, np.array([[10.0, 18.0], [14.0, 22.0]]), cfg)
+    assert not res.occluded["kl"].any() and not res.occluded["rgb"].any()

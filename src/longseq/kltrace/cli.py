@@ -28,13 +28,19 @@ app = App(
 )
 
 
+MODEL_HELP = (
+    "shipped checkpoint name, checkpoint directory, or your own frame-pair model as "
+    "module:Class or path/to/file.py:Class"
+)
+
+
 def _load_tracer(model: str, device: str | None, masks: int | None, scales: str | None):
     from longseq.kltrace import load_tracer
     from longseq.utils import default_device
 
     try:
         net, cfg = load_tracer(model, default_device(device))
-    except (hub.CheckpointError, ValueError) as e:
+    except (hub.CheckpointError, ValueError, TypeError) as e:
         fail(str(e))
     if masks is not None:
         cfg.n_masks = masks
@@ -78,7 +84,7 @@ def kltrace_flow(
     frame1: Path = typer.Argument(..., help="second frame, same size"),
     points: str = typer.Option(None, help="'x,y;x,y' query points in pixels (default: a grid)"),
     grid: int = typer.Option(8, min=2, help="grid spacing in pixels when --points is not given"),
-    model: str = typer.Option(DEFAULT_MODEL, help="shipped checkpoint name or directory"),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     masks: int = typer.Option(
         None, min=1, help="reveal masks averaged over (default: the model's)"
     ),
@@ -112,7 +118,7 @@ def kltrace_flow(
         n_jobs = len(pts) * jobs_per_point((h, w), cfg, net.image_size)
         with progress_bar("KL-tracing", n_jobs) as advance:
             res = trace_points(net, f0, f1, pts, cfg, keep_maps=True, progress=advance)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         fail(str(e))
     est = {"KL-tracing": (res.targets["kl"], res.occluded["kl"])}
     flow_figure(f0, f1, pts, est, out / "flow.png", kl_map=res.maps["kl"][0])
@@ -174,7 +180,7 @@ def kltrace_bench(
     points: int = typer.Option(16, min=1, help="query points per clip"),
     frames: int = typer.Option(2, min=2, help="frames per clip (queries at frame 0)"),
     size: int = typer.Option(64, min=32, help="frame size in pixels"),
-    model: str = typer.Option(DEFAULT_MODEL, help="shipped checkpoint name or directory"),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     masks: int = typer.Option(None, min=1),
     scales: str = typer.Option(None),
     json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON here"),
@@ -190,7 +196,7 @@ def kltrace_bench(
     data = synthetic_set(clips, "test", size=size, n_frames=frames, n_points=points)
     try:
         results = evaluate_methods(net, data, cfg)
-    except ImportError as e:
+    except (ImportError, TypeError) as e:
         fail(str(e))
     console.print(_metrics_table(results, f"{clips} test clips x {points} points, {size}px"))
     if json_out:
@@ -199,7 +205,7 @@ def kltrace_bench(
 
 @app.command("demo")
 def kltrace_demo(
-    model: str = typer.Option(DEFAULT_MODEL, help="shipped checkpoint name or directory"),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     out: Path = typer.Option(Path("kltrace-demo")),
     seed: int = typer.Option(0, min=0, help="seed of the held-out clip"),
     device: str = typer.Option(None),

@@ -36,6 +36,7 @@ class SyntheticSet:
     query_points: np.ndarray  # (B, N, 3) as (t, y, x)
     tracks: np.ndarray  # (B, N, T, 2)
     occluded: np.ndarray  # (B, N, T)
+    motions: list[str] | None = None  # each clip's motion type, where the set has them
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ share; all run batched, ``batch_size`` jobs per forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -30,6 +31,8 @@ import torch.nn.functional as F
 from longseq.data.flowworld import crop_resize
 
 PROBES = ("kl", "rgb")
+READOUTS = ("centroid", "softargmax")
+OCCLUSION_RULES = ("peak", "contrast", "none")
 
 
 @runtime_checkable
@@ -58,9 +61,8 @@ class FramePairModel(Protocol):
     ) -> torch.Tensor: ...
 
 
-def check_model(model: object) -> FramePairModel:
-    """``model`` if it implements :class:`FramePairModel`, else a ``TypeError`` naming what
-    is missing."""
+def _check_members(model: object) -> None:
+    """The protocol's members are there and consistent (no forward pass)."""
     missing = [
         name
         for name in ("image_size", "patch", "codebook", "frame1_logprobs")
@@ -71,9 +73,149 @@ def check_model(model: object) -> FramePairModel:
             f"{type(model).__name__} is not a frame-pair model for KL-tracing: it lacks "
             f"{', '.join(missing)} (see longseq.kltrace.FramePairModel)"
         )
-    if model.image_size % model.patch:
-        raise TypeError(f"image_size {model.image_size} is not a multiple of patch {model.patch}")
+    size, patch = model.image_size, model.patch
+    for name, v in (("image_size", size), ("patch", patch)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise TypeError(f"{name} must be a positive int, got {v!r}")
+    if size % patch:
+        raise TypeError(f"image_size {size} is not a multiple of patch {patch}")
+    cb = model.codebook
+    if not isinstance(cb, torch.Tensor) or not cb.is_floating_point():
+        raise TypeError(f"codebook must be a float torch.Tensor, got {_describe(cb)}")
+    if cb.ndim != 2 or cb.shape[1] != patch * patch * 3:
+        raise TypeError(
+            f"codebook must be (K, patch*patch*3) = (K, {patch * patch * 3}), got {tuple(cb.shape)}"
+        )
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _describe(x: object) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return f"a {type(x).__name__}"
+
+
+def _check_logprobs(out: object, batch: int, n_slots: int, k: int) -> torch.Tensor:
+    """``out`` if it is float log-probabilities (batch, n_slots, k); else a one-line
+    ``TypeError`` naming what is wrong (probabilities, logits, transposed or short)."""
+    want = (batch, n_slots, k)
+    where = "frame1_logprobs"
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{where} must return a torch.Tensor {want}, got {_describe(out)}")
+    if not out.is_floating_point():
+        raise TypeError(f"{where} must return float log-probabilities, got {out.dtype}")
+    shape = tuple(out.shape)
+    if shape != want:
+        if shape == (batch, k, n_slots) and k != n_slots:
+            hint = "transposed: (B, K, n_slots) instead of (B, n_slots, K)"
+        elif len(shape) == 3 and shape[0] == batch and shape[1] < n_slots and shape[2] == k:
+            hint = f"short: {shape[1]} of the {n_slots} slots (return every slot, revealed too)"
+        elif len(shape) == 3 and shape[:2] == (batch, n_slots):
+            hint = f"{shape[2]} codes per slot but the codebook has {k}"
+        else:
+            hint = "wrong shape"
+        raise TypeError(
+            f"{where} returned shape {shape}, expected (B, n_slots, K) = {want}: {hint}"
+        )
+    x = out.detach().float()
+    if torch.isnan(x).any() or (x == float("inf")).any():
+        raise TypeError(f"{where} returned NaN or +inf (log-probabilities are finite or -inf)")
+    lse = x.logsumexp(-1)
+    err = (lse.abs().max()).item()
+    if err > 1e-3:
+        if x.shape[1] == x.shape[2] and (x.logsumexp(1).abs().max() < 1e-3):
+            raise TypeError(
+                f"{where} returned its output transposed: (B, K, n_slots) instead of "
+                "(B, n_slots, K) (it is normalised over dim 1, not over the codes)"
+            )
+        if x.min() >= 0 and (x.sum(-1) - 1).abs().max() < 1e-3:
+            what = "probabilities, not log-probabilities (return their .log())"
+        else:
+            what = "unnormalised logits (return .log_softmax(-1))"
+        raise TypeError(
+            f"{where} returned {what}: logsumexp over the codes is {lse.flatten()[0].item():.3g}, "
+            "not 0"
+        )
+    return out
+
+
+def check_model(model: object) -> FramePairModel:
+    """``model`` if it implements :class:`FramePairModel`, else a one-line ``TypeError``
+    naming what is wrong: a missing member, a codebook of the wrong shape, or
+    ``frame1_logprobs`` failing on, or answering wrongly to, a two-row probe (shape
+    ``(B, n_slots, K)``, float dtype, log-probabilities normalised over the codes:
+    logsumexp ≈ 0; probabilities, unnormalised logits, transposed or short outputs are
+    each named)."""
+    _check_members(model)
+    size, patch, k = model.image_size, model.patch, model.codebook.shape[0]
+    n_slots = (size // patch) ** 2
+    g = torch.Generator().manual_seed(0)
+    frames = torch.rand(2, 2, size, size, 3, generator=g).mul(255).to(model.codebook.device)
+    revealed = torch.zeros(2, n_slots, dtype=torch.bool, device=model.codebook.device)
+    revealed[:, : max(1, n_slots // 10)] = True
+    try:
+        with torch.no_grad():
+            out = model.frame1_logprobs(frames[:, 0], frames[:, 1], revealed)
+    except Exception as e:  # a user's model: any failure is reported in one line
+        raise TypeError(
+            f"{type(model).__name__}.frame1_logprobs failed on frames (2, {size}, {size}, 3) "
+            f"and revealed (2, {n_slots}): {_one_line(e)}"
+        ) from e
+    _check_logprobs(out, 2, n_slots, k)
     return model  # type: ignore[return-value]
+
+
+def load_user_model(spec: str, device: str | torch.device = "cpu") -> FramePairModel:
+    """A user's frame-pair model from ``"module:Name"`` or ``"path/to/file.py:Name"``:
+    ``Name`` is a class or function called without arguments (or an instance), its result
+    moved to ``device`` if it is a ``torch.nn.Module`` and checked by :func:`check_model`.
+    Errors are one-line ``ValueError`` (cannot be found or built) or ``TypeError`` (not a
+    frame-pair model)."""
+    import importlib
+    import importlib.util
+    import os
+    import sys
+
+    source, sep, name = spec.rpartition(":")
+    if not sep or not source or not name.isidentifier():
+        raise ValueError(
+            f"a model given as code must look like module:Name or file.py:Name, got {spec!r}"
+        )
+    if source.endswith(".py"):
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"model file {source} does not exist")
+        mod_name = f"_longseq_user_{path.stem}"
+        spec_ = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(spec_)
+        sys.modules[mod_name] = module
+        try:
+            spec_.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[mod_name]
+            raise ValueError(f"cannot run {source}: {_one_line(e)}") from e
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())  # modules of the working folder, as `python -m`
+        try:
+            module = importlib.import_module(source)
+        except Exception as e:
+            raise ValueError(f"cannot import {source!r}: {_one_line(e)}") from e
+    if not hasattr(module, name):
+        raise ValueError(f"{source} has no {name!r}")
+    obj = getattr(module, name)
+    if isinstance(obj, type) or (callable(obj) and not hasattr(obj, "frame1_logprobs")):
+        try:
+            obj = obj()
+        except Exception as e:
+            raise ValueError(f"{name}() failed: {_one_line(e)}") from e
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.to(device).eval()
+    return check_model(obj)
 
 
 @dataclass
@@ -87,6 +229,20 @@ class TraceConfig:
     scales: tuple[float, ...] = (1.0, 0.75, 0.5)  # zoom windows, fraction of the frame
     thresholds: dict[str, float] = field(default_factory=lambda: {"kl": 0.05, "rgb": 1.0})
     batch_size: int = 64  # (point, zoom, mask) jobs per forward pass
+    # reveal mask k's zoom window is moved by a quasi-random offset of up to jitter / 2
+    # patches in x and y, so the patch grid meets the point at different sub-patch
+    # offsets and the averaged KL map is sampled finer than one patch (0: centred)
+    jitter: float = 0.0
+    # the peak's sub-patch position: "centroid" of the map above half the peak, or
+    # "softargmax" (weights exp((m - peak) / (softness * peak)) near the peak)
+    readout: str = "centroid"
+    softness: float = 0.2
+    # a point is occluded when its "peak" is below thresholds[probe] (absolute: tied to
+    # the model and the data it was calibrated on), or when its "contrast" (the peak
+    # over the mean of its own map) is below contrast_thresholds[probe]; "none": every
+    # point is reported visible (for a model whose maps carry no occlusion signal)
+    occlusion: str = "peak"
+    contrast_thresholds: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
     seed: int = 0
 
     def validate(self) -> None:
@@ -98,20 +254,30 @@ class TraceConfig:
             raise ValueError(f"n_masks must be >= 1, got {self.n_masks}")
         if not 0 <= self.reveal < 1:
             raise ValueError(f"reveal must be in [0, 1), got {self.reveal}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
+        if self.softness <= 0:
+            raise ValueError(f"softness must be > 0, got {self.softness}")
+        if self.occlusion not in OCCLUSION_RULES:
+            raise ValueError(f"occlusion must be one of {OCCLUSION_RULES}, got {self.occlusion!r}")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be in [0, 1] (patches), got {self.jitter}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be fractions in (0, 1], got {self.scales}")
 
 
 @dataclass
 class TraceResult:
-    """Per probe (``"kl"``, ``"rgb"``): targets (N, 2) pixel xy in frame 1, occluded (N,)
-    and peak value (N,); ``maps`` holds the averaged response maps (N, H, W) if kept."""
+    """Per probe (``"kl"``, ``"rgb"``): targets (N, 2) pixel xy in frame 1, occluded (N,),
+    peak value (N,) and contrast (N,: the peak over the mean of the point's own map);
+    ``maps`` holds the averaged response maps (N, H, W) if kept."""
 
     targets: dict[str, np.ndarray]
     occluded: dict[str, np.ndarray]
     peaks: dict[str, np.ndarray]
     maps: dict[str, np.ndarray] | None = None
     sequences_per_point: float = 0.0  # model input rows run per query point
+    contrasts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 DEFAULT_MODEL = "kltrace-match"
@@ -121,9 +287,15 @@ def load_tracer(
     name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu"
 ) -> tuple[FramePairModel, TraceConfig]:
     """A frame-pair model and its :class:`TraceConfig` (occlusion thresholds calibrated
-    for it, and any other settings its checkpoint records)."""
+    for it, and any other settings its checkpoint records). ``name_or_path`` is a
+    shipped checkpoint's name, a checkpoint directory, or a user's model as
+    ``"module:Name"`` / ``"path/to/file.py:Name"`` (see :func:`load_user_model`; it gets
+    the default :class:`TraceConfig`)."""
     from longseq import hub
 
+    spec = str(name_or_path)
+    if ":" in spec and not Path(spec).is_dir() and spec not in hub.registry():
+        return load_user_model(spec, device), TraceConfig()
     model, info = hub.load(name_or_path, device)
     if not isinstance(model, FramePairModel):
         raise hub.CheckpointError(
@@ -201,7 +373,8 @@ def _responses(
     rows = torch.cat([torch.arange(u, device=dev), index])  # clean row of every sequence
     frame0 = torch.cat([clean[:, 0], perturbed]).to(dev)
     mask = revealed.to(dev)[rows]
-    logp = model.frame1_logprobs(frame0, clean[:, 1].to(dev)[rows], mask).float()
+    logp = model.frame1_logprobs(frame0, clean[:, 1].to(dev)[rows], mask)
+    logp = _check_logprobs(logp, len(rows), mask.shape[1], codebook.shape[0]).float()
     logp_c, logp_p = logp[:u][index], logp[u:]
     kl = (logp_c.exp() * (logp_c - logp_p)).sum(-1)  # (J, S)
     mean_c = logp_c.exp() @ codebook.float()  # expected patch pixels, (J, S, p*p*3) in [0, 1]
@@ -212,18 +385,28 @@ def _responses(
     return torch.where(hidden, kl.clamp(min=0), nan), torch.where(hidden, rgb, nan)
 
 
-def _refine_peak(m: np.ndarray, radius: float) -> tuple[np.ndarray, float]:
-    """Argmax of a map (H, W), refined by the centroid of the values above half the peak
-    within ``radius`` pixels; returns (xy in pixel-centre coordinates, peak value)."""
+def _refine_peak(
+    m: np.ndarray, radius: float, readout: str = "centroid", softness: float = 0.2
+) -> tuple[np.ndarray, float, float]:
+    """Argmax of a map (H, W), refined within ``radius`` pixels of it: ``"centroid"`` of
+    the values above half the peak, or ``"softargmax"``, the mean position under weights
+    ``exp((m - peak) / (softness * peak))``. Returns (xy in pixel-centre coordinates, peak
+    value, contrast: the peak over the mean of the map where it is positive)."""
     i, j = np.unravel_index(np.nanargmax(m), m.shape)
     peak = float(m[i, j])
+    pos = m[m > 0]
+    contrast = peak / float(pos.mean()) if pos.size else 0.0
     h, w = m.shape
     yy, xx = np.mgrid[0:h, 0:w]
-    near = ((yy - i) ** 2 + (xx - j) ** 2 <= radius**2) & (m >= 0.5 * peak)
-    wts = np.where(near, m - 0.5 * peak, 0.0)
-    if wts.sum() <= 0:
-        return np.array([j + 0.5, i + 0.5]), peak
-    return np.array([(wts * (xx + 0.5)).sum(), (wts * (yy + 0.5)).sum()]) / wts.sum(), peak
+    near = (yy - i) ** 2 + (xx - j) ** 2 <= radius**2
+    if readout == "softargmax":
+        wts = np.where(near, np.exp((m - peak) / max(softness * peak, 1e-12)), 0.0)
+    else:
+        wts = np.where(near & (m >= 0.5 * peak), m - 0.5 * peak, 0.0)
+    if not peak > 0 or wts.sum() <= 0:
+        return np.array([j + 0.5, i + 0.5]), peak, contrast
+    xy = np.array([(wts * (xx + 0.5)).sum(), (wts * (yy + 0.5)).sum()]) / wts.sum()
+    return xy, peak, contrast
 
 
 def trace_points(
@@ -240,7 +423,7 @@ def trace_points(
     resized to the model's input. Returns KL-tracing and RGB-difference estimates."""
     cfg = config or TraceConfig()
     cfg.validate()
-    check_model(model)
+    _check_members(model)  # the output of every forward pass is checked as it comes
     _check_frames(frame0, frame1)
     pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     h, w = frame0.shape[:2]
@@ -262,10 +445,15 @@ def trace_points(
     orders = torch.stack([torch.randperm(n_slots, generator=g) for _ in range(cfg.n_masks)])
     masks = torch.zeros(cfg.n_masks, n_slots, dtype=torch.bool)
     masks.scatter_(1, orders[:, :n_reveal], True)
+    # an R2 low-discrepancy sequence: mask 0 centred, the others spread over the patch
+    k = np.arange(cfg.n_masks)[:, None]
+    offsets = cfg.jitter * ((0.5 + k * np.array([0.7548776662, 0.5698402910])) % 1 - 0.5)
     n_sequences = 0
     for start in range(0, len(jobs), cfg.batch_size):
         chunk = jobs[start : start + cfg.batch_size]
-        boxes = [zoom_window(pts[i], (h, w), side) for i, side, _ in chunk]
+        boxes = [
+            zoom_window(pts[i] + offsets[k] * side / grid, (h, w), side) for i, side, k in chunk
+        ]
         crops = torch.from_numpy(np.stack([crop_resize(pair, box, size) for box in boxes]))
         local = torch.from_numpy(
             np.array(
@@ -303,10 +491,19 @@ def trace_points(
     result = TraceResult({}, {}, {}, {} if keep_maps else None, n_sequences / len(pts))
     for probe in PROBES:
         maps = sums[probe] / np.maximum(counts, 1)
-        tg, pk = zip(*(_refine_peak(m, 1.5 * finest) for m in maps), strict=True)
+        tg, pk, ct = zip(
+            *(_refine_peak(m, 1.5 * finest, cfg.readout, cfg.softness) for m in maps),
+            strict=True,
+        )
         result.targets[probe] = np.stack(tg).astype(np.float32)
         result.peaks[probe] = np.array(pk, dtype=np.float32)
-        result.occluded[probe] = result.peaks[probe] < cfg.thresholds[probe]
+        result.contrasts[probe] = np.array(ct, dtype=np.float32)
+        if cfg.occlusion == "contrast":
+            result.occluded[probe] = np.array(ct) < cfg.contrast_thresholds[probe]
+        elif cfg.occlusion == "none":
+            result.occluded[probe] = np.zeros(len(pts), dtype=bool)
+        else:
+            result.occluded[probe] = result.peaks[probe] < cfg.thresholds[probe]
         if keep_maps:
             result.maps[probe] = maps.astype(np.float32)
     return result
