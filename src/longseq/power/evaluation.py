@@ -193,12 +193,9 @@ def problem_seed(seed: int, problem_id: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def run_sampler(
-    model, ids: list[int], cfg: SamplerConfig, eos: list[int], tokenizer, seed: int
-) -> dict:
-    """One answer for one prompt: generated ids, decoded-token count, time, flags."""
-    x = torch.tensor(ids, dtype=torch.long)
-    kw = dict(
+def _sampler_kwargs(cfg: SamplerConfig, eos, tokenizer, seed) -> dict:
+    """The decoding settings every sampler takes, from ``cfg``."""
+    return dict(
         max_new_tokens=cfg.max_new_tokens,
         eos_token_id=eos or None,
         seed=seed,
@@ -209,6 +206,14 @@ def run_sampler(
         tokenizer=tokenizer if cfg.stop_strings else None,
         max_time=cfg.max_time,
     )
+
+
+def run_sampler(
+    model, ids: list[int], cfg: SamplerConfig, eos: list[int], tokenizer, seed: int
+) -> dict:
+    """One answer for one prompt: generated ids, decoded-token count, time, flags."""
+    x = torch.tensor(ids, dtype=torch.long)
+    kw = _sampler_kwargs(cfg, eos, tokenizer, seed)
     t0, c0 = time.perf_counter(), time.process_time()
     if cfg.method in ("temp-1", "temp-alpha"):
         temp = 1.0 if cfg.method == "temp-1" else 1.0 / cfg.alpha
@@ -254,17 +259,7 @@ def run_batch(
 ) -> list[dict]:
     """:func:`run_sampler` for several prompts decoded as one batch (each with its own
     seed, so each answer is the one it gets alone); time is shared out evenly."""
-    kw = dict(
-        max_new_tokens=cfg.max_new_tokens,
-        eos_token_id=eos or None,
-        seed=list(seeds),
-        min_new_tokens=cfg.min_new_tokens,
-        top_k=cfg.top_k,
-        top_p=cfg.top_p,
-        stop_strings=cfg.stop_strings or None,
-        tokenizer=tokenizer if cfg.stop_strings else None,
-        max_time=cfg.max_time,
-    )
+    kw = _sampler_kwargs(cfg, eos, tokenizer, list(seeds))
     t0, c0 = time.perf_counter(), time.process_time()
     rows = []  # (generated ids, length, decoded tokens, stopped by time)
     if cfg.method == "mh":

