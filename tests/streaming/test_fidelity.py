@@ -59,6 +59,7 @@ def test_track_steps_and_features_by_hand():
 def test_blocks_and_summary_by_hand():
     fid = PromptFidelity(
         visible=np.array([1, 1, 0, 1, 0, 0], bool),
+        object_pixels=np.array([20, 12, 5, 30, 0, 0]),
         shape=["square", "circle", None, "square", None, None],
         shape_correct=np.array([1.0, 0.0, np.nan, 1.0, np.nan, np.nan]),
         steps=np.array([0.01, np.nan, np.nan, np.nan, np.nan]),
@@ -75,6 +76,7 @@ def test_blocks_and_summary_by_hand():
     assert b["speed_correct"][0] == 1.0
     s = fid.summary()
     assert s["visible"] == 0.5 and s["shape_accuracy"] == pytest.approx(2 / 3)
+    assert s["any_object"] == pytest.approx(4 / 6)
     assert s["speed_correct"] == 1.0 and math.isnan(s["motion_correct"])
     assert math.isnan(fid.summary(2, 3)["shape_accuracy"])  # no visible frame
 

@@ -737,7 +737,8 @@ class PromptFidelity:
     """What :func:`prompt_fidelity` reads in a video of T frames against its caption.
 
     Per frame: ``visible`` (T,) whether at least half the object is in view (object pixels
-    at the classifier's size >= its ``visible_pixels``), ``shape`` (T,) the classifier's
+    at the classifier's size >= its ``visible_pixels``), ``object_pixels`` (T,) the count
+    of object pixels (any object at all: >= ``MIN_OBJECT_PIXELS``), ``shape`` (T,) the classifier's
     shape (None where not visible), ``shape_correct`` (T,) 1.0 / 0.0 where visible, NaN
     elsewhere, ``steps`` (T - 1,) the track's per-frame motion in frame widths (NaN unless
     visible in both frames). Per video: ``speed`` and ``motion`` read from the track (None
@@ -745,6 +746,7 @@ class PromptFidelity:
     """
 
     visible: np.ndarray
+    object_pixels: np.ndarray
     shape: list[str | None]
     shape_correct: np.ndarray
     steps: np.ndarray
@@ -769,12 +771,16 @@ class PromptFidelity:
         return {"visible": vis, "shape_accuracy": acc, "mean_step": step, "speed_correct": speed_ok}
 
     def summary(self, start: int = 0, stop: int | None = None) -> dict[str, float]:
-        """Frames ``start:stop``: share visible, shape accuracy among visible frames, mean
-        step; over the whole video: speed and motion agreement (1.0 / 0.0, NaN when not
-        read or not named)."""
+        """Frames ``start:stop``: share visible, share with any object pixels
+        (``any_object``), shape accuracy among visible frames, mean step; over the whole
+        video: speed and motion agreement (1.0 / 0.0, NaN when not read or not named)."""
         sl = slice(start, stop)
+        n = len(self.visible[sl])
         return {
-            "visible": float(self.visible[sl].mean()) if len(self.visible[sl]) else math.nan,
+            "visible": float(self.visible[sl].mean()) if n else math.nan,
+            "any_object": float((self.object_pixels[sl] >= MIN_OBJECT_PIXELS).mean())
+            if n
+            else math.nan,
             "shape_accuracy": _nanmean(self.shape_correct[sl]),
             "mean_step": _nanmean(self.steps[sl]),
             "speed_correct": _agree(self.speed, self.target.get("speed")),
@@ -839,6 +845,7 @@ def prompt_fidelity(
             motion = cfg.motions[int(classifier.motion_logits(f).argmax())]
     return PromptFidelity(
         visible=visible,
+        object_pixels=count,
         shape=shape,
         shape_correct=correct.astype(np.float64),
         steps=steps,
