@@ -96,6 +96,7 @@ def video_row(video: np.ndarray, caption: str, classifier) -> dict:
     fid = prompt_fidelity(video, caption, classifier)
     n = len(video)
     blocks = fid.blocks(FIDELITY_BLOCK)
+    starts = range(0, n, FIDELITY_BLOCK)
     whole = fid.summary()
     answers = [s for s in fid.shape if s is not None]
     return {
@@ -116,6 +117,10 @@ def video_row(video: np.ndarray, caption: str, classifier) -> dict:
         "n_visible": int(fid.visible.sum()),
         "n_correct": int(np.nansum(fid.shape_correct)),
         "block_shape": blocks["shape_accuracy"].tolist(),
+        "block_n_visible": [int(fid.visible[i : i + FIDELITY_BLOCK].sum()) for i in starts],
+        "block_n_correct": [
+            int(np.nansum(fid.shape_correct[i : i + FIDELITY_BLOCK])) for i in starts
+        ],
         "block_visible": blocks["visible"].tolist(),
     }
 
@@ -216,9 +221,11 @@ def main() -> None:
         answers = {k: sum(r["answers"][k] for r in rs) for k in classifier.config.shapes}
         total = max(sum(answers.values()), 1)
         s["answers"] = {k: v / total for k, v in answers.items()}
-        s["block_shape"] = np.nanmean(
-            np.array([r["block_shape"] for r in rs], float), axis=0
-        ).tolist()
+        n_vis_b = np.sum([r["block_n_visible"] for r in rs], axis=0)
+        n_ok_b = np.sum([r["block_n_correct"] for r in rs], axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s["block_shape"] = np.where(n_vis_b > 0, n_ok_b / n_vis_b, np.nan).tolist()
+        s["block_n_visible"] = n_vis_b.tolist()
         s["block_visible"] = np.mean([r["block_visible"] for r in rs], axis=0).tolist()
         results["summary"][label] = s
 
@@ -249,7 +256,7 @@ def plot(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.6))
     b = r["setup"]["block"]
     for label, s in r["summary"].items():
         x = np.arange(len(s["block_shape"])) * b + b / 2
@@ -259,13 +266,14 @@ def plot(r: dict, path: Path) -> None:
     axes[0].axhline(0.25, color="grey", lw=0.8, ls=":", label="chance (4 shapes)")
     axes[0].axhline(SHAPE_GATE, color="red", lw=0.8, ls=":", label=f"gate {SHAPE_GATE}")
     axes[0].set(
-        title="prompted shape among visible frames",
+        title="prompted shape among visible frames (pooled)",
         xlabel="frame (block of 8)",
         ylabel="accuracy",
         ylim=(0, 1.02),
     )
     axes[1].set(title="object at least half in view", xlabel="frame (block of 8)", ylim=(0, 1.02))
-    axes[0].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[1].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     n = len(r["setup"]["captions"]) * len(r["setup"]["seeds"])
     fig.suptitle(f"Prompt fidelity over time, base stage (16 px), mean of {n} videos", fontsize=10)
     fig.tight_layout()
@@ -335,7 +343,8 @@ def markdown(r: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(_f(x["answers"][k]) for k in shapes) + " |")
     lines += [
         "",
-        "Accuracy per block of 8 frames (prompted shape among visible frames):",
+        "Accuracy per block of 8 frames (prompted shape among the visible frames of all "
+        "videos, pooled; the count of visible frames below each generator's row):",
         "",
     ]
     nb = len(next(iter(r["summary"].values()))["block_shape"])
@@ -346,6 +355,7 @@ def markdown(r: dict) -> str:
     ]
     for label, x in r["summary"].items():
         lines.append(f"| {label} | " + " | ".join(_f(v) for v in x["block_shape"]) + " |")
+        lines.append("| visible frames | " + " | ".join(map(str, x["block_n_visible"])) + " |")
     lines += [
         "",
         "## Paired differences, mean [95% CI] over videos; **bold** where the interval excludes 0",
