@@ -179,7 +179,9 @@ class _WorldPipe:
 def test_base_prompt_gate_passes_the_world_and_fails_wrong_or_empty(classifier):
     good = base_prompt_gate(_WorldPipe("world"), classifier, n=4)
     assert good["passed"] and good["shape_accuracy"] >= 0.9 and good["n"] == 4
+    assert good["n_speed_read"] == 4 and good["speed_agreement"] >= 0.75
     wrong = base_prompt_gate(_WorldPipe("wrong"), classifier, n=4)
     assert not wrong["passed"] and wrong["shape_accuracy"] < 0.2
     empty = base_prompt_gate(_WorldPipe("empty"), classifier, n=4)
     assert not empty["passed"] and empty["visible"] == 0 and empty["n_visible"] == 0
+    assert empty["n_speed_read"] == 0 and math.isnan(empty["speed_agreement"])

@@ -198,8 +198,9 @@ def prompt_gate(
     - ``shape_accuracy``: the share of visible frames, over all chunks, whose shape is the
       caption's (NaN when no frame is visible). Gate: >= ``SHAPE_GATE``;
     - ``speed_agreement``: the share of chunks whose mean per-frame motion is on the
-      caption's side of the classifier's slow/quick split, among chunks where it is read.
-      Gate: >= ``SPEED_GATE``;
+      caption's side of the classifier's slow/quick split, among the ``n_speed_read``
+      chunks where it is read (two consecutive visible frames or more). Gate:
+      >= ``SPEED_GATE``;
     - ``visible``: the share of frames with the object at least half in view, and
       ``n_visible`` their count; ``per_caption`` the same per chunk.
     - ``passed``: both gates hold (a chunk set without visible frames fails).
@@ -236,6 +237,7 @@ def prompt_gate(
         "speed_agreement": float(np.mean(speed)) if speed else float("nan"),
         "visible": float(np.mean(visible)),
         "n_visible": len(correct),
+        "n_speed_read": len(speed),
         "n": len(captions),
         "per_caption": rows,
     }
