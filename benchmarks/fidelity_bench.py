@@ -238,8 +238,12 @@ def main() -> None:
         s["block_visible"] = np.mean([r["block_visible"] for r in rs], axis=0).tolist()
         results["summary"][label] = s
 
-    def paired(a: list[dict], b: list[dict], ka: str, kb: str) -> dict:
-        return asdict(paired_difference([r[ka] for r in a], [r[kb] for r in b]))
+    def paired(a: list[dict], b: list[dict], ka: str, kb: str) -> dict | None:
+        """None with fewer than 2 pairs where both values are finite."""
+        x, y = np.array([r[ka] for r in a], float), np.array([r[kb] for r in b], float)
+        if (np.isfinite(x) & np.isfinite(y)).sum() < 2:
+            return None
+        return asdict(paired_difference(x, y))
 
     for key in ("shape_all", "shape_early", "shape_late", "visible", "any_object", "speed_blocks"):
         results["paired"][f"CAM + APM - naive: {key}"] = paired(
@@ -376,6 +380,9 @@ def markdown(r: dict) -> str:
         "|---|---|---|",
     ]
     for name, d in r["paired"].items():
+        if d is None:
+            lines.append(f"| {name} | - (fewer than 2 pairs) | - |")
+            continue
         cell = f"{d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}]"
         lines.append(f"| {name} | {f'**{cell}**' if d['excludes_zero'] else cell} | {d['n']} |")
     if "text_embeddings" in r:
