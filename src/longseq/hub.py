@@ -42,6 +42,7 @@ class CheckpointInfo:
 
 
 def _architectures() -> dict[str, Any]:
+    from longseq.models.attribute_cnn import AttributeCNN, AttributeCNNConfig
     from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
     from longseq.models.gpt import GPT, GPTConfig
     from longseq.models.lras import LRAS, LRASConfig
@@ -51,6 +52,7 @@ def _architectures() -> dict[str, Any]:
     from longseq.models.vit import ViT, ViTConfig
 
     return {
+        "attribute_cnn": (AttributeCNN, AttributeCNNConfig),
         "frame_encoder": (FrameEncoder, FrameEncoderConfig),
         "gpt": (GPT, GPTConfig),
         "lras": (LRAS, LRASConfig),

@@ -182,3 +182,87 @@ def gates(
     res["gated_remake"] = gated
     res["passed"] = bool(res["base_colour_error"] <= BASE_COLOUR_GATE and res[gated] <= REMAKE_GATE)
     return res
+
+
+SHAPE_GATE = 0.9  # shape accuracy among visible frames of the base model's first chunks
+SPEED_GATE = 0.75  # first chunks moving at the named speed (world clips: about 0.9)
+
+
+def prompt_gate(
+    first_chunks: Sequence[np.ndarray], captions: Sequence[str], classifier: Any
+) -> dict[str, Any]:
+    """Does the base model draw what its captions name? On first chunks (one (T, H, W, 3)
+    uint8 video per caption), read with
+    :func:`~longseq.streaming.metrics.prompt_fidelity`:
+
+    - ``shape_accuracy``: the share of visible frames, over all chunks, whose shape is the
+      caption's (NaN when no frame is visible). Gate: >= ``SHAPE_GATE``;
+    - ``speed_agreement``: the share of chunks whose mean per-frame motion is on the
+      caption's side of the classifier's slow/quick split, among the ``n_speed_read``
+      chunks where it is read (two consecutive visible frames or more). Gate:
+      >= ``SPEED_GATE``;
+    - ``visible``: the share of frames with the object at least half in view, and
+      ``n_visible`` their count; ``per_caption`` the same per chunk.
+    - ``passed``: both gates hold (a chunk set without visible frames fails).
+    """
+    from longseq.streaming.metrics import prompt_fidelity
+
+    if len(first_chunks) != len(captions) or not captions:
+        raise ValueError(
+            f"need one first chunk per caption (at least one), got {len(first_chunks)} chunks "
+            f"and {len(captions)} captions"
+        )
+    correct, visible, speed, rows = [], [], [], []
+    for video, caption in zip(first_chunks, captions, strict=True):
+        fid = prompt_fidelity(video, caption, classifier)
+        block = fid.blocks(len(fid.visible))
+        c = fid.shape_correct[fid.visible]
+        correct.extend(c.tolist())
+        visible.extend(fid.visible.tolist())
+        sp = float(block["speed_correct"][0])
+        if np.isfinite(sp):
+            speed.append(sp)
+        rows.append(
+            {
+                "caption": caption,
+                "visible": float(fid.visible.mean()),
+                "shape_accuracy": float(c.mean()) if len(c) else float("nan"),
+                "shapes": [s for s in fid.shape if s is not None],
+                "mean_step": float(block["mean_step"][0]),
+                "speed_correct": sp,
+            }
+        )
+    res = {
+        "shape_accuracy": float(np.mean(correct)) if correct else float("nan"),
+        "speed_agreement": float(np.mean(speed)) if speed else float("nan"),
+        "visible": float(np.mean(visible)),
+        "n_visible": len(correct),
+        "n_speed_read": len(speed),
+        "n": len(captions),
+        "per_caption": rows,
+    }
+    res["passed"] = bool(
+        res["shape_accuracy"] >= SHAPE_GATE and res["speed_agreement"] >= SPEED_GATE
+    )
+    return res
+
+
+def base_prompt_gate(
+    pipe: Any,
+    classifier: Any,
+    n: int = 12,
+    split: str = "test",
+    first_seed: int = 100,
+    num_inference_steps: int | None = None,
+    **sampling: Any,
+) -> dict[str, Any]:
+    """:func:`prompt_gate` on the base model's first chunks for ``n`` prompts of ``split``
+    (:func:`gate_prompts` from ``first_seed``: held-out captions and seeds by default).
+    Other keyword arguments (``guidance_scale``, ...) go to the pipeline's sampling."""
+    prompts = gate_prompts(n, split, first_seed)
+    sampling["num_inference_steps"] = num_inference_steps
+    chunks = [
+        pipe(caption, pipe.chunk_frames, seed=seed, progress=False, **sampling).frames
+        for caption, seed in prompts
+    ]
+    return prompt_gate(chunks, [c for c, _ in prompts], classifier)

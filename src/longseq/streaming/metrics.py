@@ -10,6 +10,10 @@
 - **MAWE** (:func:`mawe`): the authors' motion-aware warp error.
 - **Text alignment** (:func:`text_alignment`): a frame encoder's attribute heads against
   the caption.
+- **Prompt fidelity** (:func:`prompt_fidelity`): an attribute classifier of its own
+  (``fidelity-classifier``, not APM's encoder) reads per frame whether the object is in
+  view and which shape it is, and from the object's track (:func:`object_track`) its
+  speed and motion; each is compared with what the caption names.
 
 Colour differences are in levels of the 0-255 scale (4.0 means 4/255). Optical flow
 defaults to :func:`longseq.flow.color_dis_flow` (DIS that also sees motion between
@@ -32,6 +36,7 @@ from longseq.data import videoworld as vw
 from longseq.flow import FlowFn, color_dis_flow
 
 if TYPE_CHECKING:
+    from longseq.models.attribute_cnn import AttributeCNN
     from longseq.models.frame_encoder import FrameEncoder
 
 SCENE_DETECT_MIN_SIZE = 64  # smaller frames are upscaled (nearest) before scene detection
@@ -659,3 +664,193 @@ def text_alignment(
             for k, i in targets.items():
                 sums[k] += logits[k].float().softmax(-1)[:, i].sum().item()
     return float(np.mean([total / len(frames) for total in sums.values()]))
+
+
+# --- prompt fidelity ----------------------------------------------------------------
+
+TRACK_LAG = 4  # frames between the displacements whose turn angles describe the motion
+FIDELITY_BLOCK = 8  # frames per block of the fidelity curves (the base model's chunk)
+
+
+def object_track(video: np.ndarray, margin: float = COLOR_MARGIN) -> tuple[np.ndarray, np.ndarray]:
+    """The object's centre per frame, by the world's luma rule (object pixels have luma
+    above ``LUMA_SPLIT + margin``): centres (T, 2) as (x, y) in frame widths (the mean
+    position of the object pixels, weighted by how far their luma exceeds the threshold;
+    NaN without object pixels) and the count of object pixels per frame (T,)."""
+    video = _check_video(video, min_frames=1)
+    margin = _check_margin(margin)
+    lum = video.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    w = np.clip(lum - (vw.LUMA_SPLIT + margin), 0, None)
+    count = (w > 0).sum(axis=(1, 2))
+    total = w.sum(axis=(1, 2))
+    _, h, wd = lum.shape
+    ys, xs = (np.arange(h) + 0.5) / h, (np.arange(wd) + 0.5) / wd
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = np.einsum("thw,w->t", w, xs) / total
+        cy = np.einsum("thw,h->t", w, ys) / total
+    centres = np.where(total[:, None] > 0, np.stack([cx, cy], 1), np.nan)
+    return centres.astype(np.float64), count
+
+
+def track_steps(centres: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Distance (T - 1,) the centre moves from each frame to the next, in frame widths;
+    NaN unless the object is visible in both."""
+    d = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+    return np.where(visible[1:] & visible[:-1], d, np.nan)
+
+
+def track_features(centres: np.ndarray, visible: np.ndarray, lag: int = TRACK_LAG) -> np.ndarray:
+    """Five numbers that describe how a track moves (the motion head's input), from the
+    frames where the object is visible: the mean absolute turn between consecutive
+    ``lag``-frame displacements (radians), the absolute mean signed turn (an orbit turns
+    one way), the share of turns above 0.5 rad (bounces turn sharply), the coefficient
+    of variation of the per-frame steps (a wandering object changes speed) and the
+    vertical share of the motion (mean |dy| / (mean |dx| + mean |dy|)). NaN where fewer
+    than 3 turns or 3 steps are seen."""
+    steps = track_steps(centres, visible)
+    steps = steps[np.isfinite(steps)]
+    t = np.arange(len(centres) - 2 * lag)
+    ok = visible[t] & visible[t + lag] & visible[t + 2 * lag]
+    d1 = centres[t + lag] - centres[t]
+    d2 = centres[t + 2 * lag] - centres[t + lag]
+    moving = (np.linalg.norm(d1, axis=1) > 1e-6) & (np.linalg.norm(d2, axis=1) > 1e-6)
+    ok &= moving
+    cross = d1[:, 0] * d2[:, 1] - d1[:, 1] * d2[:, 0]
+    turn = np.arctan2(cross, (d1 * d2).sum(1))[ok]
+    if len(turn) < 3 or len(steps) < 3 or steps.mean() <= 0:
+        return np.full(5, np.nan)
+    pairs = visible[1:] & visible[:-1]
+    dx, dy = np.abs(np.diff(centres, axis=0)[pairs]).mean(0)
+    return np.array(
+        [
+            np.abs(turn).mean(),
+            abs(turn.mean()),
+            (np.abs(turn) > 0.5).mean(),
+            steps.std() / steps.mean(),
+            dy / (dx + dy),
+        ]
+    )
+
+
+@dataclass
+class PromptFidelity:
+    """What :func:`prompt_fidelity` reads in a video of T frames against its caption.
+
+    Per frame: ``visible`` (T,) whether at least half the object is in view (object pixels
+    at the classifier's size >= its ``visible_pixels``), ``object_pixels`` (T,) the count
+    of object pixels (any object at all: >= ``MIN_OBJECT_PIXELS``), ``shape`` (T,) the classifier's
+    shape (None where not visible), ``shape_correct`` (T,) 1.0 / 0.0 where visible, NaN
+    elsewhere, ``steps`` (T - 1,) the track's per-frame motion in frame widths (NaN unless
+    visible in both frames). Per video: ``speed`` and ``motion`` read from the track (None
+    when too little of it is seen) and ``target`` (the caption's shape, motion, speed).
+    """
+
+    visible: np.ndarray
+    object_pixels: np.ndarray
+    shape: list[str | None]
+    shape_correct: np.ndarray
+    steps: np.ndarray
+    speed: str | None
+    motion: str | None
+    target: dict[str, str]
+    speed_split: float
+
+    def blocks(self, size: int = FIDELITY_BLOCK) -> dict[str, np.ndarray]:
+        """Per block of ``size`` frames (the last may be shorter): ``visible`` (share of
+        frames in view), ``shape_accuracy`` (among visible frames; NaN without any),
+        ``mean_step`` (frame widths per frame; NaN without a visible pair) and
+        ``speed_correct`` (the block's mean step on the caption's side of the split)."""
+        size = _check_int("size", size, 1)
+        n = len(self.visible)
+        starts = range(0, n, size)
+        vis = np.array([self.visible[s : s + size].mean() for s in starts])
+        acc = np.array([_nanmean(self.shape_correct[s : s + size]) for s in starts])
+        step = np.array([_nanmean(self.steps[s : s + size - 1]) for s in starts])
+        want_quick = self.target.get("speed") == "quickly"
+        speed_ok = np.where(np.isfinite(step), (step > self.speed_split) == want_quick, np.nan)
+        return {"visible": vis, "shape_accuracy": acc, "mean_step": step, "speed_correct": speed_ok}
+
+    def summary(self, start: int = 0, stop: int | None = None) -> dict[str, float]:
+        """Frames ``start:stop``: share visible, share with any object pixels
+        (``any_object``), shape accuracy among visible frames, mean step; over the whole
+        video: speed and motion agreement (1.0 / 0.0, NaN when not read or not named)."""
+        sl = slice(start, stop)
+        n = len(self.visible[sl])
+        return {
+            "visible": float(self.visible[sl].mean()) if n else math.nan,
+            "any_object": float((self.object_pixels[sl] >= MIN_OBJECT_PIXELS).mean())
+            if n
+            else math.nan,
+            "shape_accuracy": _nanmean(self.shape_correct[sl]),
+            "mean_step": _nanmean(self.steps[sl]),
+            "speed_correct": _agree(self.speed, self.target.get("speed")),
+            "motion_correct": _agree(self.motion, self.target.get("motion")),
+        }
+
+
+def _agree(read: str | None, named: str | None) -> float:
+    return math.nan if read is None or named is None else float(read == named)
+
+
+def prompt_fidelity(
+    video: np.ndarray, caption: str, classifier: AttributeCNN, batch_size: int = 256
+) -> PromptFidelity:
+    """Does a video show what its caption names? Read with an attribute classifier
+    (:class:`longseq.models.attribute_cnn.AttributeCNN`, shipped as
+    ``fidelity-classifier``), on frames resized to its size.
+
+    The object is visible in a frame when it has at least ``visible_pixels`` object
+    pixels (the world's luma rule, :func:`object_track`): about half of it in view. The
+    shape is the classifier's answer on visible frames. The speed is "quickly" when the
+    mean per-frame step of the track exceeds ``speed_split``; the motion is the motion
+    head's answer on :func:`track_features`. The caption is parsed with
+    :func:`longseq.data.videoworld.parse_caption` and must name a shape.
+    """
+    import torch
+
+    video = _check_video(video, min_frames=1)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    target = vw.parse_caption(caption)
+    if "shape" not in target:
+        raise ValueError(f"caption {caption!r} names no shape (one of {', '.join(vw.SHAPES)})")
+    cfg = classifier.config
+    if target["shape"] not in cfg.shapes:
+        raise ValueError(f"the classifier knows the shapes {cfg.shapes}, not {target['shape']!r}")
+    if video.shape[1:3] != (cfg.size, cfg.size):
+        from longseq.media import resize_video
+
+        video = resize_video(video, (cfg.size, cfg.size))
+    centres, count = object_track(video)
+    visible = count >= cfg.visible_pixels
+    param = next(classifier.parameters())
+    pred = np.full(len(video), -1)
+    idx = np.flatnonzero(visible)
+    with torch.no_grad():
+        for s in range(0, len(idx), batch_size):
+            rows = idx[s : s + batch_size]
+            x = classifier.luma(video[rows]).to(param.device, param.dtype)
+            pred[rows] = classifier(x).argmax(-1).cpu().numpy()
+    shape = [cfg.shapes[i] if i >= 0 else None for i in pred]
+    correct = np.where(visible, pred == cfg.shapes.index(target["shape"]), np.nan)
+    steps = track_steps(centres, visible)
+    speed = None
+    if np.isfinite(steps).sum() >= 3:
+        speed = "quickly" if np.nanmean(steps) > cfg.speed_split else "slowly"
+    feats = track_features(centres, visible)
+    motion = None
+    if np.isfinite(feats).all():
+        with torch.no_grad():
+            f = torch.as_tensor(feats, dtype=param.dtype, device=param.device)[None]
+            motion = cfg.motions[int(classifier.motion_logits(f).argmax())]
+    return PromptFidelity(
+        visible=visible,
+        object_pixels=count,
+        shape=shape,
+        shape_correct=correct.astype(np.float64),
+        steps=steps,
+        speed=speed,
+        motion=motion,
+        target=target,
+        speed_split=cfg.speed_split,
+    )
