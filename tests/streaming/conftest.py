@@ -25,7 +25,7 @@ def tiny_unet3d(channels: int, size: int):
         cross_attention_dim=TEXT_DIM,
         attention_head_dim=4,
         norm_num_groups=8,
-    )
+    ).eval()
 
 
 def tiny_vae():
@@ -40,7 +40,7 @@ def tiny_vae():
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         norm_num_groups=4,
-    )
+    ).eval()
 
 
 def tiny_clip():

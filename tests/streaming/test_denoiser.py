@@ -14,24 +14,13 @@ from longseq.streaming import (
     randomized_blending,
 )
 
+from .conftest import tiny_vae
+
 diffusers = pytest.importorskip("diffusers")
 
 
 def text(prompts):
     return torch.stack([torch.full((3, 8), float(len(p))) for p in prompts])
-
-
-def tiny_vae():
-    torch.manual_seed(0)
-    return diffusers.AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-    ).eval()
 
 
 def ddim(**kw):

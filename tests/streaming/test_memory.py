@@ -9,26 +9,12 @@ import torch
 from longseq import hub
 from longseq.streaming import StreamingT2VPipeline, attach_memory, load_memory
 
+from .conftest import TEXT_DIM, tiny_unet3d
+
 diffusers = pytest.importorskip("diffusers")
 
-D = 32  # text width
+D = TEXT_DIM  # text width
 N_TEXT = 4
-
-
-def unet3d(channels: int = 4, size: int = 8):
-    torch.manual_seed(0)
-    return diffusers.UNet3DConditionModel(
-        sample_size=size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=(16, 16),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=D,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    ).eval()
 
 
 def inputs(seed: int = 0):
@@ -51,7 +37,7 @@ def open_gates(model) -> None:
 
 @pytest.mark.parametrize("cam, apm", [(True, True), (True, False), (False, True)])
 def test_fresh_cam_and_apm_leave_a_diffusers_unet_unchanged(cam, apm):
-    unet = unet3d()
+    unet = tiny_unet3d(4, 8)
     x, text, cond, anchor = inputs()
     with torch.no_grad():
         ref = unet(x, 400, encoder_hidden_states=text).sample
@@ -68,7 +54,7 @@ def test_fresh_cam_and_apm_leave_a_diffusers_unet_unchanged(cam, apm):
 
 
 def test_cam_is_a_copy_of_the_encoder_and_injects_through_the_controlnet_hooks():
-    unet = unet3d()
+    unet = tiny_unet3d(4, 8)
     model = attach_memory(unet, apm=False)
     base = dict(unet.named_parameters())
     for name, p in model.cam.named_parameters():
@@ -88,14 +74,14 @@ def test_cam_is_a_copy_of_the_encoder_and_injects_through_the_controlnet_hooks()
 
 
 def test_memory_parameters_are_cam_and_apm_and_round_trip(tmp_path: Path):
-    unet = unet3d()
+    unet = tiny_unet3d(4, 8)
     model = attach_memory(unet, image_dim=8, n_text_tokens=N_TEXT, chunk_frames=6, cond_frames=2)
     mem = {id(p) for p in model.memory_parameters()}
     assert not mem & {id(p) for p in unet.parameters()}
     assert mem == {id(p) for n, p in model.named_parameters() if not n.startswith("unet.")}
     open_gates(model)
     model.save_memory(tmp_path / "streaming")
-    again = load_memory(unet3d(), tmp_path / "streaming")
+    again = load_memory(tiny_unet3d(4, 8), tmp_path / "streaming")
     assert again.settings["chunk_frames"] == 6 and again.config.cam and again.config.apm
     x, text, cond, anchor = inputs()
     with torch.no_grad():
@@ -104,7 +90,7 @@ def test_memory_parameters_are_cam_and_apm_and_round_trip(tmp_path: Path):
     torch.testing.assert_close(a, b)
     with pytest.raises(FileNotFoundError, match="memory.safetensors"):
         (tmp_path / "streaming" / "memory.safetensors").unlink()
-        load_memory(unet3d(), tmp_path / "streaming")
+        load_memory(tiny_unet3d(4, 8), tmp_path / "streaming")
     with pytest.raises(TypeError, match="UNet3DConditionModel"):
         attach_memory(torch.nn.Linear(2, 2))
 
@@ -112,7 +98,7 @@ def test_memory_parameters_are_cam_and_apm_and_round_trip(tmp_path: Path):
 def test_a_diffusers_unet_with_cam_and_apm_streams_in_the_pipeline():
     from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
 
-    model = attach_memory(unet3d(channels=3), image_dim=8, n_text_tokens=N_TEXT)
+    model = attach_memory(tiny_unet3d(3, 8), image_dim=8, n_text_tokens=N_TEXT)
     open_gates(model)
     torch.manual_seed(1)
     enc = FrameEncoder(FrameEncoderConfig(size=8, channels=[8], dim=8, attributes={"a": ["x"]}))
@@ -151,7 +137,7 @@ def test_shipped_models_give_the_outputs_they_gave_before_the_shared_components(
 def test_a_fresh_naive_model_computes_the_unet_and_reads_the_last_frame():
     from longseq.streaming.memory import ConcatUNet
 
-    unet = unet3d()
+    unet = tiny_unet3d(4, 8)
     x, text, cond, _ = inputs()
     with torch.no_grad():
         ref = unet(x, 400, encoder_hidden_states=text).sample

@@ -6,6 +6,8 @@ from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
 from longseq.models.video_unet import UNetOutput, VideoUNet, VideoUNetConfig
 from longseq.streaming import StreamingT2VPipeline, chunk_starts
 
+from .conftest import tiny_unet3d
+
 diffusers = pytest.importorskip("diffusers")
 
 D = 32  # text token width of the fake encoder
@@ -311,26 +313,10 @@ def test_randomized_blending_differs_from_a_fixed_cut():
         p.enhance(video.astype(np.float32), "a red circle")
 
 
-def diffusers_unet(size: int, channels: int):
-    torch.manual_seed(0)
-    return diffusers.UNet3DConditionModel(
-        sample_size=size,
-        in_channels=channels,
-        out_channels=channels,
-        block_out_channels=(16, 16),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-        up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"),
-        cross_attention_dim=D,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    ).eval()
-
-
 def test_a_plain_diffusers_unet_plugs_in():
     """Any diffusers 3-D UNet runs: chunks tied by replacing the conditioning frames;
     it also serves as the enhancer."""
-    unet = diffusers_unet(size=8, channels=3)
+    unet = tiny_unet3d(3, 8)
     p = enhancer_pipe(unet, unet=unet)
     assert p.mode == "replace"
     out = p("a red circle", 10, num_inference_steps=2, progress=False)
@@ -342,7 +328,7 @@ def test_a_plain_diffusers_unet_plugs_in():
 def test_latent_models_work_through_a_vae():
     """A latent text-to-video UNet (4 channels) with a diffusers AutoencoderKL: chunks are
     made in latent space and decoded per frame; the enhancer encodes, refines, decodes."""
-    unet = diffusers_unet(size=4, channels=4)
+    unet = tiny_unet3d(4, 4)
     vae = diffusers.AutoencoderKL(
         in_channels=3,
         out_channels=3,
