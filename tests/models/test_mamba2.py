@@ -98,10 +98,10 @@ def test_segsum():
     assert s[2, 0] == 5.0 and s[1, 1] == 0.0 and s[0, 1] == -torch.inf
 
 
-def hf_model(tie=False, ngroups=2, seed=0):
+def hf_model(tie=False, ngroups=2, seed=0, vocab_size=50):
     torch.manual_seed(seed)
     cfg = transformers.Mamba2Config(
-        vocab_size=50,
+        vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=2,
         num_heads=4,

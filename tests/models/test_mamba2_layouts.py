@@ -13,28 +13,13 @@ from longseq.cli import app
 
 transformers = pytest.importorskip("transformers")
 
+from tests.models.test_mamba2 import hf_model as random_hf_mamba2  # noqa: E402
+
 VOCAB, PADDED = 50, 56  # mamba_ssm pads the vocabulary to a multiple of 8
 
 
 def hf_model(tie, ngroups, seed=0, vocab_size=PADDED):
-    torch.manual_seed(seed)
-    cfg = transformers.Mamba2Config(
-        vocab_size=vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_heads=4,
-        head_dim=16,
-        state_size=8,
-        n_groups=ngroups,
-        expand=2,
-        chunk_size=16,
-        tie_word_embeddings=tie,
-    )
-    m = transformers.Mamba2ForCausalLM(cfg).eval()
-    with torch.no_grad():  # away from the symmetric init so that every weight matters
-        for prm in m.parameters():
-            prm.add_(torch.randn_like(prm) * 0.05)
-    return m
+    return random_hf_mamba2(tie, ngroups, seed, vocab_size)
 
 
 def mamba_ssm_config(tie, ngroups, **ssm):
