@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import platform
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -51,6 +50,7 @@ from longseq.data import videoworld as vw
 from longseq.stats import paired_difference
 from longseq.streaming.evaluate import SHAPE_GATE, SPEED_GATE, prompt_gate
 from longseq.streaming.metrics import FIDELITY_BLOCK, prompt_fidelity
+from longseq.utils import describe_device
 
 RESULTS = Path(__file__).parent / "results"
 GENERATORS = {"CAM + APM": "streaming-t2v", "naive": "streaming-naive"}
@@ -210,7 +210,7 @@ def main() -> None:
             "stage": "base (16 px)",
             "block": FIDELITY_BLOCK,
             "classifier": {"name": "fidelity-classifier", "metrics": info.extra.get("metrics")},
-            "device": platform.processor() or platform.machine(),
+            "device": describe_device("cpu", threads=1),
             "threads": 1,
             "generation_minutes": {k: round(v, 1) for k, v in gen_minutes.items()},
         },
@@ -308,7 +308,7 @@ def markdown(r: dict) -> str:
         f"({', '.join(map(str, s['seeds']))}), {s['frames']} frames, {s['stage']}; "
         "generation "
         + ", ".join(f"{k} {v} min" for k, v in s["generation_minutes"].items())
-        + f" on {s['device']}, one thread (a core shared with other work). "
+        + f" on {s['device']} (a core shared with other work). "
         "Read by `fidelity-classifier` (held-out world frames, at least half in view: shape "
         f"{_f(cm.get('shape_heldout_accuracy', float('nan')), 4)}, visibility "
         f"{_f(cm.get('visible_heldout_agreement', float('nan')), 3)}, speed "

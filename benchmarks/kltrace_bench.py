@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from longseq.kltrace import (
 )
 from longseq.kltrace.plots import flow_figure
 from longseq.stats import paired_difference
+from longseq.utils import describe_device
 
 RESULTS = Path(__file__).parent / "results"
 COLS = [
@@ -88,8 +88,8 @@ def markdown(results: dict, models: dict, ablation: dict, paired: dict, meta: di
         "# KL-tracing on held-out synthetic clips",
         "",
         f"{meta['clips']} test clips x {meta['points']} points, {meta['size']} px, frame 0 -> 1, "
-        f"TAP-Vid 'first' protocol at native resolution; {meta['device']} "
-        f"({meta['threads']} thread). Thresholds in px; percentages.",
+        f"TAP-Vid 'first' protocol at native resolution; {meta['device']}. "
+        "Thresholds in px; percentages.",
         "",
         "| method | " + " | ".join(c[0] for c in COLS) + " |",
         "|---|" + "---|" * len(COLS),
@@ -209,7 +209,7 @@ def main() -> None:
         "clips": args.clips,
         "points": args.points,
         "size": args.size,
-        "device": platform.processor() or platform.machine(),
+        "device": describe_device("cpu", threads=args.threads),
         "threads": args.threads,
         "model": args.model,
     }

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from longseq.kltrace import DEFAULT_MODEL, evaluate_methods, load_tracer, synthe
 from longseq.kltrace.evaluate import SyntheticSet
 from longseq.kltrace.metrics import tapvid_metrics
 from longseq.stats import paired_difference
+from longseq.utils import describe_device
 
 RESULTS = Path(__file__).parent / "results"
 METHODS = ("kl", "rgb", "dis", "zero")
@@ -146,7 +146,7 @@ def markdown(rows: dict, groups: dict, meta: dict) -> str:
         f"({meta['pairs'] // len(MOTIONS)} per motion type); world: {meta['clips']} held-out "
         f"clips. 64 px frames, {meta['points']} points each, frame 0 -> 1, TAP-Vid 'first' "
         f"metrics (thresholds in px, percentages); precision = median per-component error of "
-        f"visible points. {meta['device']}, {meta['threads']} thread.",
+        f"visible points. {meta['device']}.",
         "",
         "| set | method | δ_avg | EPE (px) | precision (px) | <1 | occl. acc. | AJ | ms / point |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -233,7 +233,7 @@ def main() -> None:
         "pairs": args.pairs,
         "clips": args.clips,
         "points": args.points,
-        "device": platform.processor() or platform.machine(),
+        "device": describe_device("cpu", threads=args.threads),
         "threads": args.threads,
     }
     ra, w = rows["real: all"], rows["world"]

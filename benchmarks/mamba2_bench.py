@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 import torch
 
 from longseq.models.mamba2 import Mamba2Config, Mamba2ForCausalLM
-from longseq.utils import default_device, process_memory_mib, synchronize
+from longseq.utils import default_device, describe_device, process_memory_mib, timed
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -35,18 +33,6 @@ def _peak_mib(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return process_memory_mib()["peak"]
-
-
-def _time(fn, device, repeats=3) -> float:
-    fn()
-    out = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 @torch.no_grad()
@@ -95,7 +81,7 @@ def main() -> None:
     ids = torch.randint(0, cfg.vocab_size, (batch, seqlen), device=device)
     prefill = []
     for name, m in impls.items():
-        t = _time(lambda m=m: m(ids), device)
+        t = timed(lambda m=m: m(ids), device, repeats=3, warmup=1)
         prefill.append(
             {"impl": name, "batch": batch, "seqlen": seqlen, "tokens_per_s": batch * seqlen / t}
         )
@@ -114,7 +100,7 @@ def main() -> None:
                 out = ours(tok, cache=out.cache, use_cache=True)
                 tok = out.logits[:, -1:].argmax(-1)
 
-        t = _time(run, device, repeats=2)
+        t = timed(run, device, repeats=2, warmup=1)
         decode.append({"batch": b, "new_tokens": n_new, "tokens_per_s": b * n_new / t})
         print(decode[-1], flush=True)
     rows["decode"] = decode
@@ -142,11 +128,7 @@ def main() -> None:
         "tokens_per_s": total / (time.perf_counter() - t0),
         "memory": "torch.cuda.max_memory_allocated" if big else "process peak RSS",
     }
-    desc = (
-        torch.cuda.get_device_name(device)
-        if big
-        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    )
+    desc = describe_device(device)
     res = {"device": desc, "torch": torch.__version__, **rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

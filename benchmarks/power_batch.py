@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import torch
 from longseq import hub
 from longseq.power import SamplerConfig, evaluate, load_problems, power_smc
 from longseq.power.evaluation import problem_seed
-from longseq.utils import default_device, synchronize
+from longseq.utils import default_device, describe_device, synchronize
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -217,11 +216,7 @@ def main() -> None:
         ap.error("--batch-sizes must include 1 (the baseline)")
     torch.set_num_threads(args.threads)
     device = default_device(args.device)
-    desc = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, {args.threads} thread(s))"
-    )
+    desc = describe_device(device, threads=args.threads)
     res = {
         "device": desc,
         "torch": torch.__version__,

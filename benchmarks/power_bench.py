@@ -35,11 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -48,7 +46,13 @@ from longseq import hub
 from longseq.data.arith import ArithTask, CharTokenizer
 from longseq.power import power_smc, sample
 from longseq.power.demo import evaluate_methods
-from longseq.utils import default_device, process_memory_mib, reset_peak_memory, synchronize
+from longseq.utils import (
+    default_device,
+    describe_device,
+    process_memory_mib,
+    reset_peak_memory,
+    timed,
+)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -186,17 +190,6 @@ def plot_exactness(ex: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _timed(fn, device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def llama_part(args, device) -> dict:
     import transformers
 
@@ -239,8 +232,8 @@ def llama_part(args, device) -> dict:
             )
 
         plain()  # warm-up
-        t_plain = _timed(plain, device, args.repeats)
-        t_hf = _timed(hf_generate, device, args.repeats)
+        t_plain = timed(plain, device, args.repeats)
+        t_hf = timed(hf_generate, device, args.repeats)
         # kappa 0.5 is the method's setting; kappa 1 resamples at every check (worst case)
         for kappa in (0.5, 1.0):
 
@@ -257,7 +250,7 @@ def llama_part(args, device) -> dict:
                 )
 
             out = smc()
-            t_smc = _timed(smc, device, args.repeats)
+            t_smc = timed(smc, device, args.repeats)
             row = {
                 "n_particles": n,
                 "kappa": kappa,
@@ -358,9 +351,7 @@ def vocab_child(mode: str, dtype_name: str, n: int, new_tokens: int, alpha: floa
             fn()  # warm-up
         for _ in range(3):
             for m, fn in runs.items():
-                t0 = time.perf_counter()
-                fn()
-                times[m].append(time.perf_counter() - t0)
+                times[m].append(timed(fn))
         return {m: statistics.median(t) for m, t in times.items()}
     run = _vocab_runner(mode, model, n, new_tokens, alpha)
     run()  # warm-up
@@ -405,7 +396,7 @@ def vocab_part(args) -> dict:
     return {
         "model": f"random LlamaForCausalLM, vocabulary {VOCAB:,}, {params / 1e6:.1f}M parameters "
         "(2 layers, hidden 64)",
-        "device": f"CPU ({platform.processor() or platform.machine()}, 1 thread)",
+        "device": describe_device("cpu", threads=1),
         "alpha": args.alpha,
         "prompt_len": 16,
         "block_size": 8,
@@ -538,12 +529,7 @@ def main() -> None:
         for part in ("accuracy", "exactness", "llama", "vocab"):
             setattr(args, f"skip_{part}", part != args.only)
     device = default_device(args.device)
-    desc = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads)"
-    )
+    desc = describe_device(device)
     out = Path(args.out)
     res = {"device": desc, "torch": torch.__version__}
     if args.only and out.with_suffix(".json").exists():  # keep the other parts

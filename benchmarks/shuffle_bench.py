@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from longseq.models.vim import Vim, VimConfig
-from longseq.utils import default_device, synchronize
+from longseq.utils import default_device, describe_device, timed
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -57,13 +56,6 @@ def time_setting(name: str, cfg: dict, batch: int, steps: int, device, amp: bool
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             m(x)
 
-    def timed(fn, m):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn(m)
-        synchronize(device)
-        return time.perf_counter() - t0
-
     res = {}
     for kind, fn in (("train", train_step), ("infer", infer)):
         for m in (plain, shuf):  # warm-up
@@ -71,8 +63,8 @@ def time_setting(name: str, cfg: dict, batch: int, steps: int, device, amp: bool
             fn(m)
         t_plain, t_shuf, fired = [], [], []
         for _ in range(steps):
-            t_plain.append(timed(fn, plain))
-            t_shuf.append(timed(fn, shuf))
+            t_plain.append(timed(partial(fn, plain), device))
+            t_shuf.append(timed(partial(fn, shuf), device))
             fired.append(sum(shuf.blocks.fired))
         res[kind] = {
             "plain_ms": 1000 * statistics.median(t_plain),
@@ -117,11 +109,7 @@ def main() -> None:
         cuda = device.type == "cuda"
         batch = 64 if cuda else args.base_batch_cpu
         rows.append(time_setting("Vim-Base size", base, batch, args.base_steps, device, cuda))
-    desc = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    )
+    desc = describe_device(device)
     res = {"device": desc, "torch": torch.__version__, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from longseq.shuffle import patch
-from longseq.utils import default_device, synchronize
+from longseq.utils import default_device, describe_device, timed
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -76,21 +75,14 @@ def main() -> None:
         m.eval()
         m(pixel_values=x)
 
-    def timed(fn, m):
-        synchronize(device)
-        t0 = time.perf_counter()
-        fn(m)
-        synchronize(device)
-        return time.perf_counter() - t0
-
     rows = {}
     for kind, fn in (("train", train_step), ("infer", infer)):
         for m in (plain, patched):  # warm-up
             fn(m)
         t_plain, t_patched, fired = [], [], []
         for _ in range(args.steps):
-            t_plain.append(timed(fn, plain))
-            t_patched.append(timed(fn, patched))
+            t_plain.append(timed(partial(fn, plain), device))
+            t_patched.append(timed(partial(fn, patched), device))
             fired.append(sum(shuffle.fired))
         rows[kind] = {
             "plain_ms": 1000 * statistics.median(t_plain),
@@ -98,11 +90,7 @@ def main() -> None:
             "overhead_pct": 100 * (statistics.median(t_patched) / statistics.median(t_plain) - 1),
             "mean_layers_shuffled": statistics.mean(fired),
         }
-    desc = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    )
+    desc = describe_device(device)
     out = {
         "device": desc,
         "torch": torch.__version__,

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -54,7 +53,7 @@ from longseq.media import frame_strip, labelled_rows, resize_video, write_image,
 from longseq.stats import paired_difference
 from longseq.streaming import BLENDINGS, StreamingT2VPipeline
 from longseq.streaming.evaluate import gate_prompts, gates, real_clip_metrics, video_metrics
-from longseq.utils import default_device, process_memory_mib, reset_peak_memory
+from longseq.utils import default_device, describe_device, process_memory_mib, reset_peak_memory
 
 RESULTS = Path(__file__).parent / "results"
 GENERATORS = {
@@ -259,7 +258,7 @@ def main() -> None:
     results["setup"] = {
         "prompts": prompts,
         "frames": args.frames,
-        "device": platform.processor() or platform.machine(),
+        "device": describe_device(default_device(args.device), threads=1),
         "workers": args.workers,
         "threads_per_worker": 1,
         "defaults": pipe.defaults,
@@ -316,7 +315,7 @@ def markdown(r: dict) -> str:
         f"frames each; base chunks of {s['chunk_frames']} frames conditioned on "
         f"{s['cond_frames']} (16 px), enhancer chunks of {s['enhancer_chunk_frames']} with "
         f"overlap {s['enhancer_overlap']} (32 px); sampling {s['defaults']}. "
-        f"{s['device']}, {s['workers']} processes x 1 thread, {s['wall_minutes']} min. "
+        f"{s['device']} in each of {s['workers']} processes, {s['wall_minutes']} min. "
         "Colour metrics in levels (0-255); mean ± std over prompts.",
         "",
         "## Gates",

@@ -40,3 +40,28 @@ def test_peak_memory_sees_an_allocation_and_resets_after_it_is_freed():
     reset_peak_memory()
     after = process_memory_mib()
     assert after["peak"] - after["rss"] < 16  # the 64 MiB peak is forgotten
+
+
+def test_timed_takes_the_median_after_warmup_on_the_clock_given():
+    from longseq.utils import timed
+
+    calls = []
+    ticks = iter([0.0, 5.0, 10.0, 11.0, 20.0, 23.0])  # calls of 5, 1 and 3 seconds
+
+    def fn():
+        calls.append(1)
+
+    assert timed(fn, "cpu", repeats=3, warmup=2, clock=lambda: next(ticks)) == 3.0
+    assert len(calls) == 5  # 2 untimed, 3 timed
+    assert timed(fn) >= 0.0
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        timed(fn, repeats=0)
+
+
+def test_device_description_names_the_cpu_and_its_threads():
+    from longseq.utils import describe_device
+
+    one = describe_device("cpu", threads=1)
+    assert one.startswith("CPU (") and one.endswith(", 1 thread)")
+    assert describe_device(None, threads=4).endswith(", 4 threads)")
+    assert f", {torch.get_num_threads()} thread" in describe_device()

@@ -1,10 +1,14 @@
-"""Small shared helpers: seeding, device choice, progress bars."""
+"""Small shared helpers: seeding, device choice, progress bars, timing."""
 
 from __future__ import annotations
 
 import math
 import os
+import platform
 import random
+import statistics
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import numpy as np
@@ -103,9 +107,47 @@ def set_threads(threads: int | None = None) -> int:
     return torch.get_num_threads()
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
+def synchronize(device: torch.device | str | None) -> None:
+    """Wait for the CUDA work queued on ``device`` (nothing to wait for elsewhere)."""
+    if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed(
+    fn: Callable[[], object],
+    device: torch.device | str | None = None,
+    repeats: int = 1,
+    warmup: int = 0,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed ones, read
+    on ``clock`` (wall time; ``time.process_time`` for this process's CPU time), with
+    ``device``'s queued CUDA work waited for before and after each call."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"timed needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = clock()
+        fn()
+        synchronize(device)
+        times.append(clock() - t0)
+    return statistics.median(times)
+
+
+def describe_device(device: torch.device | str | None = None, threads: int | None = None) -> str:
+    """What a benchmark ran on, for its results: the GPU's name on CUDA, else
+    ``CPU (<processor>, <threads> thread(s))`` (``threads``: torch's count unless given)."""
+    dev = torch.device("cpu") if device is None else torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type != "cpu":
+        return dev.type
+    threads = torch.get_num_threads() if threads is None else threads
+    cpu = platform.processor() or platform.machine() or "unknown"
+    return f"CPU ({cpu}, {threads} thread{'s' if threads != 1 else ''})"
 
 
 class RemainingColumn(ProgressColumn):
