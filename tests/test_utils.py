@@ -65,3 +65,61 @@ def test_device_description_names_the_cpu_and_its_threads():
     assert one.startswith("CPU (") and one.endswith(", 1 thread)")
     assert describe_device(None, threads=4).endswith(", 4 threads)")
     assert f", {torch.get_num_threads()} thread" in describe_device()
+
+
+def _without_torchrun(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_without_torchrun_setup_distributed_initializes_nothing(monkeypatch):
+    from longseq.utils import dist_info, launched, setup_distributed
+
+    _without_torchrun(monkeypatch)
+    assert not launched()
+    assert setup_distributed("cpu") == torch.device("cpu")
+    assert setup_distributed() == default_device()
+    assert not torch.distributed.is_initialized() and dist_info() == (0, 1)
+
+
+def test_setup_distributed_names_the_missing_torchrun_variables_in_one_line(monkeypatch):
+    from longseq.utils import setup_distributed
+
+    _without_torchrun(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError) as err:
+        setup_distributed("cpu")
+    msg = str(err.value)
+    assert "MASTER_ADDR, MASTER_PORT not set" in msg and "torchrun" in msg and "\n" not in msg
+    assert not torch.distributed.is_initialized()
+
+
+def test_setup_distributed_joins_a_two_process_torchrun_group(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    script = tmp_path / "join.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from longseq.utils import dist_info, setup_distributed\n"
+        "dev = setup_distributed('cpu')\n"
+        "rank, world = dist_info()\n"
+        "t = torch.tensor([rank + 1.0])\n"
+        "dist.all_reduce(t)\n"
+        f"out = {str(tmp_path)!r} + f'/rank{{rank}}.txt'\n"
+        "open(out, 'w').write(f'rank {rank} of {world} on {dev}: {t.item():.0f}')\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.update(OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    run = subprocess.run(
+        [*cmd, "2", str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]  # the sum of 1 and 2
+    assert lines == ["rank 0 of 2 on cpu: 3", "rank 1 of 2 on cpu: 3"]

@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding, device choice, progress bars, timing."""
+"""Small shared helpers: seeding, device choice, progress bars, timing, torchrun."""
 
 from __future__ import annotations
 
@@ -352,13 +352,50 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def setup_distributed() -> torch.device:
-    """Initialise torch.distributed when launched by ``torchrun``; return this rank's device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            return torch.device("cuda", local)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def launched() -> bool:
+    """Whether ``torchrun`` / ``accelerate launch`` started this process as one of
+    several (``WORLD_SIZE`` > 1 in the environment)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def local_rank() -> int:
+    """This process's place on its machine under ``torchrun`` (``LOCAL_RANK``; 0 without)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def setup_distributed(device: str | torch.device | None = None) -> torch.device:
+    """Join the process group ``torchrun`` (or ``accelerate launch``) describes in the
+    environment (``env://``) when this process is one of several, and return the device
+    this process works on.
+
+    ``device`` is where this process's model runs: None for CUDA when present, else CPU;
+    a CUDA device without an index (``"cuda"``) becomes ``cuda:LOCAL_RANK`` under
+    ``torchrun``, one GPU per process. The group is NCCL on CUDA (this process's GPU made
+    the current one), gloo on CPU. Without ``torchrun``'s environment nothing is
+    initialized and the device is :func:`default_device`'s. A group already initialized
+    is kept. Errors a user can hit (a variable ``torchrun`` sets missing, no
+    ``torch.distributed``) are one-line ``ValueError``s."""
+    dev = default_device(device)
+    if not launched():
+        return dev
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank())
+    if not dist.is_available():
+        raise ValueError("WORLD_SIZE > 1 but this torch is built without torch.distributed")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+        if missing:
+            raise ValueError(
+                f"WORLD_SIZE > 1 but {', '.join(missing)} not set: start with torchrun "
+                "--nproc-per-node K or accelerate launch"
+            )
+        if dev.type == "cuda":
+            dist.init_process_group("nccl", device_id=dev)
+        else:
+            dist.init_process_group("gloo")
+    return dev

@@ -19,6 +19,7 @@ from longseq.cli import app
 from longseq.power import SamplerConfig, evaluate, parallel
 from longseq.power import evaluation as ev
 from longseq.power.problems import Problem
+from longseq.utils import launched, setup_distributed
 
 TIMES = ("seconds", "cpu_seconds")
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -112,8 +113,8 @@ def test_rank_files_are_found_for_any_world_size(tmp_path):
 def test_without_torchrun_nothing_is_initialized(monkeypatch):
     for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    assert not parallel.launched()
-    assert parallel.init_from_env(torch.device("cpu")) == parallel.Ranks(0, 1)
+    assert not launched()
+    assert setup_distributed(torch.device("cpu")) == torch.device("cpu")
     assert not torch.distributed.is_initialized()
     assert parallel.current() == parallel.Ranks(0, 1)
 

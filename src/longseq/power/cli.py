@@ -355,9 +355,9 @@ def power_eval(
     from longseq.power.graders import MissingExtra, require_math_verify
     from longseq.power.problems import load_problems
     from longseq.power.task import load_task
-    from longseq.utils import default_device
+    from longseq.utils import default_device, launched, local_rank, setup_distributed
 
-    if parallel.launched() and os.environ.get("RANK", "0") != "0":
+    if launched() and os.environ.get("RANK", "0") != "0":
         console.quiet = True  # rank 0 speaks for all (every rank meets the same errors)
     bad = [m for m in method if m not in METHODS]
     if bad:
@@ -404,10 +404,11 @@ def power_eval(
             )
             for m in method
         ]
-        if parallel.launched() and default_device(device) == torch.device("cuda"):
-            device = f"cuda:{parallel.local_rank()}"  # one GPU per process
+        if launched() and default_device(device) == torch.device("cuda"):
+            device = f"cuda:{local_rank()}"  # one GPU per process
         lm_model, codec, dev = load_model(model, device, dtype)
-        ranks = parallel.init_from_env(dev)
+        setup_distributed(dev)
+        ranks = parallel.current()
     except (MissingExtra, hub.CheckpointError, ValueError, TypeError, RuntimeError) as e:
         fail(str(e))
     stem = Path(data).stem if Path(data).exists() else data

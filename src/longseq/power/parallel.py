@@ -11,12 +11,12 @@ end rank 0 merges every file into ``OUT/METHOD.jsonl``, in the order and with th
 header of a one-process run, and removes the rank files. A resumed run reads every
 rank file there is, whatever world size wrote it, so a run killed on one rank resumes
 on any number of processes. ``torch.distributed`` carries only the barriers and the
-gathered notes.
+gathered notes; the process group is joined by :func:`longseq.utils.setup_distributed`,
+as in the training scripts.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,43 +58,6 @@ def current() -> Ranks:
     if dist.is_available() and dist.is_initialized():
         return Ranks(dist.get_rank(), dist.get_world_size())
     return Ranks()
-
-
-def launched() -> bool:
-    """Whether ``torchrun`` / ``accelerate launch`` started this process as one of
-    several (``WORLD_SIZE`` > 1 in the environment)."""
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-    except ValueError:
-        return False
-
-
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def init_from_env(device: torch.device) -> Ranks:
-    """Join the process group ``torchrun`` describes in the environment (``env://``):
-    NCCL when the model runs on CUDA (this process on ``cuda:LOCAL_RANK``), else gloo.
-    Without ``torchrun``'s environment, one process and nothing is initialized."""
-    dist = torch.distributed
-    if not launched():
-        return Ranks()
-    if not dist.is_available():
-        raise ValueError("WORLD_SIZE > 1 but this torch is built without torch.distributed")
-    if not dist.is_initialized():
-        missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
-        if missing:
-            raise ValueError(
-                f"WORLD_SIZE > 1 but {', '.join(missing)} not set: start with torchrun "
-                "--nproc-per-node K or accelerate launch"
-            )
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
-    return current()
 
 
 def shard(items: list, ranks: Ranks) -> list:
