@@ -4,6 +4,10 @@ Stages (each resumable: ``RUN/<stage>/state.pt``; run them in this order, or ``a
 
   classifier  frame encoder (APM anchor features + the metrics' attribute heads), 32 px
   base        text-to-video UNet, 8-frame chunks, 16 px, v-prediction
+  critic      a shape classifier at the base's 16 px (RGB, frames with the object in view),
+              the shape loss's reader; kept in RUN/critic/ (a training aid, not shipped)
+  shape       the base fine-tuned with the shape loss: the critic reads the prompted
+              shape from the base's denoised frames where the object is in view
   cam-apm     StreamingT2V: CAM + APM on top of the frozen base        -> streaming-t2v
   cam         CAM only, on the frozen base                              -> streaming-cam
   naive       last frame concatenated, base fine-tuned                  -> streaming-naive
@@ -60,7 +64,16 @@ from longseq.utils import (
     warmup_cosine_lr,
 )
 
-STAGES = ("classifier", "base", "cam-apm", "cam", "naive", "naive-apm", "enhancer")
+# the order of `--stage all`; the seeds of a stage's batches use its index in STAGES, which
+# only grows at the end (so a stage added later leaves the others' data unchanged)
+STAGES = (
+    *("classifier", "base", "cam-apm", "cam", "naive", "naive-apm", "enhancer"),
+    *("shape", "critic"),
+)
+ORDER = (
+    *("classifier", "critic", "base", "shape"),
+    *("cam-apm", "cam", "naive", "naive-apm", "enhancer"),
+)
 NAMES = {
     "classifier": "streaming-frame-encoder",
     "cam-apm": "streaming-t2v",
@@ -83,12 +96,18 @@ STEPS = {  # the recipe's default schedule length per stage
     "naive": 2400,
     "naive-apm": 2400,
     "enhancer": 800,
+    "shape": 400,
+    "critic": 600,
 }
+CRITIC = dict(size=16, channels=[32, 64, 64], dim=64, attributes={"shape": list(vw.SHAPES)})
+SHAPE_LOSS = 0.1  # weight of the shape loss (stage shape, and the memory stages' fine-tunes)
+SHAPE_VISIBLE = 0.6  # frames with at least this share of the object in view carry it
 BASE = dict(sample_size=16, channels=[32, 48, 64], attn_levels=[False, True, True])
 ENHANCER = dict(sample_size=32, channels=[24, 32, 48], attn_levels=[False, False, True])
 CHUNK, COND, ENH_CHUNK, ENH_OVERLAP = 8, 4, 12, 4  # the paper's 16, 8, 24, 8 halved
 MAX_START = 200  # training windows start anywhere in the first 200 frames
 REAPPEAR = 0.4  # share of memory-training windows with a re-appearance in the new frames
+FIRST_CHUNK_FRAC = 0.5  # share of base batches at video starts (the first chunk's job)
 DROP_BOTH, DROP_TEXT, DROP_ANCHOR = 0.1, 0.05, 0.05  # classifier-free guidance dropout
 PREDICTION = "v_prediction"
 
@@ -114,13 +133,23 @@ def text_table(run: Path, device) -> tuple[dict[str, torch.Tensor], torch.Tensor
 
 
 def diffusion_loss(
-    model, sched, x0, text, gen, min_snr: float = 0.0, rows=None, total=None, **cond
-) -> torch.Tensor:
+    model,
+    sched,
+    x0,
+    text,
+    gen,
+    min_snr: float = 0.0,
+    rows=None,
+    total=None,
+    return_x0: bool = False,
+    **cond,
+):
     """The denoising loss in the scheduler's parametrisation (v-prediction here); with
     ``min_snr`` > 0 each sample is weighted by min(SNR, min_snr) / (SNR + 1), the
     min-SNR weighting of v-prediction (Hang et al. 2023). ``rows`` (a slice): ``x0`` is
     those rows of a batch of ``total``, whose noise and timesteps are drawn and sliced (so
-    that data-parallel processes together draw what one process would)."""
+    that data-parallel processes together draw what one process would). With
+    ``return_x0`` also the denoised estimate x̂0 and ᾱ_t per sample (for the shape loss)."""
     n = x0.shape[0] if rows is None else total
     rows = slice(0, n) if rows is None else rows
     noise = torch.randn((n, *x0.shape[1:]), generator=gen)[rows].to(x0.device)
@@ -138,7 +167,31 @@ def diffusion_loss(
         ab = sched.alphas_cumprod.to(x0.device)[t]
         snr = ab / (1 - ab)
         err = err * snr.clamp(max=min_snr) / (snr + 1)
-    return err.mean()
+    if not return_x0:
+        return err.mean()
+    ab = sched.alphas_cumprod.to(x0.device)[t].view(-1, *[1] * (x0.dim() - 1))
+    if kind == "v_prediction":
+        x0_hat = ab.sqrt() * xt - (1 - ab).sqrt() * pred
+    elif kind == "epsilon":
+        x0_hat = (xt - (1 - ab).sqrt() * pred) / ab.sqrt()
+    else:
+        x0_hat = pred
+    return err.mean(), x0_hat, ab.flatten()
+
+
+def shape_loss(frame_enc, x0_hat, ab, caps, visible, keep) -> torch.Tensor:
+    """Cross-entropy of the frozen frame encoder's shape head on the denoised frames x̂0
+    (B, 3, T, H, W) against each caption's shape, over the frames where the object is in
+    view (``visible`` (B, T) share >= ``SHAPE_VISIBLE``) of the rows that kept their
+    caption (``keep``), weighted by ᾱ_t (the estimate is a picture only at low noise)."""
+    b, c, f, h, w = x0_hat.shape
+    frames = x0_hat.clamp(-1, 1).transpose(1, 2).reshape(b * f, c, h, w)
+    logits = frame_enc(frames)["shape"]  # the encoder resizes to its own size
+    target = torch.tensor([vw.SHAPES.index(vw.parse_caption(c)["shape"]) for c in caps])
+    ce = F.cross_entropy(logits, target.to(logits.device).repeat_interleave(f), reduction="none")
+    vis = torch.as_tensor(visible >= SHAPE_VISIBLE, device=ce.device)
+    weight = (vis & keep[:, None]).float() * ab[:, None]
+    return (ce.view(b, f) * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def classifier_attributes() -> dict[str, list[str]]:
@@ -173,11 +226,79 @@ def classifier_batch(rng, batch: int, device):
     return img, labels
 
 
-def memory_model(stage: str, run: Path, device) -> tuple[VideoUNet, list[torch.nn.Parameter]]:
+def base_weights(run: Path, device, init_from: str | None = None) -> dict[str, torch.Tensor]:
+    """The base model's weights: the run's ``shape`` stage when it has one, else its
+    ``base`` stage; with ``init_from`` (a shipped StreamingT2V checkpoint, for the shape
+    stage), the base inside that checkpoint (its weights without CAM and APM)."""
+    if init_from:
+        model, _ = hub.load(init_from, device)
+        return {
+            k: v.float()
+            for k, v in model.state_dict().items()
+            if not (k.startswith(("cam_", "apm_")) or ".apm." in k)
+        }
+    for stage in ("shape", "base"):
+        f = run / stage / "state.pt"
+        if f.exists():
+            return torch.load(f, map_location=device)["model"]
+    raise SystemExit(f"error: {run} has no trained base (run --stage base first)")
+
+
+def critic_batch(rng, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """16 px frames with the object at least ``SHAPE_VISIBLE`` in view and their shapes;
+    half of them with Gaussian noise (std up to 0.2), as the denoised estimates have."""
+    frames, shapes = [], []
+    while len(frames) < batch:
+        clip = vw.sample_clip(int(rng.integers(2**31)))
+        start = int(rng.integers(0, MAX_START + 1))
+        if clip.visibility(1, start)[0] >= SHAPE_VISIBLE:
+            frames.append(clip.render(1, 16, start)[0])
+            shapes.append(vw.SHAPES.index(clip.attrs["shape"]))
+    x = vw.to_tensor(np.stack(frames)[:, None])[:, :, 0]
+    noisy = torch.from_numpy(rng.uniform(size=batch) < 0.5)
+    std = torch.from_numpy(rng.uniform(0, 0.2, batch)).float()
+    noise = torch.from_numpy(rng.standard_normal(x.shape)).float()
+    x = x + noise * (std * noisy)[:, None, None, None]
+    return x.to(device), torch.tensor(shapes, device=device)
+
+
+def critic_accuracy(critic: FrameEncoder, device, n: int = 2000) -> float:
+    """The critic's shape accuracy on ``n`` clean frames of held-out clips (test split)."""
+    rng = np.random.default_rng(12345)
+    frames, shapes = [], []
+    while len(frames) < n:
+        clip = vw.sample_clip(int(rng.integers(2**31)), "test")
+        start = int(rng.integers(0, MAX_START + 1))
+        if clip.visibility(1, start)[0] >= SHAPE_VISIBLE:
+            frames.append(clip.render(1, 16, start)[0])
+            shapes.append(vw.SHAPES.index(clip.attrs["shape"]))
+    x = vw.to_tensor(np.stack(frames)[:, None])[:, :, 0].to(device)
+    critic.eval()
+    with torch.no_grad():
+        pred = torch.cat([critic(b)["shape"].argmax(-1) for b in x.split(500)])
+    return float((pred.cpu() == torch.tensor(shapes)).float().mean())
+
+
+def load_critic(run: Path, device) -> FrameEncoder:
+    """The run's shape critic (stage ``critic``), frozen."""
+    f = run / "critic" / "state.pt"
+    if not f.exists():
+        raise SystemExit(f"error: {run} has no shape critic (run --stage critic first)")
+    critic = FrameEncoder(FrameEncoderConfig(**CRITIC)).to(device)
+    critic.load_state_dict(torch.load(f, map_location=device)["model"])
+    return critic.eval().requires_grad_(False)
+
+
+def memory_model(
+    stage: str, run: Path, device, init_from: str | None = None
+) -> tuple[VideoUNet, list[torch.nn.Parameter]]:
     """A memory model initialised from the trained base, and the parameters it trains: the
     CAM/APM modules on the frozen base (as the paper), or every weight for the naive
-    models (whose input layer grows by the zero-initialised conditioning channels)."""
-    base = torch.load(run / "base" / "state.pt", map_location=device)["model"]
+    models (whose input layer grows by the zero-initialised conditioning channels). With
+    ``init_from`` (a shipped checkpoint of the same kind) the model starts from its weights
+    instead, a fine-tune: the naive models whole, the CAM models with the run's base
+    under their CAM and APM."""
+    base = base_weights(run, device)
     kind = MEMORY[stage]
     model = VideoUNet(VideoUNetConfig(**BASE, **kind)).to(device)
     if kind.get("concat_cond"):
@@ -188,14 +309,64 @@ def memory_model(stage: str, run: Path, device) -> tuple[VideoUNet, list[torch.n
     new |= {n for n, _ in model.named_parameters() if ".apm." in n}
     if unexpected or set(missing) - new:
         raise RuntimeError(f"base weights do not fit: {unexpected}, {set(missing) - new}")
-    if kind.get("cam"):
+    if init_from:
+        shipped, _ = hub.load(init_from, device)
+        if shipped.config.to_dict() != model.config.to_dict():
+            raise SystemExit(f"error: {init_from} is not a {stage} model of this recipe")
+        weights = {k: v.float() for k, v in shipped.state_dict().items()}
+        if kind.get("cam"):  # the frozen base is the run's; CAM and APM are the shipped ones
+            weights = {k: v for k, v in weights.items() if k not in base} | {
+                k: v for k, v in model.state_dict().items() if k in base
+            }
+        model.load_state_dict(weights)
+    elif kind.get("cam"):
         model.init_cam_from_base()
+    if kind.get("cam"):
         model.requires_grad_(False)
         params = model.memory_parameters()
         for p in params:
             p.requires_grad_(True)
         return model, params
     return model, list(model.parameters())
+
+
+GATE_PROMPTS, GATE_SEED, GATE_STEPS = 12, 1000, 25  # validation: training captions, new seeds
+
+
+def base_gate(model: VideoUNet, log: Path, step: int, device) -> dict:
+    """The prompt gate (:func:`longseq.streaming.evaluate.base_prompt_gate`) on the base
+    model's first chunks for validation prompts (training captions, unseen seeds), read by
+    the shipped fidelity classifier, at guidance 2 and 5; printed and appended to ``log``.
+    Measured while the base trains, so a design that fails it is changed early instead of
+    trained longer."""
+    from diffusers import DDIMScheduler
+
+    from longseq.streaming import StreamingT2VPipeline
+    from longseq.streaming.evaluate import base_prompt_gate
+
+    classifier, _ = hub.load("fidelity-classifier", device)
+    sched = DDIMScheduler.from_config(dict(scheduler().config) | {"timestep_spacing": "trailing"})
+    pipe = StreamingT2VPipeline(
+        model.eval(), sched, TextEncoder(device=str(device)), chunk_frames=CHUNK, cond_frames=COND
+    )
+    row = {"step": step}
+    for w in (2.0, 5.0):
+        r = base_prompt_gate(
+            pipe,
+            classifier,
+            GATE_PROMPTS,
+            "train",
+            GATE_SEED,
+            GATE_STEPS,
+            guidance_scale=w,
+        )
+        row[f"guidance {w:g}"] = {
+            k: r[k] for k in ("shape_accuracy", "speed_agreement", "visible", "passed")
+        }
+    print(f"step {step}: prompt gate on validation prompts {row}", flush=True)
+    with open(log, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
 
 
 def _write_streaming(names: list[str], **entries) -> None:
@@ -274,19 +445,29 @@ def train(stage: str, args) -> None:
     steps = args.steps or STEPS[stage]
     sched = scheduler()
     table, null = text_table(run, device)
-    frame_enc = None
+    frame_enc = critic = None
     if stage.endswith("apm"):  # anchor features come from the frame encoder
         frame_enc, _ = hub.load(NAMES["classifier"], device)
         frame_enc.requires_grad_(False)
+    shape_w = args.shape_loss if stage == "shape" or stage in MEMORY else 0.0
+    if shape_w:
+        critic = load_critic(run, device)
 
     if stage == "classifier":
         model = FrameEncoder(FrameEncoderConfig(attributes=classifier_attributes())).to(device)
         params = list(model.parameters())
+    elif stage == "critic":
+        model = FrameEncoder(FrameEncoderConfig(**CRITIC)).to(device)
+        params = list(model.parameters())
     elif stage == "base":
         model = VideoUNet(VideoUNetConfig(**BASE)).to(device)
         params = list(model.parameters())
+    elif stage == "shape":  # the base, fine-tuned with the shape loss
+        model = VideoUNet(VideoUNetConfig(**BASE)).to(device)
+        model.load_state_dict(base_weights(run, device, args.init_from))
+        params = list(model.parameters())
     elif stage in MEMORY:
-        model, params = memory_model(stage, run, device)
+        model, params = memory_model(stage, run, device, args.init_from)
     else:
         model = VideoUNet(VideoUNetConfig(**ENHANCER)).to(device)
         params = list(model.parameters())
@@ -307,15 +488,25 @@ def train(stage: str, args) -> None:
             img, labels = classifier_batch(rng, args.batch, device)
             logits = model(img)
             loss = sum(F.cross_entropy(logits[k], labels[k]) for k in labels)
+        elif stage == "critic":
+            img, shapes = critic_batch(rng, args.batch, device)
+            loss = F.cross_entropy(model(img)["shape"], shapes)
         else:
             size, n = (32, ENH_CHUNK) if stage == "enhancer" else (16, CHUNK)
             reappear = REAPPEAR if stage in MEMORY else 0.0
             max_start = MAX_START
-            first_only = args.first_chunk_frac > 0 and stage in ("base", "enhancer")
+            first_only = args.first_chunk_frac > 0 and stage in ("base", "shape", "enhancer")
             if first_only and rng.uniform() < args.first_chunk_frac:
                 max_start = 0  # a batch of video starts, what the base makes in the pipeline
-            frames, first, caps = vw.clip_batch(
-                rng, args.batch, n, size, max_start, reappear=reappear, hidden_before=COND
+            frames, first, caps, visible = vw.clip_batch(
+                rng,
+                args.batch,
+                n,
+                size,
+                max_start,
+                reappear=reappear,
+                hidden_before=COND,
+                visibility=True,
             )
             x0 = vw.to_tensor(frames).to(device)
             u = rng.uniform(size=len(caps))
@@ -333,7 +524,13 @@ def train(stage: str, args) -> None:
                 keep_a = torch.from_numpy(~drop_anchor).to(device)
                 # a dropped anchor is the zero embedding (the unconditional branch of CFG)
                 cond["anchor_embeds"] = anchor * keep_a[:, None]
-            loss = diffusion_loss(model, sched, x0, text, gen, args.min_snr, **cond)
+            if shape_w:
+                loss, x0_hat, ab = diffusion_loss(
+                    model, sched, x0, text, gen, args.min_snr, return_x0=True, **cond
+                )
+                loss = loss + shape_w * shape_loss(critic, x0_hat, ab, caps, visible, keep)
+            else:
+                loss = diffusion_loss(model, sched, x0, text, gen, args.min_snr, **cond)
         optimizer_step(opt, loss, model)
         losses.append(loss.item())
         step += 1
@@ -345,7 +542,16 @@ def train(stage: str, args) -> None:
             )
         if step % 100 == 0 or step == stop:
             save_training_state(state_file, model, opt, step)
-    if stage == "base" or step < steps:
+        if (
+            stage in ("base", "shape")
+            and args.gate_every
+            and (step % args.gate_every == 0 or step == stop)
+        ):
+            base_gate(model, run / stage / "gate.jsonl", step, device)
+            model.train()
+    if stage == "critic" and step == stop:
+        print(f"critic: held-out shape accuracy {critic_accuracy(model, device):.4f}", flush=True)
+    if stage in ("base", "shape", "critic") or step < steps:
         return  # the base is exported inside the memory models; partial runs are not
     name = NAMES[stage]
     out = hub.CHECKPOINT_DIR / name
@@ -359,6 +565,8 @@ def train(stage: str, args) -> None:
             "lr": args.lr,
             "seed": args.seed,
             "device": str(device),
+            "shape_loss": shape_w,
+            "init_from": args.init_from,
         },
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
     }
@@ -537,7 +745,27 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--min-snr", type=float, default=0.0, help="min-SNR loss weight (0: off)")
     ap.add_argument(
-        "--first-chunk-frac", type=float, default=0.0, help="share of base batches at frame 0"
+        "--first-chunk-frac",
+        type=float,
+        default=FIRST_CHUNK_FRAC,
+        help="share of base batches that start at frame 0 (what the base makes in the pipeline)",
+    )
+    ap.add_argument(
+        "--gate-every",
+        type=int,
+        default=200,
+        help="base stage: the prompt gate on validation prompts every N steps (0: never)",
+    )
+    ap.add_argument(
+        "--shape-loss",
+        type=float,
+        default=SHAPE_LOSS,
+        help="weight of the shape loss in the shape and memory stages (0: off)",
+    )
+    ap.add_argument(
+        "--init-from",
+        default=None,
+        help="start from a shipped checkpoint: shape stage, its base; memory stages, the model",
     )
     ap.add_argument("--run-dir", default="runs/streaming")
     ap.add_argument(
@@ -556,7 +784,7 @@ def main() -> None:
             ap.error("need 0 < --cond-frames < --chunk-frames")
         train_on_base(args)
         return
-    for stage in [*STAGES, "tune"] if args.stage == "all" else [args.stage]:
+    for stage in [*ORDER, "tune"] if args.stage == "all" else [args.stage]:
         if stage == "tune":
             tune(args)
             continue

@@ -243,6 +243,19 @@ def test_tensor_round_trip_and_clip_batch():
     assert set(test_caps) <= set(vw.HELD_OUT)
 
 
+def test_clip_batch_can_say_how_much_of_the_object_is_in_view():
+    frames, _, caps, vis = vw.clip_batch(
+        np.random.default_rng(4), 6, 12, 16, max_start=150, visibility=True
+    )
+    again = vw.clip_batch(np.random.default_rng(4), 6, 12, 16, max_start=150)
+    np.testing.assert_array_equal(frames, again[0])  # the same draws as without it
+    assert vis.shape == (6, 12) and ((vis >= 0) & (vis <= 1)).all()
+    lum = frames.astype(float) @ np.array([0.299, 0.587, 0.114])
+    bright = (lum > vw.LUMA_SPLIT).sum((2, 3))
+    assert (bright[vis == 0] == 0).all() and (bright[vis == 1] > 0).all()
+    assert (vis == 0).any() and (vis == 1).any()
+
+
 def test_clip_batch_windows_can_hold_a_reappearance():
     n, hidden_before = 24, 4
     frames, _, _ = vw.clip_batch(

@@ -291,11 +291,14 @@ def clip_batch(
     split: str = "train",
     reappear: float = 0.0,
     hidden_before: int = 1,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    visibility: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Random training clips: frames (B, T, H, W, 3), each video's first frame
     (B, H, W, 3) and the captions. Clips start at a random frame in [0, max_start]; a
     ``reappear`` fraction of them starts where the object is out of view at frame
-    ``hidden_before - 1`` of the window and back in view at its end."""
+    ``hidden_before - 1`` of the window and back in view at its end. With
+    ``visibility``, also the share (B, T) of the object in view per frame
+    (:meth:`Clip.visibility`)."""
     clips = [sample_clip(int(rng.integers(2**31)), split) for _ in range(batch)]
     starts = [
         reappearing_start(c, n_frames, hidden_before, max_start, rng)
@@ -305,4 +308,7 @@ def clip_batch(
     ]
     frames = np.stack([c.render(n_frames, size, s) for c, s in zip(clips, starts, strict=True)])
     first = np.stack([c.render(1, size)[0] for c in clips])
+    if visibility:
+        vis = np.stack([c.visibility(n_frames, s) for c, s in zip(clips, starts, strict=True)])
+        return frames, first, [c.caption for c in clips], vis
     return frames, first, [c.caption for c in clips]

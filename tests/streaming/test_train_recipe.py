@@ -1,0 +1,134 @@
+"""scripts/train_streaming.py on the shipped world: the shape loss, the shape stage and
+fine-tunes of shipped memory models on a new base."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from longseq import hub
+from longseq.data import videoworld as vw
+from longseq.models.video_unet import UNetOutput
+
+diffusers = pytest.importorskip("diffusers")
+SCRIPT = Path(__file__).parents[2] / "scripts" / "train_streaming.py"
+
+
+@pytest.fixture(scope="module")
+def mod():
+    spec = importlib.util.spec_from_file_location("train_streaming_recipe", SCRIPT)
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    return m
+
+
+class Oracle(torch.nn.Module):
+    """Predicts the exact velocity of the clean frames it was given."""
+
+    def __init__(self, sched, x0):
+        super().__init__()
+        self.sched, self.x0 = sched, x0
+
+    def forward(self, xt, t, text, **cond):
+        ab = self.sched.alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+        noise = (xt - ab.sqrt() * self.x0) / (1 - ab).sqrt()
+        return UNetOutput(self.sched.get_velocity(self.x0, noise, t))
+
+
+def batch(n=6, visibility=True):
+    return vw.clip_batch(np.random.default_rng(3), n, 4, 16, 0, visibility=visibility)
+
+
+def test_the_denoised_estimate_of_a_perfect_prediction_is_the_clean_video(mod):
+    frames, _, caps, _ = batch()
+    x0 = vw.to_tensor(frames)
+    sched = mod.scheduler()
+    loss, x0_hat, ab = mod.diffusion_loss(
+        Oracle(sched, x0), sched, x0, None, torch.Generator().manual_seed(0), return_x0=True
+    )
+    assert loss.item() < 1e-6 and ab.shape == (len(caps),) and ((ab > 0) & (ab <= 1)).all()
+    torch.testing.assert_close(x0_hat, x0, atol=2e-3, rtol=0)
+
+
+def run_script(mod, monkeypatch, run, *args):
+    argv = ["train_streaming.py", "--run-dir", str(run), "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", [*argv, *args])
+    mod.main()
+
+
+@pytest.fixture(scope="module")
+def critic_run(mod, tmp_path_factory):
+    """A run folder with a briefly trained shape critic (stage critic)."""
+    run = tmp_path_factory.mktemp("run")
+    with pytest.MonkeyPatch.context() as mp:
+        run_script(
+            mod, mp, run, "--stage", "critic", "--steps", "150", "--batch", "32", "--lr", "3e-3"
+        )
+    return run
+
+
+def test_the_critic_learns_the_shapes_and_refuses_a_missing_run(mod, critic_run, tmp_path):
+    acc = mod.critic_accuracy(mod.load_critic(critic_run, "cpu"), "cpu", n=400)
+    assert acc > 0.6  # 150 steps; four shapes make chance 0.25 (the recipe's 600: 0.99)
+    with pytest.raises(SystemExit, match="no shape critic"):
+        mod.load_critic(tmp_path, "cpu")
+
+
+def test_the_shape_loss_reads_the_prompted_shape_where_the_object_is_in_view(mod, critic_run):
+    frames, _, caps, visible = batch(8)
+    critic = mod.load_critic(critic_run, "cpu")
+    x0 = vw.to_tensor(frames)
+    ab, keep = torch.ones(len(caps)), torch.ones(len(caps), dtype=torch.bool)
+    right = mod.shape_loss(critic, x0, ab, caps, visible, keep).item()
+    other = {"circle": "cross", "square": "circle", "triangle": "square", "cross": "triangle"}
+    wrong_caps = [c.replace(s, other[s]) for c in caps for s in [vw.parse_caption(c)["shape"]]]
+    wrong = mod.shape_loss(critic, x0, ab, wrong_caps, visible, keep).item()
+    assert 2 * right < wrong
+    # frames out of view, dropped captions and pure noise (alpha-bar 0) carry nothing
+    assert mod.shape_loss(critic, x0, ab, caps, np.zeros_like(visible), keep).item() == 0
+    assert mod.shape_loss(critic, x0, ab, caps, visible, ~keep).item() == 0
+    assert mod.shape_loss(critic, x0, torch.zeros(len(caps)), wrong_caps, visible, keep).item() == 0
+
+
+def test_the_shape_stage_and_a_memory_fine_tune_start_from_shipped_weights(
+    mod, critic_run, tmp_path, monkeypatch
+):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(critic_run / "critic", run / "critic")
+    common = ("--batch", "2", "--gate-every", "0")
+    run_script(
+        mod,
+        monkeypatch,
+        run,
+        "--stage",
+        "shape",
+        "--init-from",
+        "streaming-t2v",
+        "--steps",
+        "1",
+        *common,
+    )
+    base = torch.load(run / "shape" / "state.pt")["model"]
+    shipped = mod.base_weights(run, "cpu", "streaming-t2v")
+    assert base.keys() == shipped.keys()
+    assert any(not torch.equal(base[k], shipped[k]) for k in base)  # one step moved it
+    # a CAM fine-tune, stopped before its end (so nothing is exported): the run's base
+    # under the shipped CAM
+    before = hub.sha256_file(hub.weights_file("streaming-cam"))
+    cam_args = ("--init-from", "streaming-cam", "--steps", "2", "--stop-at", "1", *common)
+    run_script(mod, monkeypatch, run, "--stage", "cam", *cam_args)
+    state = torch.load(run / "cam" / "state.pt")["model"]
+    for k, v in base.items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)  # frozen, and the run's
+    cam, _ = hub.load("streaming-cam")
+    ref = {k: v.float() for k, v in cam.state_dict().items() if k.startswith("cam_")}
+    diffs = [(state[k] - v).abs().max().item() for k, v in ref.items()]
+    assert 0 < max(diffs) < 0.05  # the shipped CAM, one step on
+    assert hub.sha256_file(hub.weights_file("streaming-cam")) == before
+    with pytest.raises(SystemExit, match="not a naive model"):
+        run_script(mod, monkeypatch, run, "--stage", "naive", *cam_args)
