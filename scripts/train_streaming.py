@@ -4,10 +4,10 @@ Stages (each resumable: ``RUN/<stage>/state.pt``; run them in this order, or ``a
 
   classifier  frame encoder (APM anchor features + the metrics' attribute heads), 32 px
   base        text-to-video UNet, 8-frame chunks, 16 px, v-prediction
-  critic      a shape classifier at the base's 16 px (RGB, frames with the object in view),
-              the shape loss's reader; kept in RUN/critic/ (a training aid, not shipped)
-  shape       the base fine-tuned with the shape loss: the critic reads the prompted
-              shape from the base's denoised frames where the object is in view
+  critic      a classifier of shape and speed from two 16 px frames 3 apart (RGB, object
+              in view): the critic loss's reader; kept in RUN/critic/ (a training aid)
+  shape       the base fine-tuned with the critic loss: the critic reads the prompted
+              shape and speed from the base's denoised frames where the object is in view
   cam-apm     StreamingT2V: CAM + APM on top of the frozen base        -> streaming-t2v
   cam         CAM only, on the frozen base                              -> streaming-cam
   naive       last frame concatenated, base fine-tuned                  -> streaming-naive
@@ -99,8 +99,15 @@ STEPS = {  # the recipe's default schedule length per stage
     "shape": 400,
     "critic": 600,
 }
-CRITIC = dict(size=16, channels=[32, 64, 64], dim=64, attributes={"shape": list(vw.SHAPES)})
-SHAPE_LOSS = 0.1  # weight of the shape loss (stage shape, and the memory stages' fine-tunes)
+CRITIC = dict(  # reads shape and speed from two 16 px frames CRITIC_GAP apart
+    size=16,
+    in_channels=6,
+    channels=[32, 64, 64],
+    dim=64,
+    attributes={"shape": list(vw.SHAPES), "speed": list(vw.SPEEDS)},
+)
+CRITIC_GAP = 3
+CRITIC_LOSS = 0.5  # weight of the critic's loss (stage shape, and the memory fine-tunes)
 SHAPE_VISIBLE = 0.6  # frames with at least this share of the object in view carry it
 BASE = dict(sample_size=16, channels=[32, 48, 64], attn_levels=[False, True, True])
 ENHANCER = dict(sample_size=32, channels=[24, 32, 48], attn_levels=[False, False, True])
@@ -179,19 +186,38 @@ def diffusion_loss(
     return err.mean(), x0_hat, ab.flatten()
 
 
-def shape_loss(frame_enc, x0_hat, ab, caps, visible, keep) -> torch.Tensor:
-    """Cross-entropy of the frozen frame encoder's shape head on the denoised frames x̂0
-    (B, 3, T, H, W) against each caption's shape, over the frames where the object is in
-    view (``visible`` (B, T) share >= ``SHAPE_VISIBLE``) of the rows that kept their
-    caption (``keep``), weighted by ᾱ_t (the estimate is a picture only at low noise)."""
-    b, c, f, h, w = x0_hat.shape
-    frames = x0_hat.clamp(-1, 1).transpose(1, 2).reshape(b * f, c, h, w)
-    logits = frame_enc(frames)["shape"]  # the encoder resizes to its own size
-    target = torch.tensor([vw.SHAPES.index(vw.parse_caption(c)["shape"]) for c in caps])
-    ce = F.cross_entropy(logits, target.to(logits.device).repeat_interleave(f), reduction="none")
-    vis = torch.as_tensor(visible >= SHAPE_VISIBLE, device=ce.device)
+def critic_pairs(video: torch.Tensor) -> torch.Tensor:
+    """(B, 3, T, H, W) -> (B, T - CRITIC_GAP, 6, H, W): each frame stacked with the frame
+    ``CRITIC_GAP`` later, the critic's input."""
+    return torch.cat([video[:, :, :-CRITIC_GAP], video[:, :, CRITIC_GAP:]], 1).transpose(1, 2)
+
+
+def critic_targets(caps) -> dict[str, torch.Tensor]:
+    """Each caption's shape and speed as class indices of the critic's heads."""
+    parsed = [vw.parse_caption(c) for c in caps]
+    return {
+        k: torch.tensor([CRITIC["attributes"][k].index(p[k]) for p in parsed])
+        for k in CRITIC["attributes"]
+    }
+
+
+def critic_loss(critic, x0_hat, ab, caps, visible, keep) -> torch.Tensor:
+    """The critic's cross-entropy (shape + speed) on the denoised frames x̂0
+    (B, 3, T, H, W) against each caption, over the frame pairs where the object is in view
+    in both frames (``visible`` (B, T) share >= ``SHAPE_VISIBLE``) of the rows that kept
+    their caption (``keep``), weighted by ᾱ_t (the estimate is a picture only at low
+    noise)."""
+    pairs = critic_pairs(x0_hat.clamp(-1, 1))
+    b, n = pairs.shape[:2]
+    logits = critic(pairs.flatten(0, 1))  # the critic resizes to its own size
+    vis = torch.as_tensor(visible >= SHAPE_VISIBLE, device=pairs.device)
+    vis = vis[:, :-CRITIC_GAP] & vis[:, CRITIC_GAP:]
     weight = (vis & keep[:, None]).float() * ab[:, None]
-    return (ce.view(b, f) * weight).sum() / weight.sum().clamp(min=1.0)
+    ce = sum(
+        F.cross_entropy(logits[k], t.to(pairs.device).repeat_interleave(n), reduction="none")
+        for k, t in critic_targets(caps).items()
+    )
+    return (ce.view(b, n) * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def classifier_attributes() -> dict[str, list[str]]:
@@ -244,46 +270,51 @@ def base_weights(run: Path, device, init_from: str | None = None) -> dict[str, t
     raise SystemExit(f"error: {run} has no trained base (run --stage base first)")
 
 
-def critic_batch(rng, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """16 px frames with the object at least ``SHAPE_VISIBLE`` in view and their shapes;
-    half of them with Gaussian noise (std up to 0.2), as the denoised estimates have."""
-    frames, shapes = [], []
-    while len(frames) < batch:
-        clip = vw.sample_clip(int(rng.integers(2**31)))
+def critic_frames(rng, n: int, split: str = "train") -> tuple[np.ndarray, list[str]]:
+    """``n`` 16 px frame pairs (n, 2, H, W, 3), ``CRITIC_GAP`` frames apart, with the
+    object at least ``SHAPE_VISIBLE`` in view in both, and their clips' captions."""
+    pairs, caps = [], []
+    while len(pairs) < n:
+        clip = vw.sample_clip(int(rng.integers(2**31)), split)
         start = int(rng.integers(0, MAX_START + 1))
-        if clip.visibility(1, start)[0] >= SHAPE_VISIBLE:
-            frames.append(clip.render(1, 16, start)[0])
-            shapes.append(vw.SHAPES.index(clip.attrs["shape"]))
-    x = vw.to_tensor(np.stack(frames)[:, None])[:, :, 0]
+        vis = clip.visibility(CRITIC_GAP + 1, start)
+        if vis[0] >= SHAPE_VISIBLE and vis[-1] >= SHAPE_VISIBLE:
+            pairs.append(clip.render(CRITIC_GAP + 1, 16, start)[[0, -1]])
+            caps.append(clip.caption)
+    return np.stack(pairs), caps
+
+
+def critic_batch(rng, batch: int, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """A batch of the critic's inputs (B, 6, 16, 16) and targets (shape and speed); half
+    of them with Gaussian noise (std up to 0.2), as the denoised estimates have."""
+    pairs, caps = critic_frames(rng, batch)
+    x = vw.to_tensor(pairs).transpose(1, 2).flatten(1, 2)  # as critic_pairs stacks them
     noisy = torch.from_numpy(rng.uniform(size=batch) < 0.5)
     std = torch.from_numpy(rng.uniform(0, 0.2, batch)).float()
     noise = torch.from_numpy(rng.standard_normal(x.shape)).float()
     x = x + noise * (std * noisy)[:, None, None, None]
-    return x.to(device), torch.tensor(shapes, device=device)
+    return x.to(device), {k: v.to(device) for k, v in critic_targets(caps).items()}
 
 
-def critic_accuracy(critic: FrameEncoder, device, n: int = 2000) -> float:
-    """The critic's shape accuracy on ``n`` clean frames of held-out clips (test split)."""
-    rng = np.random.default_rng(12345)
-    frames, shapes = [], []
-    while len(frames) < n:
-        clip = vw.sample_clip(int(rng.integers(2**31)), "test")
-        start = int(rng.integers(0, MAX_START + 1))
-        if clip.visibility(1, start)[0] >= SHAPE_VISIBLE:
-            frames.append(clip.render(1, 16, start)[0])
-            shapes.append(vw.SHAPES.index(clip.attrs["shape"]))
-    x = vw.to_tensor(np.stack(frames)[:, None])[:, :, 0].to(device)
+def critic_accuracy(critic: FrameEncoder, device, n: int = 2000) -> dict[str, float]:
+    """The critic's accuracy per head on ``n`` clean frame pairs of held-out clips (test
+    split)."""
+    pairs, caps = critic_frames(np.random.default_rng(12345), n, "test")
+    x = vw.to_tensor(pairs).transpose(1, 2).flatten(1, 2).to(device)  # as critic_pairs
     critic.eval()
     with torch.no_grad():
-        pred = torch.cat([critic(b)["shape"].argmax(-1) for b in x.split(500)])
-    return float((pred.cpu() == torch.tensor(shapes)).float().mean())
+        logits = [critic(b) for b in x.split(500)]
+    return {
+        k: float((torch.cat([lg[k].argmax(-1) for lg in logits]).cpu() == t).float().mean())
+        for k, t in critic_targets(caps).items()
+    }
 
 
 def load_critic(run: Path, device) -> FrameEncoder:
-    """The run's shape critic (stage ``critic``), frozen."""
+    """The run's critic (stage ``critic``), frozen."""
     f = run / "critic" / "state.pt"
     if not f.exists():
-        raise SystemExit(f"error: {run} has no shape critic (run --stage critic first)")
+        raise SystemExit(f"error: {run} has no critic (run --stage critic first)")
     critic = FrameEncoder(FrameEncoderConfig(**CRITIC)).to(device)
     critic.load_state_dict(torch.load(f, map_location=device)["model"])
     return critic.eval().requires_grad_(False)
@@ -449,7 +480,7 @@ def train(stage: str, args) -> None:
     if stage.endswith("apm"):  # anchor features come from the frame encoder
         frame_enc, _ = hub.load(NAMES["classifier"], device)
         frame_enc.requires_grad_(False)
-    shape_w = args.shape_loss if stage == "shape" or stage in MEMORY else 0.0
+    shape_w = args.critic_loss if stage == "shape" or stage in MEMORY else 0.0
     if shape_w:
         critic = load_critic(run, device)
 
@@ -489,8 +520,9 @@ def train(stage: str, args) -> None:
             logits = model(img)
             loss = sum(F.cross_entropy(logits[k], labels[k]) for k in labels)
         elif stage == "critic":
-            img, shapes = critic_batch(rng, args.batch, device)
-            loss = F.cross_entropy(model(img)["shape"], shapes)
+            img, targets = critic_batch(rng, args.batch, device)
+            logits = model(img)
+            loss = sum(F.cross_entropy(logits[k], targets[k]) for k in targets)
         else:
             size, n = (32, ENH_CHUNK) if stage == "enhancer" else (16, CHUNK)
             reappear = REAPPEAR if stage in MEMORY else 0.0
@@ -528,7 +560,7 @@ def train(stage: str, args) -> None:
                 loss, x0_hat, ab = diffusion_loss(
                     model, sched, x0, text, gen, args.min_snr, return_x0=True, **cond
                 )
-                loss = loss + shape_w * shape_loss(critic, x0_hat, ab, caps, visible, keep)
+                loss = loss + shape_w * critic_loss(critic, x0_hat, ab, caps, visible, keep)
             else:
                 loss = diffusion_loss(model, sched, x0, text, gen, args.min_snr, **cond)
         optimizer_step(opt, loss, model)
@@ -550,7 +582,7 @@ def train(stage: str, args) -> None:
             base_gate(model, run / stage / "gate.jsonl", step, device)
             model.train()
     if stage == "critic" and step == stop:
-        print(f"critic: held-out shape accuracy {critic_accuracy(model, device):.4f}", flush=True)
+        print(f"critic: held-out accuracy {critic_accuracy(model, device)}", flush=True)
     if stage in ("base", "shape", "critic") or step < steps:
         return  # the base is exported inside the memory models; partial runs are not
     name = NAMES[stage]
@@ -565,11 +597,22 @@ def train(stage: str, args) -> None:
             "lr": args.lr,
             "seed": args.seed,
             "device": str(device),
-            "shape_loss": shape_w,
+            "critic_loss": shape_w,
             "init_from": args.init_from,
         },
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
     }
+    if args.init_from:  # a fine-tune: keep how the model it started from was trained
+        before = json.loads((hub.resolve(args.init_from)[1] / hub.CONFIG).read_text())
+        extra["training"]["fine_tune_of"] = before.get("training", {})
+        shape_args = run / "shape" / "args.json"
+        if stage in MEMORY and MEMORY[stage].get("cam") and shape_args.exists():
+            shape_run = json.loads(shape_args.read_text())
+            extra["training"]["base"] = (
+                f"the base of {shape_run['init_from']} fine-tuned by --stage shape "
+                f"(--steps {shape_run['steps']} --lr {shape_run['lr']} "
+                f"--critic-loss {shape_run['critic_loss']}), frozen"
+            )
     if arch == "video_unet":
         extra["streaming"] = {
             "chunk_frames": ENH_CHUNK if stage == "enhancer" else CHUNK,
@@ -757,10 +800,10 @@ def main() -> None:
         help="base stage: the prompt gate on validation prompts every N steps (0: never)",
     )
     ap.add_argument(
-        "--shape-loss",
+        "--critic-loss",
         type=float,
-        default=SHAPE_LOSS,
-        help="weight of the shape loss in the shape and memory stages (0: off)",
+        default=CRITIC_LOSS,
+        help="weight of the critic's shape + speed loss in the shape and memory stages (0: off)",
     )
     ap.add_argument(
         "--init-from",

@@ -16,6 +16,7 @@ from longseq.models.config import ConfigDict
 @dataclass
 class FrameEncoderConfig(ConfigDict):
     size: int = 32  # frames are resized to size x size
+    in_channels: int = 3  # 3 for a frame; 6 reads two frames stacked (motion between them)
     channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     dim: int = 64
     attributes: dict[str, list[str]] = field(default_factory=dict)
@@ -26,7 +27,7 @@ class FrameEncoder(nn.Module):
         super().__init__()
         self.config = cfg = config
         layers: list[nn.Module] = []
-        cin = 3
+        cin = cfg.in_channels
         for c in cfg.channels:
             layers += [nn.Conv2d(cin, c, 3, padding=1), nn.GroupNorm(8, c), nn.SiLU()]
             layers += [nn.Conv2d(c, c, 3, stride=2, padding=1), nn.SiLU()]
