@@ -243,6 +243,11 @@ class TraceConfig:
     # point is reported visible (for a model whose maps carry no occlusion signal)
     occlusion: str = "peak"
     contrast_thresholds: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
+    # coarse-to-fine refinement: passes after the first re-trace each point with its
+    # frame-1 windows moved by the whole-pixel part of its estimate and add the residual;
+    # a pass's estimate is kept only where its map's contrast reaches refine_contrast
+    passes: int = 1
+    refine_contrast: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
     seed: int = 0
 
     def validate(self) -> None:
@@ -264,13 +269,23 @@ class TraceConfig:
             raise ValueError(f"jitter must be in [0, 1] (patches), got {self.jitter}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be fractions in (0, 1], got {self.scales}")
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
+            raise ValueError(f"passes must be an int >= 1, got {self.passes!r}")
+        rc = self.refine_contrast
+        if not isinstance(rc, dict) or set(rc) != set(PROBES):
+            raise ValueError(f"refine_contrast must map each of {PROBES} to a number, got {rc!r}")
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in rc.values()):
+            raise ValueError(f"refine_contrast values must be numbers >= 0, got {rc!r}")
 
 
 @dataclass
 class TraceResult:
     """Per probe (``"kl"``, ``"rgb"``): targets (N, 2) pixel xy in frame 1, occluded (N,),
     peak value (N,) and contrast (N,: the peak over the mean of the point's own map);
-    ``maps`` holds the averaged response maps (N, H, W) if kept."""
+    ``maps`` holds the averaged response maps (N, H, W) if kept (of the pass whose
+    estimate was kept, in frame-1 coordinates); ``pass_targets`` (passes, N, 2) the
+    targets after each refinement pass and ``pass_contrasts`` (passes, N) the contrast
+    of the estimate held after each."""
 
     targets: dict[str, np.ndarray]
     occluded: dict[str, np.ndarray]
@@ -278,6 +293,8 @@ class TraceResult:
     maps: dict[str, np.ndarray] | None = None
     sequences_per_point: float = 0.0  # model input rows run per query point
     contrasts: dict[str, np.ndarray] = field(default_factory=dict)
+    pass_targets: dict[str, np.ndarray] = field(default_factory=dict)
+    pass_contrasts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 DEFAULT_MODEL = "kltrace-match"
@@ -341,7 +358,8 @@ def _window_sides(frame_hw: tuple[int, int], scales: tuple[float, ...], size: in
 
 
 def jobs_per_point(frame_hw: tuple[int, int], config: TraceConfig, image_size: int) -> int:
-    """(zoom window, reveal mask) jobs :func:`trace_points` runs for each query point."""
+    """(zoom window, reveal mask) jobs :func:`trace_points` runs for each query point in
+    its first pass (refinement passes run again for the points whose shift changed)."""
     return len(_window_sides(frame_hw, config.scales, image_size)) * config.n_masks
 
 
@@ -409,35 +427,28 @@ def _refine_peak(
     return xy, peak, contrast
 
 
-def trace_points(
+def _trace_maps(
     model: FramePairModel,
     frame0: np.ndarray,
     frame1: np.ndarray,
-    points_xy: np.ndarray,
-    config: TraceConfig | None = None,
-    keep_maps: bool = False,
+    pts: np.ndarray,
+    shifts: np.ndarray,
+    cfg: TraceConfig,
     progress=None,
-) -> TraceResult:
-    """Where do ``points_xy`` (N, 2) of ``frame0`` go in ``frame1``? Frames are (H, W, 3)
-    uint8 RGB of the same size, at least the model's input size; each zoom window is
-    resized to the model's input. Returns KL-tracing and RGB-difference estimates."""
-    cfg = config or TraceConfig()
-    cfg.validate()
-    _check_members(model)  # the output of every forward pass is checked as it comes
-    _check_frames(frame0, frame1)
-    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+) -> tuple[dict[str, np.ndarray], int]:
+    """Averaged KL and RGB maps (N, H, W) of points ``pts`` (N, 2), and the number of
+    model input rows run. Point i's frame-1 windows are its frame-0 windows moved by the
+    whole pixels ``shifts[i]`` (frame 1 padded by repeating its edges), so its map is in
+    the coordinates of frame 1 moved back by that shift: the point went to
+    (map position + shift)."""
     h, w = frame0.shape[:2]
-    if len(pts) == 0:
-        raise ValueError("no query points given")
-    bad = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
-    if bad.any():
-        raise ValueError(f"query points outside the {w}x{h} frame: {pts[bad][:3].tolist()}")
     size, grid = model.image_size, model.image_size // model.patch
     n_slots = grid * grid
     sides = _window_sides((h, w), cfg.scales, size)
     n_reveal = max(1, int(round(cfg.reveal * n_slots))) if cfg.reveal > 0 else 0
     g = torch.Generator().manual_seed(cfg.seed)
-    pair = np.stack([frame0, frame1])
+    pad = int(np.abs(shifts).max()) if len(shifts) else 0
+    f1_pad = np.pad(frame1, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else frame1
 
     jobs = [(i, side, k) for i in range(len(pts)) for side in sides for k in range(cfg.n_masks)]
     sums = {p: np.zeros((len(pts), h, w)) for p in PROBES}
@@ -454,7 +465,14 @@ def trace_points(
         boxes = [
             zoom_window(pts[i] + offsets[k] * side / grid, (h, w), side) for i, side, k in chunk
         ]
-        crops = torch.from_numpy(np.stack([crop_resize(pair, box, size) for box in boxes]))
+        crops0 = np.stack([crop_resize(frame0, box, size) for box in boxes])
+        crops1 = np.stack(
+            [
+                crop_resize(f1_pad, (x0 + pad + shifts[i][0], y0 + pad + shifts[i][1], side), size)
+                for (i, _, _), (x0, y0, side) in zip(chunk, boxes, strict=True)
+            ]
+        )
+        crops = torch.from_numpy(np.stack([crops0, crops1], 1))
         local = torch.from_numpy(
             np.array(
                 [
@@ -465,12 +483,13 @@ def trace_points(
             )
         )
         f0_pert = gaussian_bump(crops[:, 0], local, cfg.sigma, cfg.amplitude)
-        keys = [(box, k) for box, (_, _, k) in zip(boxes, chunk, strict=True)]
-        uniq = list(dict.fromkeys(keys))  # distinct (window, mask): one clean pass each
+        # distinct (window, frame-1 shift, mask): one clean pass each
+        keys = [(box, tuple(shifts[i]), k) for box, (i, _, k) in zip(boxes, chunk, strict=True)]
+        uniq = list(dict.fromkeys(keys))
         first = {key: keys.index(key) for key in uniq}
         index = torch.tensor([uniq.index(key) for key in keys])
         clean = crops[[first[key] for key in uniq]].float()
-        kl, rgb = _responses(model, clean, masks[[k for _, k in uniq]], f0_pert, index)
+        kl, rgb = _responses(model, clean, masks[[key[2] for key in uniq]], f0_pert, index)
         n_sequences += len(uniq) + len(chunk)
         # both probes share the revealed (NaN) slots: one validity map per job
         resp = torch.stack([kl, rgb], 1).reshape(-1, len(PROBES), grid, grid).nan_to_num(0.0)
@@ -486,26 +505,125 @@ def trace_points(
             counts[i, y0 : y0 + side, x0 : x0 + side] += keep.cpu().numpy()
         if progress is not None:
             progress(len(chunk))
+    return {p: sums[p] / np.maximum(counts, 1) for p in PROBES}, n_sequences
 
-    finest = min(sides) / grid  # frame pixels per patch at the finest zoom
-    result = TraceResult({}, {}, {}, {} if keep_maps else None, n_sequences / len(pts))
-    for probe in PROBES:
-        maps = sums[probe] / np.maximum(counts, 1)
+
+def _shift_map(m: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Map ``m`` (H, W) moved by whole pixels ``d`` (dx, dy), zeros where it was not."""
+    h, w = m.shape
+    dx, dy = int(d[0]), int(d[1])
+    out = np.zeros_like(m)
+    if abs(dx) < w and abs(dy) < h:
+        out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = m[
+            max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+        ]
+    return out
+
+
+def trace_points(
+    model: FramePairModel,
+    frame0: np.ndarray,
+    frame1: np.ndarray,
+    points_xy: np.ndarray,
+    config: TraceConfig | None = None,
+    keep_maps: bool = False,
+    progress=None,
+) -> TraceResult:
+    """Where do ``points_xy`` (N, 2) of ``frame0`` go in ``frame1``? Frames are (H, W, 3)
+    uint8 RGB of the same size, at least the model's input size; each zoom window is
+    resized to the model's input. Returns KL-tracing and RGB-difference estimates.
+
+    With ``config.passes`` > 1 each estimate is refined coarse to fine: the point is
+    traced again with its frame-1 windows moved by the whole-pixel part of its current
+    motion, so the model sees only the residual motion, which is added back. A pass runs
+    only for points (per probe) whose whole-pixel shift changed, and its estimate is
+    kept only where its map's contrast (peak over mean) reaches
+    ``config.refine_contrast[probe]``; otherwise the point keeps the previous estimate
+    and stops refining. ``progress`` counts the first pass's jobs only."""
+    cfg = config or TraceConfig()
+    cfg.validate()
+    _check_members(model)  # the output of every forward pass is checked as it comes
+    _check_frames(frame0, frame1)
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    h, w = frame0.shape[:2]
+    if len(pts) == 0:
+        raise ValueError("no query points given")
+    bad = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
+    if bad.any():
+        raise ValueError(f"query points outside the {w}x{h} frame: {pts[bad][:3].tolist()}")
+    n = len(pts)
+    size, grid = model.image_size, model.image_size // model.patch
+    finest = min(_window_sides((h, w), cfg.scales, size)) / grid  # frame px per patch
+
+    def read(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         tg, pk, ct = zip(
             *(_refine_peak(m, 1.5 * finest, cfg.readout, cfg.softness) for m in maps),
             strict=True,
         )
-        result.targets[probe] = np.stack(tg).astype(np.float32)
-        result.peaks[probe] = np.array(pk, dtype=np.float32)
-        result.contrasts[probe] = np.array(ct, dtype=np.float32)
+        return np.stack(tg), np.array(pk), np.array(ct)
+
+    zero = np.zeros((n, 2), dtype=int)
+    maps, n_sequences = _trace_maps(model, frame0, frame1, pts, zero, cfg, progress)
+    state = {}  # per probe: targets, peaks, contrasts, maps, shifts, still refining
+    for probe in PROBES:
+        tg, pk, ct = read(maps[probe])
+        state[probe] = [tg, pk, ct, maps[probe], zero, np.ones(n, dtype=bool)]
+    history = {p: [state[p][0].astype(np.float32)] for p in PROBES}
+    history_ct = {p: [state[p][2].astype(np.float32)] for p in PROBES}
+    for _ in range(1, cfg.passes):
+        want = {}  # (point, dx, dy) -> probes that trace it
+        for probe in PROBES:
+            tg, _, _, _, d_old, active = state[probe]
+            d = np.round(tg - pts).astype(int)
+            for i in np.flatnonzero(active & (d != d_old).any(1)):
+                want.setdefault((int(i), int(d[i, 0]), int(d[i, 1])), []).append(probe)
+            state[probe][5] = active & (d != d_old).any(1)
+        if want:
+            keys = list(want)
+            idx = np.array([key[0] for key in keys])
+            shifts = np.array([key[1:] for key in keys], dtype=int)
+            new, used = _trace_maps(model, frame0, frame1, pts[idx], shifts, cfg)
+            n_sequences += used
+            for probe in PROBES:
+                rows = [r for r, key in enumerate(keys) if probe in want[key]]
+                if not rows:
+                    continue
+                tg, pk, ct = read(new[probe][rows])
+                st = state[probe]
+                for r, t, p_, c in zip(rows, tg, pk, ct, strict=True):
+                    i, d = keys[r][0], shifts[r]
+                    if c >= cfg.refine_contrast[probe]:
+                        st[0][i], st[1][i], st[2][i] = t + d, p_, c
+                        st[4][i] = d
+                        if keep_maps:  # in frame-1 coordinates
+                            st[3][i] = _shift_map(new[probe][r], d)
+                    else:
+                        st[5][i] = False  # not confident: keep the previous estimate
+        for probe in PROBES:
+            history[probe].append(state[probe][0].astype(np.float32))
+            history_ct[probe].append(state[probe][2].astype(np.float32))
+        if not any(state[p][5].any() for p in PROBES):
+            for probe in PROBES:  # converged: the remaining passes change nothing
+                history[probe] += [history[probe][-1]] * (cfg.passes - len(history[probe]))
+                history_ct[probe] += [history_ct[probe][-1]] * (cfg.passes - len(history_ct[probe]))
+            break
+
+    result = TraceResult({}, {}, {}, {} if keep_maps else None, n_sequences / n)
+    for probe in PROBES:
+        tg, pk, ct, mp, _, _ = state[probe]
+        result.targets[probe] = tg.astype(np.float32)
+        result.peaks[probe] = pk.astype(np.float32)
+        result.contrasts[probe] = ct.astype(np.float32)
+        result.pass_targets[probe] = np.stack(history[probe])
+        result.pass_contrasts[probe] = np.stack(history_ct[probe])
         if cfg.occlusion == "contrast":
-            result.occluded[probe] = np.array(ct) < cfg.contrast_thresholds[probe]
+            result.occluded[probe] = ct < cfg.contrast_thresholds[probe]
         elif cfg.occlusion == "none":
-            result.occluded[probe] = np.zeros(len(pts), dtype=bool)
+            result.occluded[probe] = np.zeros(n, dtype=bool)
         else:
-            result.occluded[probe] = result.peaks[probe] < cfg.thresholds[probe]
+            result.occluded[probe] = pk < cfg.thresholds[probe]
         if keep_maps:
-            result.maps[probe] = maps.astype(np.float32)
+            result.maps[probe] = mp.astype(np.float32)
     return result
 
 
