@@ -118,6 +118,41 @@ def test_fallback_keeps_the_previous_pass_below_the_contrast_threshold():
     assert np.allclose(mid.targets["rgb"], free.targets["rgb"])  # its own threshold, 0
 
 
+def test_gain_undoes_a_known_shrink_in_one_pass():
+    model = ShrinkingShift(shrink=0.5)
+    shift = np.array([5.0, -4.0])
+    f0, f1 = _pair((5, -4))
+    pts = np.array([[22.5, 24.5], [25.5, 23.5], [24.0, 25.0]])
+    err = {}
+    for gain in (1.0, 2.0):
+        res = trace_points(model, f0, f1, pts, TraceConfig(**CFG, passes=2, refine_gain=gain))
+        err[gain] = np.linalg.norm(res.targets["kl"] - (pts + shift), axis=-1).mean()
+        d = res.pass_shifts["kl"][1]
+        one = res.pass_targets["kl"][0] - pts
+        assert (d == np.round(gain * one)).all()  # the second pass's frame-1 shift
+    assert err[2.0] < 0.6 * err[1.0], err
+
+
+def test_outlier_limits_fall_back():
+    model = ShrinkingShift(shrink=0.5)
+    f0, f1 = _pair((5, -4))
+    pts = np.array([[22.5, 24.5], [25.5, 23.5], [24.0, 25.0]])
+    free = trace_points(model, f0, f1, pts, TraceConfig(**CFG, passes=3))
+    # a first pass beyond the largest motion: zero motion
+    near = trace_points(model, f0, f1, pts, TraceConfig(**CFG, passes=3, max_motion=2.0))
+    assert np.allclose(near.targets["kl"], pts)
+    # a pass that would go beyond it keeps the previous estimate
+    mid = trace_points(model, f0, f1, pts, TraceConfig(**CFG, passes=3, max_motion=4.5))
+    moved = np.linalg.norm(mid.targets["kl"] - pts, axis=-1)
+    assert (moved <= 4.5).all() and (moved > 2.5).all()
+    assert (np.linalg.norm(free.targets["kl"] - pts, axis=-1) > 4.5).any()
+    # a refinement pass that reports more residual motion than allowed is dropped
+    tight = trace_points(model, f0, f1, pts, TraceConfig(**CFG, passes=3, refine_max_residual=0.5))
+    assert np.allclose(tight.targets["kl"], free.pass_targets["kl"][0])
+    loose = trace_points(model, f0, f1, pts, TraceConfig(**CFG, passes=3, refine_max_residual=9))
+    assert np.allclose(loose.targets["kl"], free.targets["kl"])
+
+
 def test_kept_maps_are_in_frame1_coordinates():
     model = ShrinkingShift(shrink=0.5)
     f0, f1 = _pair((5, -4))
@@ -137,6 +172,11 @@ def test_kept_maps_are_in_frame1_coordinates():
         ({"refine_contrast": {"kl": 1.0}}, "refine_contrast must map each of"),
         ({"refine_contrast": {"kl": -1.0, "rgb": 0.0}}, "refine_contrast values must be"),
         ({"refine_contrast": 2.0}, "refine_contrast must map each of"),
+        ({"refine_gain": 0.0}, "refine_gain must be in"),
+        ({"refine_gain": 5.0}, "refine_gain must be in"),
+        ({"refine_max_residual": 0.0}, "refine_max_residual must be > 0 px"),
+        ({"max_motion": -1.0}, "max_motion must be > 0 px"),
+        ({"max_motion": float("nan")}, "max_motion must be > 0 px"),
     ],
 )
 def test_refinement_settings_are_checked(kwargs, message):

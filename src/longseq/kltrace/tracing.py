@@ -244,10 +244,17 @@ class TraceConfig:
     occlusion: str = "peak"
     contrast_thresholds: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
     # coarse-to-fine refinement: passes after the first re-trace each point with its
-    # frame-1 windows moved by the whole-pixel part of its estimate and add the residual;
-    # a pass's estimate is kept only where its map's contrast reaches refine_contrast
+    # frame-1 windows moved by a whole-pixel shift, round(shift + refine_gain * residual)
+    # (the residual: the motion the last pass saw), and add the new residual to the shift.
+    # A pass's estimate is kept only where its map's contrast reaches refine_contrast, its
+    # residual is at most refine_max_residual px and its motion at most max_motion px;
+    # otherwise the point keeps the previous estimate and stops. A first-pass estimate
+    # beyond max_motion px falls back to zero motion.
     passes: int = 1
+    refine_gain: float = 1.0
     refine_contrast: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
+    refine_max_residual: float = float("inf")
+    max_motion: float = float("inf")
     seed: int = 0
 
     def validate(self) -> None:
@@ -271,6 +278,11 @@ class TraceConfig:
             raise ValueError(f"scales must be fractions in (0, 1], got {self.scales}")
         if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
             raise ValueError(f"passes must be an int >= 1, got {self.passes!r}")
+        if not 0 < self.refine_gain <= 4:
+            raise ValueError(f"refine_gain must be in (0, 4], got {self.refine_gain}")
+        for name in ("refine_max_residual", "max_motion"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 px, got {getattr(self, name)}")
         rc = self.refine_contrast
         if not isinstance(rc, dict) or set(rc) != set(PROBES):
             raise ValueError(f"refine_contrast must map each of {PROBES} to a number, got {rc!r}")
@@ -284,8 +296,9 @@ class TraceResult:
     peak value (N,) and contrast (N,: the peak over the mean of the point's own map);
     ``maps`` holds the averaged response maps (N, H, W) if kept (of the pass whose
     estimate was kept, in frame-1 coordinates); ``pass_targets`` (passes, N, 2) the
-    targets after each refinement pass and ``pass_contrasts`` (passes, N) the contrast
-    of the estimate held after each."""
+    targets after each refinement pass, ``pass_contrasts`` (passes, N) the contrast
+    of the estimate held after each and ``pass_shifts`` (passes, N, 2) the whole-pixel
+    shift of the frame-1 windows that gave it."""
 
     targets: dict[str, np.ndarray]
     occluded: dict[str, np.ndarray]
@@ -295,6 +308,7 @@ class TraceResult:
     contrasts: dict[str, np.ndarray] = field(default_factory=dict)
     pass_targets: dict[str, np.ndarray] = field(default_factory=dict)
     pass_contrasts: dict[str, np.ndarray] = field(default_factory=dict)
+    pass_shifts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 DEFAULT_MODEL = "kltrace-match"
@@ -534,12 +548,14 @@ def trace_points(
     resized to the model's input. Returns KL-tracing and RGB-difference estimates.
 
     With ``config.passes`` > 1 each estimate is refined coarse to fine: the point is
-    traced again with its frame-1 windows moved by the whole-pixel part of its current
-    motion, so the model sees only the residual motion, which is added back. A pass runs
-    only for points (per probe) whose whole-pixel shift changed, and its estimate is
-    kept only where its map's contrast (peak over mean) reaches
-    ``config.refine_contrast[probe]``; otherwise the point keeps the previous estimate
-    and stops refining. ``progress`` counts the first pass's jobs only."""
+    traced again with its frame-1 windows moved by a whole-pixel shift near its current
+    motion (``config.refine_gain`` times the last residual added to the last shift), so
+    the model sees only the residual motion, which is added back to the shift. A pass
+    runs only for points (per probe) whose shift changed, and its estimate is kept only
+    where its map's contrast (peak over mean) reaches ``config.refine_contrast[probe]``,
+    its residual is at most ``config.refine_max_residual`` and its motion at most
+    ``config.max_motion`` pixels; otherwise the point keeps the previous estimate and
+    stops refining. ``progress`` counts the first pass's jobs only."""
     cfg = config or TraceConfig()
     cfg.validate()
     _check_members(model)  # the output of every forward pass is checked as it comes
@@ -567,17 +583,18 @@ def trace_points(
     state = {}  # per probe: targets, peaks, contrasts, maps, shifts, still refining
     for probe in PROBES:
         tg, pk, ct = read(maps[probe])
-        state[probe] = [tg, pk, ct, maps[probe], zero, np.ones(n, dtype=bool)]
-    history = {p: [state[p][0].astype(np.float32)] for p in PROBES}
-    history_ct = {p: [state[p][2].astype(np.float32)] for p in PROBES}
+        far = np.linalg.norm(tg - pts, axis=1) > cfg.max_motion
+        tg[far] = pts[far]  # beyond what the model can see: zero motion
+        state[probe] = [tg, pk, ct, maps[probe], zero.copy(), ~far]
+    history = {p: [[state[p][k].astype(np.float32) for k in (0, 2, 4)]] for p in PROBES}
     for _ in range(1, cfg.passes):
         want = {}  # (point, dx, dy) -> probes that trace it
         for probe in PROBES:
             tg, _, _, _, d_old, active = state[probe]
-            d = np.round(tg - pts).astype(int)
-            for i in np.flatnonzero(active & (d != d_old).any(1)):
+            d = np.round(d_old + cfg.refine_gain * (tg - pts - d_old)).astype(int)
+            active &= (d != d_old).any(1)  # the same shift would give the same estimate
+            for i in np.flatnonzero(active):
                 want.setdefault((int(i), int(d[i, 0]), int(d[i, 1])), []).append(probe)
-            state[probe][5] = active & (d != d_old).any(1)
         if want:
             keys = list(want)
             idx = np.array([key[0] for key in keys])
@@ -592,21 +609,23 @@ def trace_points(
                 st = state[probe]
                 for r, t, p_, c in zip(rows, tg, pk, ct, strict=True):
                     i, d = keys[r][0], shifts[r]
-                    if c >= cfg.refine_contrast[probe]:
-                        st[0][i], st[1][i], st[2][i] = t + d, p_, c
-                        st[4][i] = d
+                    ok = (
+                        c >= cfg.refine_contrast[probe]
+                        and np.linalg.norm(t - pts[i]) <= cfg.refine_max_residual
+                        and np.linalg.norm(t + d - pts[i]) <= cfg.max_motion
+                    )
+                    if ok:
+                        st[0][i], st[1][i], st[2][i], st[4][i] = t + d, p_, c, d
                         if keep_maps:  # in frame-1 coordinates
                             st[3][i] = _shift_map(new[probe][r], d)
                     else:
-                        st[5][i] = False  # not confident: keep the previous estimate
+                        st[5][i] = False  # not trusted: keep the previous estimate
         for probe in PROBES:
-            history[probe].append(state[probe][0].astype(np.float32))
-            history_ct[probe].append(state[probe][2].astype(np.float32))
+            history[probe].append([state[probe][k].astype(np.float32) for k in (0, 2, 4)])
         if not any(state[p][5].any() for p in PROBES):
-            for probe in PROBES:  # converged: the remaining passes change nothing
-                history[probe] += [history[probe][-1]] * (cfg.passes - len(history[probe]))
-                history_ct[probe] += [history_ct[probe][-1]] * (cfg.passes - len(history_ct[probe]))
             break
+    for probe in PROBES:  # converged: the remaining passes change nothing
+        history[probe] += [history[probe][-1]] * (cfg.passes - len(history[probe]))
 
     result = TraceResult({}, {}, {}, {} if keep_maps else None, n_sequences / n)
     for probe in PROBES:
@@ -614,8 +633,9 @@ def trace_points(
         result.targets[probe] = tg.astype(np.float32)
         result.peaks[probe] = pk.astype(np.float32)
         result.contrasts[probe] = ct.astype(np.float32)
-        result.pass_targets[probe] = np.stack(history[probe])
-        result.pass_contrasts[probe] = np.stack(history_ct[probe])
+        result.pass_targets[probe] = np.stack([h[0] for h in history[probe]])
+        result.pass_contrasts[probe] = np.stack([h[1] for h in history[probe]])
+        result.pass_shifts[probe] = np.stack([h[2] for h in history[probe]]).astype(int)
         if cfg.occlusion == "contrast":
             result.occluded[probe] = ct < cfg.contrast_thresholds[probe]
         elif cfg.occlusion == "none":
