@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,11 @@ def kltrace_flow(
         "frame0": str(frame0),
         "frame1": str(frame1),
         "model": model,
-        "config": dict(vars(cfg)),
+        # no limit (an infinite float) as null: strict JSON
+        "config": {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in vars(cfg).items()
+        },
         "points": [
             {
                 "x": float(p[0]),
