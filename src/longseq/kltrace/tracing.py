@@ -13,9 +13,16 @@ The same perturbed and clean forward passes also give the counterfactual
 RGB-difference probe (CWM-style): the change of the *expected* frame-1 pixels,
 which :func:`trace_points` returns beside KL-tracing at no extra cost.
 
+Coarse to fine (``TraceConfig.passes``): one trace shrinks the motion towards "nothing
+moved", so each point can be traced again with its frame-1 windows moved by the
+whole-pixel part of its estimate; the model then sees only the residual motion, which
+is added back. Limits on the residual, the motion and the KL map's contrast drop
+implausible passes (the point keeps its previous estimate).
+
 Cost: every (point, zoom, mask) takes one perturbed sequence of ``n_slots + R + Q``
 tokens plus a clean one, which points sharing a zoom window (e.g. the whole frame)
-share; all run batched, ``batch_size`` jobs per forward pass.
+share; all run batched, ``batch_size`` jobs per forward pass. A refinement pass costs
+the same again for each point whose shift changed (per probe where the two differ).
 """
 
 from __future__ import annotations
