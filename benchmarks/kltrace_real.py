@@ -15,6 +15,7 @@ delta_avg(KL) - delta_avg(zero motion) and delta_avg(KL) - delta_avg(RGB).
 
     python benchmarks/kltrace_real.py [--pairs 48] [--clips 24] [--model kltrace-match]
         [--set NAME=VALUE ...]   # tracing settings, e.g. --set jitter=0 kl_threshold=0.98
+                                 # or passes=1 (kl_refine_contrast=C: KL's fall-back)
 """
 
 from __future__ import annotations
@@ -211,6 +212,9 @@ def main() -> None:
         if key == "kl_threshold":  # the absolute occlusion threshold of KL-tracing
             cfg.thresholds = {**cfg.thresholds, "kl": float(value)}
             continue
+        if key == "kl_refine_contrast":  # KL-tracing's fall-back threshold of a pass
+            cfg.refine_contrast = {**cfg.refine_contrast, "kl": float(value)}
+            continue
         old = getattr(cfg, key)
         setattr(cfg, key, type(old)(value) if not isinstance(old, str) else value)
     cfg.validate()
@@ -227,9 +231,15 @@ def main() -> None:
         "model": args.model,
         "trace": (
             f"{cfg.n_masks} masks, zooms {list(cfg.scales)}, jitter {cfg.jitter}, "
-            f"occlusion {cfg.occlusion}"
+            f"occlusion {cfg.occlusion}, {cfg.passes} pass(es) (gain {cfg.refine_gain:g}, "
+            f"largest residual {cfg.refine_max_residual:g} px, largest motion "
+            f"{cfg.max_motion:g} px, KL contrast >= {cfg.refine_contrast['kl']:g})"
         ),
-        "trace_config": asdict(cfg),
+        # infinite limits (no fall-back) as None: strict JSON
+        "trace_config": {
+            k: None if isinstance(v, float) and not np.isfinite(v) else v
+            for k, v in asdict(cfg).items()
+        },
         "pairs": args.pairs,
         "clips": args.clips,
         "points": args.points,

@@ -16,6 +16,9 @@ test photos. Candidates:
   world sets win (so a rule fitted to one world cannot cost the other); if no rule gains
   on both sets, ``none`` (every point reported visible).
 
+The readout is chosen on the first pass's maps (``passes=1``); the refinement passes
+that follow it are chosen by ``scripts/tune_kltrace_refine.py``.
+
     python scripts/tune_kltrace_tracing.py --model kltrace-match [--write]
 """
 
@@ -98,7 +101,7 @@ def main() -> None:
     table, best, kept = [], None, {}
     for jitter in (float(v) for v in args.jitters.split(",")):
         for reveal in dict.fromkeys(reveals):
-            cfg = replace(base, jitter=jitter, reveal=reveal)
+            cfg = replace(base, jitter=jitter, reveal=reveal, passes=1)  # the first pass
             t0 = time.time()
             maps = {k: trace_set(model, cfg, d) for k, d in sets.items()}
             for how in ("centroid", "softargmax"):

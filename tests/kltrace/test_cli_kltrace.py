@@ -29,9 +29,11 @@ def frames(tmp_path):
 def test_flow_writes_png_and_json(frames, tmp_path):
     out = tmp_path / "out"
     args = ["kltrace", "flow", str(frames[0]), str(frames[1]), "--points", "10,12;30.5,20"]
-    res = runner.invoke(app, [*args, "--masks", "1", "--scales", "1", "--out", str(out)])
+    opts = ["--masks", "1", "--scales", "1", "--passes", "1", "--out", str(out)]
+    res = runner.invoke(app, [*args, *opts])
     assert res.exit_code == 0, res.output
     rec = json.loads((out / "flow.json").read_text())
+    assert rec["config"]["passes"] == 1
     assert [(p["x"], p["y"]) for p in rec["points"]] == [(10.0, 12.0), (30.5, 20.0)]
     for p in rec["points"]:
         assert p["flow_x"] == pytest.approx(p["target_x"] - p["x"])

@@ -163,9 +163,12 @@ def test_cli_traces_with_a_model_file(user_module, frames, tmp_path):
     args = ["kltrace", "flow", str(frames[0]), str(frames[1]), "--points", "10,14;18,22"]
     res = runner.invoke(app, [*args, "--model", spec, "--scales", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    rec = json.loads((out / "flow.json").read_text())
+    text = (out / "flow.json").read_text()
+    rec = json.loads(text)
     flows = [(p["flow_x"], p["flow_y"]) for p in rec["points"]]
     np.testing.assert_allclose(flows, [(4, 0), (4, 0)], atol=1.5)
+    # the default settings have no refinement limits: strict JSON writes them as null
+    assert "Infinity" not in text and rec["config"]["max_motion"] is None
 
 
 def test_cli_names_a_wrong_model_in_one_line(user_module, frames, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,13 @@ MODEL_HELP = (
 )
 
 
-def _load_tracer(model: str, device: str | None, masks: int | None, scales: str | None):
+def _load_tracer(
+    model: str,
+    device: str | None,
+    masks: int | None,
+    scales: str | None,
+    passes: int | None = None,
+):
     from longseq.kltrace import load_tracer
     from longseq.utils import default_device
 
@@ -44,6 +51,8 @@ def _load_tracer(model: str, device: str | None, masks: int | None, scales: str 
         fail(str(e))
     if masks is not None:
         cfg.n_masks = masks
+    if passes is not None:
+        cfg.passes = passes
     if scales:
         try:
             cfg.scales = tuple(float(v) for v in scales.split(","))
@@ -91,6 +100,9 @@ def kltrace_flow(
     scales: str = typer.Option(
         None, help="zoom windows, e.g. 1,0.75,0.5 (fractions of the frame; default: the model's)"
     ),
+    passes: int = typer.Option(
+        None, min=1, help="coarse-to-fine passes (1: no refinement; default: the model's)"
+    ),
     out: Path = typer.Option(Path("kltrace-flow"), help="output folder (PNG + JSON)"),
     device: str = typer.Option(None),
 ) -> None:
@@ -110,7 +122,7 @@ def kltrace_flow(
         fail(str(e))
     if f0.shape != f1.shape:
         fail(f"the frames differ in size: {f0.shape[:2]} vs {f1.shape[:2]}")
-    net, cfg = _load_tracer(model, device, masks, scales)
+    net, cfg = _load_tracer(model, device, masks, scales, passes)
     h, w = f0.shape[:2]
     pts = np.array(parsed if parsed is not None else _grid_points(h, w, grid), dtype=np.float32)
     _output_folder(out)
@@ -126,7 +138,11 @@ def kltrace_flow(
         "frame0": str(frame0),
         "frame1": str(frame1),
         "model": model,
-        "config": dict(vars(cfg)),
+        # no limit (an infinite float) as null: strict JSON
+        "config": {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in vars(cfg).items()
+        },
         "points": [
             {
                 "x": float(p[0]),
@@ -183,6 +199,7 @@ def kltrace_bench(
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     masks: int = typer.Option(None, min=1),
     scales: str = typer.Option(None),
+    passes: int = typer.Option(None, min=1, help="coarse-to-fine passes (default: the model's)"),
     json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON here"),
     device: str = typer.Option(None),
 ) -> None:
@@ -192,7 +209,7 @@ def kltrace_bench(
 
     check_output_file(json_out, "--json")
     require_module("cv2", "kltrace bench (the Farneback and DIS baselines)")
-    net, cfg = _load_tracer(model, device, masks, scales)
+    net, cfg = _load_tracer(model, device, masks, scales, passes)
     data = synthetic_set(clips, "test", size=size, n_frames=frames, n_points=points)
     try:
         results = evaluate_methods(net, data, cfg)

@@ -13,9 +13,16 @@ The same perturbed and clean forward passes also give the counterfactual
 RGB-difference probe (CWM-style): the change of the *expected* frame-1 pixels,
 which :func:`trace_points` returns beside KL-tracing at no extra cost.
 
+Coarse to fine (``TraceConfig.passes``): one trace shrinks the motion towards "nothing
+moved", so each point can be traced again with its frame-1 windows moved by the
+whole-pixel part of its estimate; the model then sees only the residual motion, which
+is added back. Limits on the residual, the motion and the KL map's contrast drop
+implausible passes (the point keeps its previous estimate).
+
 Cost: every (point, zoom, mask) takes one perturbed sequence of ``n_slots + R + Q``
 tokens plus a clean one, which points sharing a zoom window (e.g. the whole frame)
-share; all run batched, ``batch_size`` jobs per forward pass.
+share; all run batched, ``batch_size`` jobs per forward pass. A refinement pass costs
+the same again for each point whose shift changed (per probe where the two differ).
 """
 
 from __future__ import annotations
@@ -243,6 +250,18 @@ class TraceConfig:
     # point is reported visible (for a model whose maps carry no occlusion signal)
     occlusion: str = "peak"
     contrast_thresholds: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
+    # coarse-to-fine refinement: passes after the first re-trace each point with its
+    # frame-1 windows moved by a whole-pixel shift, round(shift + refine_gain * residual)
+    # (the residual: the motion the last pass saw), and add the new residual to the shift.
+    # A pass's estimate is kept only where its map's contrast reaches refine_contrast, its
+    # residual is at most refine_max_residual px and its motion at most max_motion px;
+    # otherwise the point keeps the previous estimate and stops. A first-pass estimate
+    # beyond max_motion px falls back to zero motion.
+    passes: int = 1
+    refine_gain: float = 1.0
+    refine_contrast: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
+    refine_max_residual: float = float("inf")
+    max_motion: float = float("inf")
     seed: int = 0
 
     def validate(self) -> None:
@@ -264,13 +283,29 @@ class TraceConfig:
             raise ValueError(f"jitter must be in [0, 1] (patches), got {self.jitter}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be fractions in (0, 1], got {self.scales}")
+        if isinstance(self.passes, bool) or not isinstance(self.passes, int) or self.passes < 1:
+            raise ValueError(f"passes must be an int >= 1, got {self.passes!r}")
+        if not 0 < self.refine_gain <= 4:
+            raise ValueError(f"refine_gain must be in (0, 4], got {self.refine_gain}")
+        for name in ("refine_max_residual", "max_motion"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 px, got {getattr(self, name)}")
+        rc = self.refine_contrast
+        if not isinstance(rc, dict) or set(rc) != set(PROBES):
+            raise ValueError(f"refine_contrast must map each of {PROBES} to a number, got {rc!r}")
+        if any(isinstance(v, bool) or not isinstance(v, int | float) or v < 0 for v in rc.values()):
+            raise ValueError(f"refine_contrast values must be numbers >= 0, got {rc!r}")
 
 
 @dataclass
 class TraceResult:
     """Per probe (``"kl"``, ``"rgb"``): targets (N, 2) pixel xy in frame 1, occluded (N,),
     peak value (N,) and contrast (N,: the peak over the mean of the point's own map);
-    ``maps`` holds the averaged response maps (N, H, W) if kept."""
+    ``maps`` holds the averaged response maps (N, H, W) if kept (of the pass whose
+    estimate was kept, in frame-1 coordinates); ``pass_targets`` (passes, N, 2) the
+    targets after each refinement pass, ``pass_contrasts`` (passes, N) the contrast
+    of the estimate held after each and ``pass_shifts`` (passes, N, 2) the whole-pixel
+    shift of the frame-1 windows that gave it."""
 
     targets: dict[str, np.ndarray]
     occluded: dict[str, np.ndarray]
@@ -278,6 +313,9 @@ class TraceResult:
     maps: dict[str, np.ndarray] | None = None
     sequences_per_point: float = 0.0  # model input rows run per query point
     contrasts: dict[str, np.ndarray] = field(default_factory=dict)
+    pass_targets: dict[str, np.ndarray] = field(default_factory=dict)
+    pass_contrasts: dict[str, np.ndarray] = field(default_factory=dict)
+    pass_shifts: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 DEFAULT_MODEL = "kltrace-match"
@@ -341,7 +379,8 @@ def _window_sides(frame_hw: tuple[int, int], scales: tuple[float, ...], size: in
 
 
 def jobs_per_point(frame_hw: tuple[int, int], config: TraceConfig, image_size: int) -> int:
-    """(zoom window, reveal mask) jobs :func:`trace_points` runs for each query point."""
+    """(zoom window, reveal mask) jobs :func:`trace_points` runs for each query point in
+    its first pass (refinement passes run again for the points whose shift changed)."""
     return len(_window_sides(frame_hw, config.scales, image_size)) * config.n_masks
 
 
@@ -409,35 +448,28 @@ def _refine_peak(
     return xy, peak, contrast
 
 
-def trace_points(
+def _trace_maps(
     model: FramePairModel,
     frame0: np.ndarray,
     frame1: np.ndarray,
-    points_xy: np.ndarray,
-    config: TraceConfig | None = None,
-    keep_maps: bool = False,
+    pts: np.ndarray,
+    shifts: np.ndarray,
+    cfg: TraceConfig,
     progress=None,
-) -> TraceResult:
-    """Where do ``points_xy`` (N, 2) of ``frame0`` go in ``frame1``? Frames are (H, W, 3)
-    uint8 RGB of the same size, at least the model's input size; each zoom window is
-    resized to the model's input. Returns KL-tracing and RGB-difference estimates."""
-    cfg = config or TraceConfig()
-    cfg.validate()
-    _check_members(model)  # the output of every forward pass is checked as it comes
-    _check_frames(frame0, frame1)
-    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+) -> tuple[dict[str, np.ndarray], int]:
+    """Averaged KL and RGB maps (N, H, W) of points ``pts`` (N, 2), and the number of
+    model input rows run. Point i's frame-1 windows are its frame-0 windows moved by the
+    whole pixels ``shifts[i]`` (frame 1 padded by repeating its edges), so its map is in
+    the coordinates of frame 1 moved back by that shift: the point went to
+    (map position + shift)."""
     h, w = frame0.shape[:2]
-    if len(pts) == 0:
-        raise ValueError("no query points given")
-    bad = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
-    if bad.any():
-        raise ValueError(f"query points outside the {w}x{h} frame: {pts[bad][:3].tolist()}")
     size, grid = model.image_size, model.image_size // model.patch
     n_slots = grid * grid
     sides = _window_sides((h, w), cfg.scales, size)
     n_reveal = max(1, int(round(cfg.reveal * n_slots))) if cfg.reveal > 0 else 0
     g = torch.Generator().manual_seed(cfg.seed)
-    pair = np.stack([frame0, frame1])
+    pad = int(np.abs(shifts).max()) if len(shifts) else 0
+    f1_pad = np.pad(frame1, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad else frame1
 
     jobs = [(i, side, k) for i in range(len(pts)) for side in sides for k in range(cfg.n_masks)]
     sums = {p: np.zeros((len(pts), h, w)) for p in PROBES}
@@ -454,7 +486,14 @@ def trace_points(
         boxes = [
             zoom_window(pts[i] + offsets[k] * side / grid, (h, w), side) for i, side, k in chunk
         ]
-        crops = torch.from_numpy(np.stack([crop_resize(pair, box, size) for box in boxes]))
+        crops0 = np.stack([crop_resize(frame0, box, size) for box in boxes])
+        crops1 = np.stack(
+            [
+                crop_resize(f1_pad, (x0 + pad + shifts[i][0], y0 + pad + shifts[i][1], side), size)
+                for (i, _, _), (x0, y0, side) in zip(chunk, boxes, strict=True)
+            ]
+        )
+        crops = torch.from_numpy(np.stack([crops0, crops1], 1))
         local = torch.from_numpy(
             np.array(
                 [
@@ -465,12 +504,13 @@ def trace_points(
             )
         )
         f0_pert = gaussian_bump(crops[:, 0], local, cfg.sigma, cfg.amplitude)
-        keys = [(box, k) for box, (_, _, k) in zip(boxes, chunk, strict=True)]
-        uniq = list(dict.fromkeys(keys))  # distinct (window, mask): one clean pass each
+        # distinct (window, frame-1 shift, mask): one clean pass each
+        keys = [(box, tuple(shifts[i]), k) for box, (i, _, k) in zip(boxes, chunk, strict=True)]
+        uniq = list(dict.fromkeys(keys))
         first = {key: keys.index(key) for key in uniq}
         index = torch.tensor([uniq.index(key) for key in keys])
         clean = crops[[first[key] for key in uniq]].float()
-        kl, rgb = _responses(model, clean, masks[[k for _, k in uniq]], f0_pert, index)
+        kl, rgb = _responses(model, clean, masks[[key[2] for key in uniq]], f0_pert, index)
         n_sequences += len(uniq) + len(chunk)
         # both probes share the revealed (NaN) slots: one validity map per job
         resp = torch.stack([kl, rgb], 1).reshape(-1, len(PROBES), grid, grid).nan_to_num(0.0)
@@ -486,26 +526,131 @@ def trace_points(
             counts[i, y0 : y0 + side, x0 : x0 + side] += keep.cpu().numpy()
         if progress is not None:
             progress(len(chunk))
+    return {p: sums[p] / np.maximum(counts, 1) for p in PROBES}, n_sequences
 
-    finest = min(sides) / grid  # frame pixels per patch at the finest zoom
-    result = TraceResult({}, {}, {}, {} if keep_maps else None, n_sequences / len(pts))
-    for probe in PROBES:
-        maps = sums[probe] / np.maximum(counts, 1)
+
+def _shift_map(m: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Map ``m`` (H, W) moved by whole pixels ``d`` (dx, dy), zeros where it was not."""
+    h, w = m.shape
+    dx, dy = int(d[0]), int(d[1])
+    out = np.zeros_like(m)
+    if abs(dx) < w and abs(dy) < h:
+        out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = m[
+            max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+        ]
+    return out
+
+
+def trace_points(
+    model: FramePairModel,
+    frame0: np.ndarray,
+    frame1: np.ndarray,
+    points_xy: np.ndarray,
+    config: TraceConfig | None = None,
+    keep_maps: bool = False,
+    progress=None,
+) -> TraceResult:
+    """Where do ``points_xy`` (N, 2) of ``frame0`` go in ``frame1``? Frames are (H, W, 3)
+    uint8 RGB of the same size, at least the model's input size; each zoom window is
+    resized to the model's input. Returns KL-tracing and RGB-difference estimates.
+
+    With ``config.passes`` > 1 each estimate is refined coarse to fine: the point is
+    traced again with its frame-1 windows moved by a whole-pixel shift near its current
+    motion (``config.refine_gain`` times the last residual added to the last shift), so
+    the model sees only the residual motion, which is added back to the shift. A pass
+    runs only for points (per probe) whose shift changed, and its estimate is kept only
+    where its map's contrast (peak over mean) reaches ``config.refine_contrast[probe]``,
+    its residual is at most ``config.refine_max_residual`` and its motion at most
+    ``config.max_motion`` pixels; otherwise the point keeps the previous estimate and
+    stops refining. ``progress`` counts the first pass's jobs only."""
+    cfg = config or TraceConfig()
+    cfg.validate()
+    _check_members(model)  # the output of every forward pass is checked as it comes
+    _check_frames(frame0, frame1)
+    pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    h, w = frame0.shape[:2]
+    if len(pts) == 0:
+        raise ValueError("no query points given")
+    bad = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
+    if bad.any():
+        raise ValueError(f"query points outside the {w}x{h} frame: {pts[bad][:3].tolist()}")
+    n = len(pts)
+    size, grid = model.image_size, model.image_size // model.patch
+    finest = min(_window_sides((h, w), cfg.scales, size)) / grid  # frame px per patch
+
+    def read(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         tg, pk, ct = zip(
             *(_refine_peak(m, 1.5 * finest, cfg.readout, cfg.softness) for m in maps),
             strict=True,
         )
-        result.targets[probe] = np.stack(tg).astype(np.float32)
-        result.peaks[probe] = np.array(pk, dtype=np.float32)
-        result.contrasts[probe] = np.array(ct, dtype=np.float32)
+        return np.stack(tg), np.array(pk), np.array(ct)
+
+    zero = np.zeros((n, 2), dtype=int)
+    maps, n_sequences = _trace_maps(model, frame0, frame1, pts, zero, cfg, progress)
+    state = {}  # per probe: targets, peaks, contrasts, maps, shifts, still refining
+    for probe in PROBES:
+        tg, pk, ct = read(maps[probe])
+        far = np.linalg.norm(tg - pts, axis=1) > cfg.max_motion
+        tg[far] = pts[far]  # beyond what the model can see: zero motion
+        state[probe] = [tg, pk, ct, maps[probe], zero.copy(), ~far]
+    history = {p: [[state[p][k].astype(np.float32) for k in (0, 2, 4)]] for p in PROBES}
+    for _ in range(1, cfg.passes):
+        want = {}  # (point, dx, dy) -> probes that trace it
+        for probe in PROBES:
+            tg, _, _, _, d_old, active = state[probe]
+            d = np.round(d_old + cfg.refine_gain * (tg - pts - d_old)).astype(int)
+            active &= (d != d_old).any(1)  # the same shift would give the same estimate
+            for i in np.flatnonzero(active):
+                want.setdefault((int(i), int(d[i, 0]), int(d[i, 1])), []).append(probe)
+        if want:
+            keys = list(want)
+            idx = np.array([key[0] for key in keys])
+            shifts = np.array([key[1:] for key in keys], dtype=int)
+            new, used = _trace_maps(model, frame0, frame1, pts[idx], shifts, cfg)
+            n_sequences += used
+            for probe in PROBES:
+                rows = [r for r, key in enumerate(keys) if probe in want[key]]
+                if not rows:
+                    continue
+                tg, pk, ct = read(new[probe][rows])
+                st = state[probe]
+                for r, t, p_, c in zip(rows, tg, pk, ct, strict=True):
+                    i, d = keys[r][0], shifts[r]
+                    ok = (
+                        c >= cfg.refine_contrast[probe]
+                        and np.linalg.norm(t - pts[i]) <= cfg.refine_max_residual
+                        and np.linalg.norm(t + d - pts[i]) <= cfg.max_motion
+                    )
+                    if ok:
+                        st[0][i], st[1][i], st[2][i], st[4][i] = t + d, p_, c, d
+                        if keep_maps:  # in frame-1 coordinates
+                            st[3][i] = _shift_map(new[probe][r], d)
+                    else:
+                        st[5][i] = False  # not trusted: keep the previous estimate
+        for probe in PROBES:
+            history[probe].append([state[probe][k].astype(np.float32) for k in (0, 2, 4)])
+        if not any(state[p][5].any() for p in PROBES):
+            break
+    for probe in PROBES:  # converged: the remaining passes change nothing
+        history[probe] += [history[probe][-1]] * (cfg.passes - len(history[probe]))
+
+    result = TraceResult({}, {}, {}, {} if keep_maps else None, n_sequences / n)
+    for probe in PROBES:
+        tg, pk, ct, mp, _, _ = state[probe]
+        result.targets[probe] = tg.astype(np.float32)
+        result.peaks[probe] = pk.astype(np.float32)
+        result.contrasts[probe] = ct.astype(np.float32)
+        result.pass_targets[probe] = np.stack([h[0] for h in history[probe]])
+        result.pass_contrasts[probe] = np.stack([h[1] for h in history[probe]])
+        result.pass_shifts[probe] = np.stack([h[2] for h in history[probe]]).astype(int)
         if cfg.occlusion == "contrast":
-            result.occluded[probe] = np.array(ct) < cfg.contrast_thresholds[probe]
+            result.occluded[probe] = ct < cfg.contrast_thresholds[probe]
         elif cfg.occlusion == "none":
-            result.occluded[probe] = np.zeros(len(pts), dtype=bool)
+            result.occluded[probe] = np.zeros(n, dtype=bool)
         else:
-            result.occluded[probe] = result.peaks[probe] < cfg.thresholds[probe]
+            result.occluded[probe] = pk < cfg.thresholds[probe]
         if keep_maps:
-            result.maps[probe] = maps.astype(np.float32)
+            result.maps[probe] = mp.astype(np.float32)
     return result
 
 
