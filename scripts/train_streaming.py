@@ -361,13 +361,14 @@ def memory_model(
     return model, list(model.parameters())
 
 
-GATE_PROMPTS, GATE_SEED, GATE_STEPS = 12, 1000, 25  # validation: training captions, new seeds
+GATE_PROMPTS, GATE_SEED, GATE_STEPS = 24, 1000, 25  # validation: training captions, new seeds
+GATE_GUIDANCE = (2.0,)  # the shipped sampling guidance
 
 
 def base_gate(model: VideoUNet, log: Path, step: int, device) -> dict:
     """The prompt gate (:func:`longseq.streaming.evaluate.base_prompt_gate`) on the base
     model's first chunks for validation prompts (training captions, unseen seeds), read by
-    the shipped fidelity classifier, at guidance 2 and 5; printed and appended to ``log``.
+    the shipped fidelity classifier, at the shipped guidance; printed and appended to ``log``.
     Measured while the base trains, so a design that fails it is changed early instead of
     trained longer."""
     from diffusers import DDIMScheduler
@@ -381,7 +382,7 @@ def base_gate(model: VideoUNet, log: Path, step: int, device) -> dict:
         model.eval(), sched, TextEncoder(device=str(device)), chunk_frames=CHUNK, cond_frames=COND
     )
     row = {"step": step}
-    for w in (2.0, 5.0):
+    for w in GATE_GUIDANCE:
         r = base_prompt_gate(
             pipe,
             classifier,
@@ -624,6 +625,11 @@ def train(stage: str, args) -> None:
         }
         if stage in MEMORY and not MEMORY[stage].get("cam"):
             extra["streaming"]["first_chunk"] = NAMES["cam-apm"]  # the shared base
+        if args.init_from:  # a fine-tune keeps the sampling settings tuned for its model
+            tuned = json.loads((hub.resolve(args.init_from)[1] / hub.CONFIG).read_text())
+            for key in ("sampling", "tuned_on"):
+                if key in tuned.get("streaming", {}):
+                    extra["streaming"][key] = tuned["streaming"][key]
     hub.save_pretrained(model.eval(), out, arch, extra, half=True)
     hub.register(name, out, f"StreamingT2V world: {stage} ({step} steps)")
     print(f"exported {name} -> {out}")
