@@ -80,6 +80,15 @@ def test_the_critic_learns_the_shapes_and_refuses_a_missing_run(mod, critic_run,
         mod.load_critic(tmp_path, "cpu")
 
 
+def test_the_critic_sees_scrambled_colours_so_its_loss_has_no_colour_to_ask_for(mod):
+    x, targets = mod.critic_batch(np.random.default_rng(0), 48, "cpu")
+    assert x.shape == (48, 6, 16, 16) and targets["shape"].shape == targets["speed"].shape == (48,)
+    grey = [bool((x[i, 0] == x[i, 1]).all() and (x[i, 1] == x[i, 2]).all()) for i in range(48)]
+    assert 5 < sum(grey) < 43  # about a third in grey (without noise), the rest in colour
+    pairs, caps = mod.critic_frames(np.random.default_rng(0), 48)
+    assert pairs.shape == (48, 2, 16, 16, 3) and len(caps) == 48
+
+
 def test_the_critic_loss_reads_the_prompted_shape_where_the_object_is_in_view(mod, critic_run):
     frames, _, caps, visible = batch(8)
     critic = mod.load_critic(critic_run, "cpu")
