@@ -34,7 +34,7 @@ import torch
 from longseq import hub
 from longseq.power import SamplerConfig, evaluate, load_problems, power_smc
 from longseq.power.evaluation import problem_seed
-from longseq.utils import default_device, describe_device, synchronize
+from longseq.utils import default_device, describe_device, synchronize, write_results
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -229,10 +229,7 @@ def main() -> None:
     if not args.skip_llama:
         res["llama_small"] = llama_part(args, device, hidden=64, layers=2, vocab=512)
         res["llama"] = llama_part(args, device, hidden=256, layers=4, vocab=2048)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    out.with_suffix(".md").write_text(to_markdown(res))
+    write_results(args.out, res, to_markdown(res))
     print(to_markdown(res))
 
 

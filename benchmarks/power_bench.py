@@ -52,6 +52,7 @@ from longseq.utils import (
     process_memory_mib,
     reset_peak_memory,
     timed,
+    write_results,
 )
 
 RESULTS = Path(__file__).parent / "results"
@@ -543,9 +544,7 @@ def main() -> None:
         res["llama"] = llama_part(args, device)
     if not args.skip_vocab:
         res["vocab"] = vocab_part(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    out.with_suffix(".md").write_text(to_markdown(res))
+    write_results(out, res, to_markdown(res))
     print(to_markdown(res))
 
 

@@ -55,6 +55,7 @@ from longseq.utils import (
     process_memory_mib,
     seed_everything,
     timed,
+    write_results,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -410,10 +411,7 @@ def main() -> None:
         "ratios": ratios,
         "retraining": retraining(models),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(res))
+    write_results(args.out, res, markdown(res))
     print(markdown(res))
 
 

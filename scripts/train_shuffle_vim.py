@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from longseq import hub
 from longseq.data.shapes import CLASSES
 from longseq.shuffle.train import TrainConfig, build_classifier, train_classifier
-from longseq.utils import dist_info, setup_distributed
+from longseq.utils import dist_info, setup_distributed, write_results
 
 NAME = "shuffle-vim-shapes"
 RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
@@ -135,10 +135,7 @@ def main() -> None:
         return
     summary = summarize(results)
     summary["args"] = {k: v for k, v in vars(args).items() if k not in ("export", "results")}
-    out = Path(args.results)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    out.with_suffix(".md").write_text(to_markdown(summary, args))
+    write_results(args.results, summary, to_markdown(summary, args))
     print(to_markdown(summary, args))
     vims = [r for r in summary["rows"] if r["model"].startswith("vim")]
     if args.export and vims:

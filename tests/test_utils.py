@@ -123,3 +123,14 @@ def test_setup_distributed_joins_a_two_process_torchrun_group(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     lines = [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)]  # the sum of 1 and 2
     assert lines == ["rank 0 of 2 on cpu: 3", "rank 1 of 2 on cpu: 3"]
+
+
+def test_write_results_writes_both_files_into_a_new_folder(tmp_path):
+    import json
+
+    from longseq.utils import write_results
+
+    out = tmp_path / "new" / "bench"
+    write_results(out, {"a": [1, 2.5]}, "| a |\n|---|")
+    assert json.loads(out.with_suffix(".json").read_text()) == {"a": [1, 2.5]}
+    assert out.with_suffix(".md").read_text() == "| a |\n|---|\n"

@@ -150,6 +150,18 @@ def describe_device(device: torch.device | str | None = None, threads: int | Non
     return f"CPU ({cpu}, {threads} thread{'s' if threads != 1 else ''})"
 
 
+def write_results(out: str | os.PathLike, results: dict, markdown: str) -> None:
+    """A benchmark's results: ``out`` with ``.json`` (``results``, indented) and ``.md``
+    (``markdown``), the folder created when missing."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown if markdown.endswith("\n") else markdown + "\n")
+
+
 class RemainingColumn(ProgressColumn):
     """Time left at the average pace since the start, as soon as one step is done.
 
