@@ -10,7 +10,8 @@ from longseq import lm
 from longseq.lm import sequence_logprob
 from longseq.power import best_of_n, exact, mh_power_sample, power_smc, sample
 from tests.conftest import EOS, hf_models, tiny_gpt
-from tests.power.test_eval_batch import one_thread  # noqa: F401 (autouse)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 PROMPTS = [[1, 3], [2, 1, 1, 3], [3]]
 

@@ -9,7 +9,8 @@ import longseq.power
 from longseq.cli import app
 from longseq.power import power_smc
 from tests.power.test_eval import chat_tokenizer
-from tests.power.test_eval_batch import one_thread  # noqa: F401 (autouse)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHATS = [[{"role": "user", "content": "2+2?"}], [{"role": "user", "content": "Name a prime."}]]
 

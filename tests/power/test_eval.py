@@ -9,7 +9,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from longseq import hub
 from longseq.cli import app
 from longseq.power import SamplerConfig, build_prompt, evaluate, load_problems
 from longseq.power import evaluation as ev
@@ -167,12 +166,6 @@ def test_unknown_fields_and_missing_files_are_named(tmp_path, monkeypatch):
 
 
 # --- end to end on the shipped model -------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def arith_model():
-    model, codec, _ = hub.load_causal_lm("power-arith-gpt")
-    return model, codec
 
 
 SMC = SamplerConfig("smc", n_particles=8, block_size=4, ramp_tokens=16, max_new_tokens=32)

@@ -7,7 +7,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from longseq import hub
 from longseq.cli import app
 from longseq.power import SamplerConfig, evaluate
 from longseq.power import evaluation as ev
@@ -24,20 +23,7 @@ def _problems():
     ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models decode many small batches: on a busy machine torch's threads cost far
-    more than they bring (seconds instead of tenths of a second)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def arith_model():
-    model, codec, _ = hub.load_causal_lm("power-arith-gpt")
-    return model, codec
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(path):

@@ -11,7 +11,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from longseq import hub
 from longseq.cli import app
 from longseq.power import SamplerConfig, build_prompt, evaluate, load_problems
 from longseq.power import evaluation as ev
@@ -20,12 +19,6 @@ from longseq.power.task import TASKS, load_task
 from tests.power.test_eval import Scripted, _Rows, chat_tokenizer
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def arith_model():
-    model, codec, _ = hub.load_causal_lm("power-arith-gpt")
-    return model, codec
 
 
 T1 = SamplerConfig("temp-1", max_new_tokens=32)

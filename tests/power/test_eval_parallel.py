@@ -14,7 +14,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from longseq import hub
 from longseq.cli import app
 from longseq.power import SamplerConfig, evaluate, parallel
 from longseq.power import evaluation as ev
@@ -36,18 +35,7 @@ def _problems():
 CFG = SamplerConfig("smc", n_particles=4, block_size=4, ramp_tokens=8, max_new_tokens=24, seed=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def arith_model():
-    model, codec, _ = hub.load_causal_lm("power-arith-gpt")
-    return model, codec
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ThreadRanks:
