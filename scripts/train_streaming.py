@@ -297,6 +297,12 @@ def critic_frames(rng, n: int, split: str = "train") -> tuple[np.ndarray, list[s
     return np.stack(pairs), caps
 
 
+def pair_tensor(pairs: np.ndarray) -> torch.Tensor:
+    """Frame pairs (n, 2, H, W, 3) uint8 -> (n, 6, H, W) in [-1, 1], stacked as
+    :func:`critic_pairs` stacks them."""
+    return vw.to_tensor(pairs).transpose(1, 2).flatten(1, 2)
+
+
 def critic_batch(rng, batch: int, device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """A batch of the critic's inputs (B, 6, 16, 16) and targets (shape and speed). The
     colours are scrambled (each pair's RGB channels permuted, a third of the pairs in
@@ -307,7 +313,7 @@ def critic_batch(rng, batch: int, device) -> tuple[torch.Tensor, dict[str, torch
     pairs = np.stack([p[..., rng.permutation(3)] for p in pairs])
     grey = rng.uniform(size=batch) < 1 / 3
     pairs[grey] = vw.luma(pairs[grey]).round().astype(np.uint8)[..., None]
-    x = vw.to_tensor(pairs).transpose(1, 2).flatten(1, 2)  # as critic_pairs stacks them
+    x = pair_tensor(pairs)
     noisy = torch.from_numpy(rng.uniform(size=batch) < 0.5)
     std = torch.from_numpy(rng.uniform(0, 0.2, batch)).float()
     noise = torch.from_numpy(rng.standard_normal(x.shape)).float()
@@ -319,7 +325,7 @@ def critic_accuracy(critic: FrameEncoder, device, n: int = 2000) -> dict[str, fl
     """The critic's accuracy per head on ``n`` clean frame pairs of held-out clips (test
     split)."""
     pairs, caps = critic_frames(np.random.default_rng(12345), n, "test")
-    x = standardise(vw.to_tensor(pairs).transpose(1, 2).flatten(1, 2)).to(device)
+    x = standardise(pair_tensor(pairs)).to(device)
     critic.eval()
     with torch.no_grad():
         logits = [critic(b) for b in x.split(500)]
@@ -634,16 +640,18 @@ def train(stage: str, args) -> None:
         },
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
     }
-    if args.init_from:  # a fine-tune: keep how the model it started from was trained
+    before: dict = {}  # the config of the model a fine-tune started from
+    if args.init_from:  # a fine-tune: keep how that model was trained
         before = json.loads((hub.resolve(args.init_from)[1] / hub.CONFIG).read_text())
         extra["training"]["fine_tune_of"] = before.get("training", {})
         shape_args = run / "shape" / "args.json"
         if stage in MEMORY and MEMORY[stage].get("cam") and shape_args.exists():
             shape_run = json.loads(shape_args.read_text())
+            weight = shape_run["critic_loss"]
             extra["training"]["base"] = (
-                f"the base of {shape_run['init_from']} fine-tuned by --stage shape "
+                f"the base of {shape_run['init_from'] or 'the run'} fine-tuned by --stage shape "
                 f"(--steps {shape_run['steps']} --lr {shape_run['lr']} "
-                f"--critic-loss {shape_run['critic_loss']}), frozen"
+                f"--critic-loss {CRITIC_LOSS if weight is None else weight}), frozen"
             )
     if arch == "video_unet":
         extra["streaming"] = {
@@ -656,11 +664,9 @@ def train(stage: str, args) -> None:
         }
         if stage in MEMORY and not MEMORY[stage].get("cam"):
             extra["streaming"]["first_chunk"] = NAMES["cam-apm"]  # the shared base
-        if args.init_from:  # a fine-tune keeps the sampling settings tuned for its model
-            tuned = json.loads((hub.resolve(args.init_from)[1] / hub.CONFIG).read_text())
-            for key in ("sampling", "tuned_on"):
-                if key in tuned.get("streaming", {}):
-                    extra["streaming"][key] = tuned["streaming"][key]
+        for key in ("sampling", "tuned_on"):  # a fine-tune keeps its model's tuned settings
+            if key in before.get("streaming", {}):
+                extra["streaming"][key] = before["streaming"][key]
     hub.save_pretrained(model.eval(), out, arch, extra, half=True)
     hub.register(name, out, f"StreamingT2V world: {stage} ({step} steps)")
     print(f"exported {name} -> {out}")
