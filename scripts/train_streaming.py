@@ -4,6 +4,12 @@ Stages (each resumable: ``RUN/<stage>/state.pt``; run them in this order, or ``a
 
   classifier  frame encoder (APM anchor features + the metrics' attribute heads), 32 px
   base        text-to-video UNet, 8-frame chunks, 16 px, v-prediction
+  critic      a classifier of shape and speed from two 16 px frames 3 apart (each frame
+              standardised per channel, object in view): the critic loss's reader; kept
+              in RUN/critic/
+  shape       the base fine-tuned with the critic loss (the critic reads the prompted
+              shape and speed from the base's denoised frames where the object is in
+              view); every memory stage starts from it
   cam-apm     StreamingT2V: CAM + APM on top of the frozen base        -> streaming-t2v
   cam         CAM only, on the frozen base                              -> streaming-cam
   naive       last frame concatenated, base fine-tuned                  -> streaming-naive
@@ -12,15 +18,11 @@ Stages (each resumable: ``RUN/<stage>/state.pt``; run them in this order, or ``a
   tune        sampling settings (DDIM, trailing spacing, steps, guidance scales) picked on
               validation prompts and written into every generator's config
 
-Two more stages, not in ``all`` (the shipped models do not use them; measured in
-docs/streaming.md, "Drawing the prompted shape"):
-
-  critic      a classifier of shape and speed from two 16 px frames 3 apart (colours
-              scrambled, object in view): the critic loss's reader; kept in RUN/critic/
-  shape       the base fine-tuned with the critic loss (the critic reads the prompted
-              shape and speed from the base's denoised frames where the object is in
-              view); the memory stages then start from it (``--init-from`` fine-tunes
-              shipped memory models on it, ``--critic-loss`` adds the loss to them)
+``--init-from NAME`` starts a stage from a shipped checkpoint: the shape stage from the
+base inside it, a memory stage from the whole model (CAM models keep their CAM/APM over
+the run's frozen base); this is how the shipped memory models moved onto the
+shape-tuned base (docs/streaming.md, "How the shipped models were trained").
+``--critic-loss`` adds the critic's loss to the memory stages too.
 
     python scripts/train_streaming.py --stage all              # everything, resumable
     python scripts/train_streaming.py --stage base --steps 2400 [--device cuda]
@@ -76,9 +78,10 @@ STAGES = (
     *("classifier", "base", "cam-apm", "cam", "naive", "naive-apm", "enhancer"),
     *("shape", "critic"),
 )
-# critic and shape are not in the order: the shipped models were trained without them
-# (what they do and measure: docs/streaming.md, "Drawing the prompted shape")
-ORDER = ("classifier", "base", "cam-apm", "cam", "naive", "naive-apm", "enhancer")
+ORDER = (
+    *("classifier", "base", "critic", "shape"),
+    *("cam-apm", "cam", "naive", "naive-apm", "enhancer"),
+)
 NAMES = {
     "classifier": "streaming-frame-encoder",
     "cam-apm": "streaming-t2v",
@@ -101,9 +104,11 @@ STEPS = {  # the recipe's default schedule length per stage
     "naive": 2400,
     "naive-apm": 2400,
     "enhancer": 800,
-    "shape": 400,
-    "critic": 600,
+    "shape": 600,
+    "critic": 800,
 }
+LR, LR_DEFAULT = {"shape": 1e-4, "critic": 2e-3}, 1e-3  # the recipe's, per stage
+BATCH, BATCH_DEFAULT = {"critic": 64}, 16
 CRITIC = dict(  # reads shape and speed from two 16 px frames CRITIC_GAP apart
     size=16,
     in_channels=6,
@@ -499,13 +504,23 @@ def tune(args) -> None:
         print(f"sampling defaults: {found}")
 
 
+def recipe(stage: str, args) -> dict:
+    """The stage's schedule length, learning rate and batch: the command line's where
+    given, else the recipe's (what the shipped models were trained with)."""
+    return {
+        "steps": args.steps or STEPS[stage],
+        "lr": args.lr or LR.get(stage, LR_DEFAULT),
+        "batch": args.batch or BATCH.get(stage, BATCH_DEFAULT),
+    }
+
+
 def train(stage: str, args) -> None:
     device = default_device(args.device)
     gen = seed_everything(args.seed)
     run = Path(args.run_dir)
     (run / stage).mkdir(parents=True, exist_ok=True)
     state_file = run / stage / "state.pt"
-    steps = args.steps or STEPS[stage]
+    steps, lr, batch = recipe(stage, args).values()
     sched = scheduler()
     table, null = text_table(run, device)
     frame_enc = critic = None
@@ -539,7 +554,7 @@ def train(stage: str, args) -> None:
         model = VideoUNet(VideoUNetConfig(**ENHANCER)).to(device)
         params = list(model.parameters())
 
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     step = load_training_state(state_file, model, opt, device)
     n_params = sum(p.numel() for p in params)
     print(f"stage {stage}: {n_params / 1e6:.2f}M trainable parameters, from step {step}")
@@ -552,13 +567,13 @@ def train(stage: str, args) -> None:
         rng = np.random.default_rng([args.seed, STAGES.index(stage), step])
         gen.manual_seed(int(rng.integers(2**31)))
         for g in opt.param_groups:
-            g["lr"] = warmup_cosine_lr(step, args.lr, 100, steps)
+            g["lr"] = warmup_cosine_lr(step, lr, 100, steps)
         if stage == "classifier":
-            img, labels = classifier_batch(rng, args.batch, device)
+            img, labels = classifier_batch(rng, batch, device)
             logits = model(img)
             loss = sum(F.cross_entropy(logits[k], labels[k]) for k in labels)
         elif stage == "critic":
-            img, targets = critic_batch(rng, args.batch, device)
+            img, targets = critic_batch(rng, batch, device)
             logits = model(img)
             loss = sum(F.cross_entropy(logits[k], targets[k]) for k in targets)
         else:
@@ -570,7 +585,7 @@ def train(stage: str, args) -> None:
                 max_start = 0  # a batch of video starts, what the base makes in the pipeline
             frames, first, caps, visible = vw.clip_batch(
                 rng,
-                args.batch,
+                batch,
                 n,
                 size,
                 max_start,
@@ -631,8 +646,8 @@ def train(stage: str, args) -> None:
             "script": "scripts/train_streaming.py",
             "stage": stage,
             "steps": steps,
-            "batch": args.batch,
-            "lr": args.lr,
+            "batch": batch,
+            "lr": lr,
             "seed": args.seed,
             "device": str(device),
             "critic_loss": shape_w,
@@ -644,15 +659,19 @@ def train(stage: str, args) -> None:
     if args.init_from:  # a fine-tune: keep how that model was trained
         before = json.loads((hub.resolve(args.init_from)[1] / hub.CONFIG).read_text())
         extra["training"]["fine_tune_of"] = before.get("training", {})
-        shape_args = run / "shape" / "args.json"
-        if stage in MEMORY and MEMORY[stage].get("cam") and shape_args.exists():
-            shape_run = json.loads(shape_args.read_text())
-            weight = shape_run["critic_loss"]
-            extra["training"]["base"] = (
-                f"the base of {shape_run['init_from'] or 'the run'} fine-tuned by --stage shape "
-                f"(--steps {shape_run['steps']} --lr {shape_run['lr']} "
-                f"--critic-loss {CRITIC_LOSS if weight is None else weight}), frozen"
-            )
+    shape_args = run / "shape" / "args.json"
+    # the shape-tuned base under the model: frozen under CAM, the start of a naive model
+    # trained here (a naive fine-tune starts from its own earlier model instead)
+    on_shape = stage in MEMORY and (MEMORY[stage].get("cam") or not args.init_from)
+    if on_shape and shape_args.exists():
+        shape_run = json.loads(shape_args.read_text())
+        weight = shape_run["critic_loss"]
+        extra["training"]["base"] = (
+            f"the base of {shape_run['init_from'] or 'the run'} fine-tuned by --stage shape "
+            f"(--steps {shape_run['steps']} --lr {shape_run['lr']} "
+            f"--critic-loss {CRITIC_LOSS if weight is None else weight})"
+            + (", frozen" if MEMORY[stage].get("cam") else "")
+        )
     if arch == "video_unet":
         extra["streaming"] = {
             "chunk_frames": ENH_CHUNK if stage == "enhancer" else CHUNK,
@@ -726,6 +745,7 @@ def train_on_base(args) -> Path:
     from longseq.streaming.pipeline import encode_frames
 
     device = setup_distributed()  # under torchrun: this process's device
+    lr, batch = args.lr or LR_DEFAULT, args.batch or BATCH_DEFAULT
     rank, world = dist_info()
     if world == 1:
         device = default_device(args.device)
@@ -743,16 +763,16 @@ def train_on_base(args) -> Path:
     memory = torch.nn.ModuleDict({k: getattr(model, k) for k in parts if getattr(model, k, None)})
     if args.stage != "naive":
         memory.pop("unet")  # frozen
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     state_file = run / "state.pt"
     step = load_training_state(state_file, memory, opt, device)
     steps = args.steps or STEPS[args.stage]
     stop = min(steps, args.stop_at or steps)
     cfg = model.unet.config
     size = cfg.sample_size * (2 ** (len(vae.config.block_out_channels) - 1) if vae else 1)
-    if args.batch % world:
-        raise SystemExit(f"error: --batch {args.batch} does not split over {world} processes")
-    rows = slice(rank * args.batch // world, (rank + 1) * args.batch // world)
+    if batch % world:
+        raise SystemExit(f"error: --batch {batch} does not split over {world} processes")
+    rows = slice(rank * batch // world, (rank + 1) * batch // world)
     null = text_enc([""])[0]
     if rank == 0:
         n = sum(p.numel() for p in params)
@@ -763,10 +783,10 @@ def train_on_base(args) -> Path:
         rng = np.random.default_rng([args.seed, STAGES.index(args.stage), step])
         gen.manual_seed(int(rng.integers(2**31)))
         for g in opt.param_groups:
-            g["lr"] = warmup_cosine_lr(step, args.lr, min(100, steps // 10), steps)
+            g["lr"] = warmup_cosine_lr(step, lr, min(100, steps // 10), steps)
         frames, first, caps = vw.clip_batch(
             rng,
-            args.batch,
+            batch,
             args.chunk_frames,
             size,
             MAX_START,
@@ -788,7 +808,7 @@ def train_on_base(args) -> Path:
             with torch.no_grad():
                 anchor = frame_enc.embed(vw.to_tensor(first[:, None])[:, :, 0].to(device))
             cond["anchor_embeds"] = anchor * torch.from_numpy(~drop_anchor).to(device)[:, None]
-        loss = diffusion_loss(net, sched, x0, text, gen, args.min_snr, rows, args.batch, **cond)
+        loss = diffusion_loss(net, sched, x0, text, gen, args.min_snr, rows, batch, **cond)
         optimizer_step(opt, loss, model)
         losses.append(loss.item())
         step += 1
@@ -802,9 +822,9 @@ def train_on_base(args) -> Path:
             "base": str(args.base),
             "stage": args.stage,
             "steps": steps,
-            "batch": args.batch,
+            "batch": batch,
             "processes": world,
-            "lr": args.lr,
+            "lr": lr,
             "seed": args.seed,
             "final_loss": float(np.mean(losses[-50:])) if losses else None,
         }
@@ -824,8 +844,15 @@ def main() -> None:
     )
     ap.add_argument("--steps", type=int, default=0, help="schedule length (0: the recipe's)")
     ap.add_argument("--stop-at", type=int, default=None, help="stop early (resume later)")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help=f"batch size (0: the recipe's: {BATCH_DEFAULT}, {BATCH})",
+    )
+    ap.add_argument(
+        "--lr", type=float, default=0.0, help=f"learning rate (0: the recipe's: {LR_DEFAULT}, {LR})"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -876,7 +903,8 @@ def main() -> None:
             tune(args)
             continue
         train(stage, args)
-        (Path(args.run_dir) / stage / "args.json").write_text(json.dumps(vars(args)))
+        settings = vars(args) | recipe(stage, args)  # as run, the recipe's defaults filled in
+        (Path(args.run_dir) / stage / "args.json").write_text(json.dumps(settings))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 fine-tunes of shipped memory models on a new base."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -130,6 +131,9 @@ def test_the_shape_stage_and_a_memory_fine_tune_start_from_shipped_weights(
         "1",
         *common,
     )
+    # the recipe's learning rate for the shape stage, the command line's steps and batch
+    ran = json.loads((run / "shape" / "args.json").read_text())
+    assert (ran["lr"], ran["steps"], ran["batch"]) == (mod.LR["shape"], 1, 2) == (1e-4, 1, 2)
     base = torch.load(run / "shape" / "state.pt")["model"]
     shipped = mod.base_weights(run, "cpu", "streaming-t2v")
     assert base.keys() == shipped.keys()
@@ -149,3 +153,12 @@ def test_the_shape_stage_and_a_memory_fine_tune_start_from_shipped_weights(
     assert hub.sha256_file(hub.weights_file("streaming-cam")) == before
     with pytest.raises(SystemExit, match="not a naive model"):
         run_script(mod, monkeypatch, run, "--stage", "naive", *cam_args)
+
+
+def test_the_recipe_tunes_the_base_for_shape_before_any_memory_model_is_trained(mod):
+    order = list(mod.ORDER)
+    assert set(order) <= set(mod.STAGES)  # seeds come from STAGES, which only grows
+    for stage in mod.MEMORY:
+        assert (
+            order.index("base") < order.index("critic") < order.index("shape") < order.index(stage)
+        )
