@@ -108,22 +108,10 @@ def recipe() -> dict:
 
 def unet3d(base: dict, ctx_dim: int) -> torch.nn.Module:
     """A ``UNet3DConditionModel`` of ``base``'s shape (attention where it has attention)."""
-    from diffusers import UNet3DConditionModel
+    from longseq.streaming.folder import small_unet3d
 
-    attn = base["attn_levels"]
-    down = tuple("CrossAttnDownBlock3D" if a else "DownBlock3D" for a in attn)
-    up = tuple("CrossAttnUpBlock3D" if a else "UpBlock3D" for a in reversed(attn))
-    return UNet3DConditionModel(
-        sample_size=base["sample_size"],
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=tuple(base["channels"]),
-        layers_per_block=1,
-        down_block_types=down,
-        up_block_types=up,
-        cross_attention_dim=ctx_dim,
-        attention_head_dim=8,  # diffusers' name: heads of 8 channels in the blocks
-        norm_num_groups=8,
+    return small_unet3d(
+        base["sample_size"], tuple(base["channels"]), tuple(base["attn_levels"]), ctx_dim
     )
 
 

