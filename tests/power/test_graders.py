@@ -342,7 +342,14 @@ def test_ctrl_c_during_grading_leaves_no_program_behind(tmp_path):
         'while True: pass\\n", timeout=60)\n'
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2] / "src"))
-    proc = subprocess.Popen([sys.executable, str(script)], env=env, stderr=subprocess.PIPE)
+    # Ctrl-C's default action, even under a runner that ignores SIGINT (a shell's
+    # background job does, and an ignored signal stays ignored across exec)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     for _ in range(100):
         if _running(marker):
             break
