@@ -36,7 +36,8 @@ to FOLDER/streaming/ (or ``--out``), where ``StreamingT2VPipeline.from_pretraine
 finds them. ``--stage base`` trains the folder's whole UNet on the world as text to video
 and writes the trained folder to ``--out`` (a folder that does not exist yet is first made:
 a small UNet3DConditionModel of the shipped base's shape with the default text encoder;
-a UNet longseq did not write is never overwritten). Data-parallel over GPUs with torchrun (each process its share of the batch):
+a UNet longseq did not write is never overwritten). Data-parallel over GPUs with
+torchrun (each process its share of the batch):
 
     torchrun --nproc_per_node=8 scripts/train_streaming.py --base FOLDER --stage cam-apm \
         --device cuda --batch 64 --steps 10000 --chunk-frames 16 --cond-frames 8
@@ -807,7 +808,7 @@ def train_on_base(args) -> Path:
     from longseq.streaming.pipeline import encode_frames
 
     device = setup_distributed()  # under torchrun: this process's device
-    lr, batch = args.lr or LR_DEFAULT, args.batch or BATCH_DEFAULT
+    steps, lr, batch = recipe(args.stage, args).values()
     rank, world = dist_info()
     if world == 1:
         device = default_device(args.device)
@@ -841,7 +842,6 @@ def train_on_base(args) -> Path:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     state_file = run / "state.pt"
     step = load_training_state(state_file, memory, opt, device)
-    steps = args.steps or STEPS[args.stage]
     stop = min(steps, args.stop_at or steps)
     cfg = model.config if args.stage == "base" else model.unet.config
     size = cfg.sample_size * (2 ** (len(vae.config.block_out_channels) - 1) if vae else 1)
