@@ -146,9 +146,10 @@ def measure_memory(frames: int, device: str | None) -> None:
     print(json.dumps({"frames": frames, "added_mib": added, "before_mib": before}))
 
 
-def _summary(rows: list[dict]) -> dict:
+def summary(rows: list[dict], keys: dict = KEYS) -> dict:
+    """Mean, std and count over prompts of each metric of ``keys`` (finite values)."""
     out = {}
-    for k in KEYS:
+    for k in keys:
         vals = np.array([r[k] for r in rows if k in r], dtype=float)
         vals = vals[np.isfinite(vals)]
         if len(vals):
@@ -156,11 +157,11 @@ def _summary(rows: list[dict]) -> dict:
     return out
 
 
-def _paired(rows_a: list[dict], rows_b: list[dict]) -> dict:
+def paired(rows_a: list[dict], rows_b: list[dict], keys: dict = KEYS) -> dict:
     """Paired differences per metric; a metric with fewer than 2 finite pairs (e.g. drift
     after re-appearance when few videos have one) is left out."""
     out = {}
-    for k in KEYS:
+    for k in keys:
         pairs = [(a[k], b[k]) for a, b in zip(rows_a, rows_b, strict=True) if k in a and k in b]
         if sum(np.isfinite(x) and np.isfinite(y) for x, y in pairs) >= 2:
             out[k] = asdict(paired_difference([x for x, _ in pairs], [y for _, y in pairs]))
@@ -216,7 +217,7 @@ def main() -> None:
         "32 px": real_clip_metrics(captions, args.frames, 32, seeds, seams=seams),
     }
     results: dict = {"gates": {g["label"]: g for g in gate_rows}, "generators": {}, "paired": {}}
-    results["world"] = {k: _summary(v) for k, v in real.items()}
+    results["world"] = {k: summary(v) for k, v in real.items()}
     per = {
         stage: {label: [v[stage] for v in videos if v["label"] == label] for label in GENERATORS}
         for stage in ("base", "enhanced")
@@ -225,8 +226,8 @@ def main() -> None:
         mine = [v for v in videos if v["label"] == label]
         results["generators"][label] = {
             "checkpoint": GENERATORS[label],
-            "base": _summary(per["base"][label]),
-            "enhanced": _summary(per["enhanced"][label]),
+            "base": summary(per["base"][label]),
+            "enhanced": summary(per["enhanced"][label]),
             "per_prompt_base": per["base"][label],
             "per_prompt_enhanced": per["enhanced"][label],
             "base_frames_per_s": args.frames * len(mine) / sum(v["base_s"] for v in mine),
@@ -234,10 +235,10 @@ def main() -> None:
         }
     for stage in ("base", "enhanced"):
         results["paired"][stage] = {
-            f"{a} - {b}": _paired(per[stage][a], per[stage][b]) for a, b in COMPARISONS
+            f"{a} - {b}": paired(per[stage][a], per[stage][b]) for a, b in COMPARISONS
         }
     results["enhancer"] = {
-        b: _summary([r for r in blends if r["blending"] == b])
+        b: summary([r for r in blends if r["blending"] == b])
         | {
             "seam_flow_std": float(
                 np.mean([r["seam_flow_std"] for r in blends if r["blending"] == b])
@@ -294,16 +295,29 @@ def _pictures(args, prompts, videos, suffix: str) -> None:
     write_video(args.out / f"streaming{suffix}.gif", gif, fps=8, scale=3)
 
 
-def _fmt(m: dict, k: str, digits: int) -> str:
+def fmt(m: dict, k: str, digits: int) -> str:
     return f"{m[k]['mean']:.{digits}f} ± {m[k]['std']:.{digits}f}" if k in m else "-"
 
 
-def _metric_head(first: str) -> list[str]:
-    """The header rows of a table with one column per metric of ``KEYS``."""
+def metric_head(first: str, keys: dict = KEYS) -> list[str]:
+    """The header rows of a table with one column per metric of ``keys``."""
     return [
-        f"| {first} | " + " | ".join(v[0] for v in KEYS.values()) + " |",
-        "|---|" + "---|" * len(KEYS),
+        f"| {first} | " + " | ".join(v[0] for v in keys.values()) + " |",
+        "|---|" + "---|" * len(keys),
     ]
+
+
+def difference_cells(diffs: dict, keys: dict = KEYS) -> list[str]:
+    """One table cell per metric: mean [95% CI], bold where the interval excludes 0."""
+    cells = []
+    for k, (_, d) in keys.items():
+        if k not in diffs:
+            cells.append("-")
+            continue
+        x = diffs[k]
+        cell = f"{x['mean']:+.{d}f} [{x['low']:+.{d}f}, {x['high']:+.{d}f}]"
+        cells.append(f"**{cell}**" if x["excludes_zero"] else cell)
+    return cells
 
 
 def markdown(r: dict) -> str:
@@ -332,34 +346,26 @@ def markdown(r: dict) -> str:
             f"{g['base_palette_error']:.1f} | {g['continue_colour_error']:.1f} |"
         )
     for stage, size in (("base", "16 px"), ("enhanced", "32 px")):
-        lines += ["", f"## Long videos, {stage} ({size})", "", *_metric_head("generator")]
+        lines += ["", f"## Long videos, {stage} ({size})", "", *metric_head("generator")]
         w = r["world"][size]
         lines.append(
             "| world clips (real) | "
-            + " | ".join(_fmt(w, k, d) for k, (_, d) in KEYS.items())
+            + " | ".join(fmt(w, k, d) for k, (_, d) in KEYS.items())
             + " |"
         )
         for label, g in r["generators"].items():
             x = g[stage]
             lines.append(
-                f"| {label} | " + " | ".join(_fmt(x, k, d) for k, (_, d) in KEYS.items()) + " |"
+                f"| {label} | " + " | ".join(fmt(x, k, d) for k, (_, d) in KEYS.items()) + " |"
             )
         lines += [
             "",
             f"Paired differences ({stage}), mean [95% CI]; **bold** where the interval excludes 0:",
             "",
-            *_metric_head("comparison"),
+            *metric_head("comparison"),
         ]
         for name, diffs in r["paired"][stage].items():
-            cells = []
-            for k, (_, d) in KEYS.items():
-                if k not in diffs:
-                    cells.append("-")
-                    continue
-                x = diffs[k]
-                cell = f"{x['mean']:+.{d}f} [{x['low']:+.{d}f}, {x['high']:+.{d}f}]"
-                cells.append(f"**{cell}**" if x["excludes_zero"] else cell)
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | " + " | ".join(difference_cells(diffs)) + " |")
     lines += [
         "",
         "## Enhancer: joining chunks (CAM + APM base videos)",
@@ -369,7 +375,7 @@ def markdown(r: dict) -> str:
     ]
     for b, e in r["enhancer"].items():
         lines.append(
-            f"| {b} | {e['seam_flow_std']:.3f} | {_fmt(e, 'seam_jump_ratio', 2)} | {_fmt(e, 'scuts', 2)} |"
+            f"| {b} | {e['seam_flow_std']:.3f} | {fmt(e, 'seam_jump_ratio', 2)} | {fmt(e, 'scuts', 2)} |"
         )
     lines += [
         "",

@@ -409,8 +409,7 @@ def base_gate(model: VideoUNet, log: Path, step: int, device) -> dict:
     from diffusers import DDIMScheduler
 
     from longseq.streaming import StreamingT2VPipeline
-    from longseq.streaming.evaluate import gate_prompts, prompt_gate
-    from longseq.streaming.metrics import mean_colour_error, palette_error
+    from longseq.streaming.evaluate import chunk_colours, gate_prompts, prompt_gate
 
     classifier, _ = hub.load("fidelity-classifier", device)
     sched = DDIMScheduler.from_config(dict(scheduler().config) | {"timestep_spacing": "trailing"})
@@ -429,12 +428,7 @@ def base_gate(model: VideoUNet, log: Path, step: int, device) -> dict:
         r = prompt_gate(chunks, [c for c, _ in prompts], classifier)
         row[f"guidance {w:g}"] = {
             k: r[k] for k in ("shape_accuracy", "speed_agreement", "visible", "passed")
-        } | {
-            "base_colour_error": float(np.mean([mean_colour_error(c).mean() for c in chunks])),
-            "base_palette_error": float(
-                np.nanmean([palette_error(c).summary()["palette_error"] for c in chunks])
-            ),
-        }
+        } | chunk_colours(chunks)
     print(f"step {step}: prompt gate on validation prompts {row}", flush=True)
     with open(log, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -704,7 +698,7 @@ def base_model(args, device):
     import diffusers
 
     from longseq.streaming import attach_memory
-    from longseq.streaming.folder import is_diffusers_folder, missing_parts
+    from longseq.streaming.folder import is_diffusers_folder, missing_parts, quiet_load
     from longseq.streaming.memory import ConcatUNet
     from longseq.streaming.text import TokenizerTextEncoder
 
@@ -712,10 +706,10 @@ def base_model(args, device):
     if not is_diffusers_folder(folder) or missing_parts(folder):
         lacks = ", ".join(missing_parts(folder)) if folder.is_dir() else "the folder"
         raise SystemExit(f"error: --base {folder} is not a diffusers text-to-video folder: {lacks}")
-    unet = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet").to(device)
+    unet = quiet_load(diffusers.UNet3DConditionModel.from_pretrained, folder / "unet").to(device)
     vae = None
     if (folder / "vae").exists():
-        vae = diffusers.AutoencoderKL.from_pretrained(folder / "vae").to(device).eval()
+        vae = quiet_load(diffusers.AutoencoderKL.from_pretrained, folder / "vae").to(device).eval()
         vae.requires_grad_(False)
     text = TokenizerTextEncoder.from_folder(folder, str(device))
     sched = diffusers.DDPMScheduler.from_pretrained(folder / "scheduler")

@@ -113,6 +113,32 @@ def test_a_folder_with_a_naive_model_makes_its_first_chunk_with_the_base(t2v_cop
     assert out.frames.shape == (6, 8, 8, 3)
 
 
+def test_memory_picks_one_of_several_models_trained_on_one_base(t2v_copy, tmp_path):
+    from longseq.streaming.memory import ConcatUNet
+
+    folder = t2v_copy("pixel")
+    unet = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet")
+    attach_memory(unet, chunk_frames=4, cond_frames=2).save_memory(folder / "streaming")
+    ConcatUNet(unet, dict(chunk_frames=4, cond_frames=2)).save_memory(tmp_path / "naive")
+    assert StreamingT2VPipeline.from_pretrained(folder).mode == "cam"  # streaming/ by default
+    naive = StreamingT2VPipeline.from_pretrained(folder, memory=tmp_path / "naive")
+    assert naive.mode == "concat" and naive.chunk_frames == 4
+    alone = StreamingT2VPipeline.from_pretrained(folder, memory=False)
+    assert alone.mode == "replace" and isinstance(alone.unet, diffusers.UNet3DConditionModel)
+    with pytest.raises(Exception, match="holds no trained CAM/APM or naive weights") as e:
+        StreamingT2VPipeline.from_pretrained(folder, memory=tmp_path)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="memory applies to a diffusers folder"):
+        StreamingT2VPipeline.from_pretrained("streaming-t2v", None, memory=tmp_path / "naive")
+    common = ["streaming", "generate", "a red circle", "--model", str(folder), "--frames", "6"]
+    common += ["--steps", "1", "--no-enhance"]
+    r = CliRunner().invoke(app, [*common, "--memory", "none", "-o", str(tmp_path / "a.gif")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, [*common, "--memory", str(tmp_path), "-o", str(tmp_path / "b.gif")])
+    assert r.exit_code == 2 and "holds no trained CAM/APM" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "b.gif").exists()
+
+
 def test_a_folder_enhancer_refines_with_the_generators_vae_and_text(t2v_folders, tmp_path):
     pipe = StreamingT2VPipeline.from_pretrained(
         t2v_folders["latent"], enhancer=t2v_folders["latent"]

@@ -27,12 +27,12 @@ app = App(
 )
 
 
-def _load_pipeline(model: str, enhancer: str | None, device: str | None):
+def _load_pipeline(model: str, enhancer: str | None, device: str | None, memory=None):
     from longseq.streaming import StreamingT2VPipeline
     from longseq.utils import default_device
 
     try:
-        return StreamingT2VPipeline.from_pretrained(model, enhancer, default_device(device))
+        return StreamingT2VPipeline.from_pretrained(model, enhancer, default_device(device), memory)
     except (hub.CheckpointError, ImportError, ValueError) as e:
         fail(str(e))
 
@@ -67,6 +67,11 @@ def streaming_generate(
         help="streaming-t2v (CAM + APM), streaming-cam, streaming-naive-apm, streaming-naive, "
         "a checkpoint directory, or a diffusers text-to-video folder (unet/, vae/, "
         "text_encoder/, tokenizer/, scheduler/; CAM/APM in streaming/ if trained)",
+    ),
+    memory: str = typer.Option(
+        None,
+        help="with a diffusers folder: the folder of trained CAM/APM or naive weights "
+        "[FOLDER/streaming if present]; 'none': the base alone",
     ),
     enhance: bool = typer.Option(True, help="refine with the enhancer (randomized blending)"),
     enhancer: str = typer.Option(
@@ -124,7 +129,8 @@ def streaming_generate(
     except (ValueError, ImportError) as e:
         fail(str(e))
     init = _read_resume(resume, frames)
-    pipe = _load_pipeline(model, enhancer if enhance else None, device)
+    mem = False if memory is not None and memory.lower() == "none" else memory
+    pipe = _load_pipeline(model, enhancer if enhance else None, device, mem)
     check_output_file(out, "--out", VIDEO_SUFFIXES, create_folder=True)
     if hub.registry().get(model) and not parse_caption(prompt):
         console.print(

@@ -121,6 +121,20 @@ def gate_prompts(n: int, split: str = "test", first_seed: int = 0) -> list[tuple
     return [(caps[i % len(caps)], first_seed + i) for i in range(n)]
 
 
+def chunk_colours(chunks: Sequence[np.ndarray]) -> dict[str, float]:
+    """The colour errors of the colour gate over first chunks ((T, H, W, 3) uint8 each):
+    ``base_colour_error``, the mean over chunks of the mean over frames of
+    :func:`~longseq.streaming.metrics.mean_colour_error`, and ``base_palette_error``, the
+    mean over chunks of :func:`~longseq.streaming.metrics.palette_error` (chunks where it
+    reads nothing left out)."""
+    return {
+        "base_colour_error": float(np.mean([mean_colour_error(c).mean() for c in chunks])),
+        "base_palette_error": float(
+            np.nanmean([palette_error(c).summary()["palette_error"] for c in chunks])
+        ),
+    }
+
+
 def gates(
     pipe: Any,
     n: int = 16,
@@ -155,11 +169,9 @@ def gates(
     size = pipe._pixel_size(pipe.unet)
     fc, f = pipe.cond_frames, pipe.chunk_frames
     sampling["num_inference_steps"] = num_inference_steps
-    colour, palette, remake, last, cont = [], [], [], [], []
+    firsts, remake, last, cont = [], [], [], []
     for caption, seed in prompts:
-        first = pipe(caption, f, seed=seed, progress=False, **sampling).frames
-        colour.append(float(mean_colour_error(first).mean()))
-        palette.append(palette_error(first).summary()["palette_error"])
+        firsts.append(pipe(caption, f, seed=seed, progress=False, **sampling).frames)
         clip = clip_for_caption(caption, seed=seed)
         start = 8 * (seed % 8)
         real = clip.render(f, size, start)
@@ -170,9 +182,7 @@ def gates(
         remake.append(float(np.abs(diff[:fc]).mean()))
         last.append(float(np.abs(diff[fc - 1]).mean()))
         cont.append(float(np.abs(diff[fc:].reshape(f - fc, -1, 3).mean(1)).mean()))
-    res = {
-        "base_colour_error": float(np.mean(colour)),
-        "base_palette_error": float(np.nanmean(palette)),
+    res = chunk_colours(firsts) | {
         "remake_error": float(np.mean(remake)),
         "remake_last_error": float(np.mean(last)),
         "continue_colour_error": float(np.mean(cont)),

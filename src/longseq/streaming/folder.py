@@ -53,7 +53,9 @@ def _check(path: Path) -> None:
         )
 
 
-def _quiet(load, *args, **kw):
+def quiet_load(load: Any, *args: Any, **kw: Any) -> Any:
+    """``load(*args, **kw)`` with diffusers' logging held at errors (its notices about
+    optional packages are no concern of a user loading a folder)."""
     from diffusers.utils import logging
 
     level = logging.get_verbosity()
@@ -64,11 +66,20 @@ def _quiet(load, *args, **kw):
         logging.set_verbosity(level)
 
 
-def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> dict[str, Any]:
-    """The pipeline's parts from a diffusers folder: ``unet`` (with CAM/APM when
-    ``streaming/`` holds them, or the naive model, the base then making the first chunk), ``scheduler``, ``text_encoder``, ``vae`` (or None),
-    ``image_encoder`` (for APM), ``enhancer`` (the UNet of another such folder, sharing
-    this one's VAE and text encoder) and the chunk settings."""
+def load_folder(
+    path: str | Path,
+    enhancer: str | Path | None,
+    device: Any,
+    memory: str | Path | bool | None = None,
+) -> dict[str, Any]:
+    """The pipeline's parts from a diffusers folder: ``unet`` (with CAM/APM, or the naive
+    model, the base then making the first chunk), ``scheduler``, ``text_encoder``, ``vae``
+    (or None), ``image_encoder`` (for APM), ``enhancer`` (the UNet of another such folder,
+    sharing this one's VAE and text encoder) and the chunk settings.
+
+    ``memory``: the folder of the trained CAM/APM or naive weights (what
+    ``scripts/train_streaming.py --base`` writes); None: ``path/streaming/`` when it
+    exists, else the base alone; False: the base alone."""
     import diffusers
 
     from longseq import hub
@@ -78,7 +89,7 @@ def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> d
     path = Path(path)
     _check(path)
     try:
-        unet = _quiet(diffusers.UNet3DConditionModel.from_pretrained, path / "unet")
+        unet = quiet_load(diffusers.UNet3DConditionModel.from_pretrained, path / "unet")
         cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
         sched_cls = getattr(diffusers, cfg.get("_class_name", "DDIMScheduler"), None)
         if sched_cls is None or not hasattr(sched_cls, "add_noise"):
@@ -88,15 +99,25 @@ def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> d
         scheduler = sched_cls.from_config(cfg)
         vae = None
         if (path / "vae").exists():
-            vae = _quiet(diffusers.AutoencoderKL.from_pretrained, path / "vae").to(device).eval()
+            vae = (
+                quiet_load(diffusers.AutoencoderKL.from_pretrained, path / "vae").to(device).eval()
+            )
         text = TokenizerTextEncoder.from_folder(path, str(device))
     except (OSError, ValueError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot load the diffusers folder {path}: {e}") from e
     unet = unet.to(device).eval()
     settings: dict[str, Any] = {}
     image_encoder = first = None
-    memory = path / MEMORY_DIR
-    if memory.exists():
+    if memory is None:
+        memory = path / MEMORY_DIR if (path / MEMORY_DIR).exists() else False
+    elif memory is not False:
+        memory = Path(memory)
+        if not (memory / MEMORY_CONFIG).is_file():
+            raise CheckpointError(
+                f"memory {memory} holds no trained CAM/APM or naive weights ({MEMORY_CONFIG} "
+                "is missing); scripts/train_streaming.py --base FOLDER --out DIR writes them"
+            )
+    if memory is not False:
         try:
             base, unet = unet, load_memory(unet, memory).to(device).eval()
         except (FileNotFoundError, ValueError) as e:
@@ -117,7 +138,7 @@ def load_folder(path: str | Path, enhancer: str | Path | None, device: Any) -> d
                 f"the enhancer of a diffusers model must be a diffusers folder, got {enhancer!r}"
             )
         _check(Path(enhancer))
-        enh = _quiet(diffusers.UNet3DConditionModel.from_pretrained, Path(enhancer) / "unet")
+        enh = quiet_load(diffusers.UNet3DConditionModel.from_pretrained, Path(enhancer) / "unet")
         enh = enh.to(device).eval()
         width = getattr(unet, "unet", unet).config.cross_attention_dim
         if enh.config.cross_attention_dim != width:

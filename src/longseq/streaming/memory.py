@@ -357,9 +357,11 @@ def load_memory(unet: nn.Module, path: str | Path) -> StreamingUNet | ConcatUNet
     if cfg.get("concat_cond"):  # the naive baseline: a whole fine-tuned UNet
         import diffusers
 
+        from longseq.streaming.folder import quiet_load
+
         if not (path / "unet" / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no unet/config.json (the naive model's UNet)")
-        naive = diffusers.UNet3DConditionModel.from_pretrained(path / "unet")
+        naive = quiet_load(diffusers.UNet3DConditionModel.from_pretrained, path / "unet")
         return ConcatUNet(naive.to(next(unet.parameters())), cfg)
     if not (path / MEMORY_WEIGHTS).is_file():
         raise FileNotFoundError(f"{path} has no {MEMORY_WEIGHTS} (the CAM/APM weights)")

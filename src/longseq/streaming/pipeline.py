@@ -183,6 +183,7 @@ class StreamingT2VPipeline:
         name: str | Path = "streaming-t2v",
         enhancer: str | Path | None = "streaming-enhancer",
         device: str | torch.device = "cpu",
+        memory: str | Path | bool | None = None,
     ) -> StreamingT2VPipeline:
         """The shipped models, checkpoint directories written by ``hub.save_pretrained``, or
         a ``diffusers`` text-to-video folder (``TextToVideoSDPipeline`` layout: ``unet/``,
@@ -190,7 +191,10 @@ class StreamingT2VPipeline:
         without trained CAM/APM in its ``streaming/`` subfolder. For such a folder
         ``enhancer`` is another diffusers folder whose UNet refines the video (sharing the
         generator's VAE and text encoder); the shipped enhancer belongs to the shipped
-        world models and is not used with one."""
+        world models and is not used with one. ``memory`` picks the trained CAM/APM or
+        naive weights of a diffusers folder: a folder the training script wrote (several
+        can be trained on one base), None for ``streaming/`` when present, False for the
+        base alone (chunks conditioned training-free, "replace" mode)."""
         from diffusers import DDIMScheduler
 
         from longseq import hub
@@ -201,7 +205,12 @@ class StreamingT2VPipeline:
             raise TypeError(f"name must be a model name or folder, got {type(name).__name__}")
         if name not in hub.registry() and is_diffusers_folder(name):
             enhancer = None if enhancer == "streaming-enhancer" else enhancer
-            return cls(**load_folder(name, enhancer, device))
+            return cls(**load_folder(name, enhancer, device, memory))
+        if memory not in (None, False):
+            raise ValueError(
+                f"memory applies to a diffusers folder; {name!r} is a longseq checkpoint, "
+                "whose memory modules are inside it"
+            )
         folder = Path(name)
         if (
             name not in hub.registry()
