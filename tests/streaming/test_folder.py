@@ -118,7 +118,7 @@ def test_memory_picks_one_of_several_models_trained_on_one_base(t2v_copy, tmp_pa
 
     folder = t2v_copy("pixel")
     unet = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet")
-    attach_memory(unet, chunk_frames=4, cond_frames=2).save_memory(folder / "streaming")
+    attach_memory(unet, apm=False, chunk_frames=4, cond_frames=2).save_memory(folder / "streaming")
     ConcatUNet(unet, dict(chunk_frames=4, cond_frames=2)).save_memory(tmp_path / "naive")
     assert StreamingT2VPipeline.from_pretrained(folder).mode == "cam"  # streaming/ by default
     naive = StreamingT2VPipeline.from_pretrained(folder, memory=tmp_path / "naive")
@@ -132,11 +132,36 @@ def test_memory_picks_one_of_several_models_trained_on_one_base(t2v_copy, tmp_pa
         StreamingT2VPipeline.from_pretrained("streaming-t2v", None, memory=tmp_path / "naive")
     common = ["streaming", "generate", "a red circle", "--model", str(folder), "--frames", "6"]
     common += ["--steps", "1", "--no-enhance"]
-    r = CliRunner().invoke(app, [*common, "--memory", "none", "-o", str(tmp_path / "a.gif")])
-    assert r.exit_code == 0, r.output
+    for extra in (["--memory", "none"], ["--hold-cond"]):
+        r = CliRunner().invoke(app, [*common, *extra, "-o", str(tmp_path / "a.gif")])
+        assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, [*common, "--memory", str(tmp_path), "-o", str(tmp_path / "b.gif")])
     assert r.exit_code == 2 and "holds no trained CAM/APM" in r.output
     assert "Traceback" not in r.output and not (tmp_path / "b.gif").exists()
+
+
+def test_hold_cond_holds_the_conditioning_frames_as_replace_does(t2v_copy):
+    """A fresh CAM computes the base: held, it streams exactly what the base alone does in
+    "replace" mode; free, exactly what the base does with its chunks left unconditioned."""
+    folder = t2v_copy("pixel")
+    unet = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet")
+    attach_memory(unet, n_text_tokens=TEXT_TOKENS, chunk_frames=4, cond_frames=2).save_memory(
+        folder / "streaming"
+    )
+    cam = StreamingT2VPipeline.from_pretrained(folder)
+    alone = StreamingT2VPipeline.from_pretrained(folder, memory=False)
+    alone.chunk_frames, alone.cond_frames = 4, 2
+    run = dict(num_inference_steps=2, seed=3, progress=False, guidance_scale=1.0)
+    held, free = cam("a red circle", 8, hold_cond=True, **run), cam("a red circle", 8, **run)
+    np.testing.assert_allclose(held.frames, alone("a red circle", 8, **run).frames, atol=1)
+    np.testing.assert_allclose(
+        free.frames, alone("a red circle", 8, hold_cond=False, **run).frames, atol=1
+    )
+    assert np.abs(held.frames[4:].astype(int) - free.frames[4:]).mean() > 1  # it matters
+    cam.defaults["hold_cond"] = True  # the pipeline's default, as a checkpoint may set it
+    np.testing.assert_array_equal(cam("a red circle", 8, **run).frames, held.frames)
+    with pytest.raises(ValueError, match="hold_cond must be True, False or None"):
+        cam("a red circle", 8, hold_cond="yes", **run)
 
 
 def test_a_folder_enhancer_refines_with_the_generators_vae_and_text(t2v_folders, tmp_path):

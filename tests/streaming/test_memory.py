@@ -51,6 +51,9 @@ def test_fresh_cam_and_apm_leave_a_diffusers_unet_unchanged(cam, apm):
         other = model(x, 400, text, cond_frames=-cond, anchor_embeds=-anchor).sample
     assert (opened - ref).abs().max() > 1e-3  # the memories now act ...
     assert (opened - other).abs().max() > 1e-3  # ... and read their inputs
+    if apm:  # prompt states of another length than APM mixes: named, not misread
+        with pytest.raises(ValueError, match=f"APM mixes {N_TEXT} text tokens, the prompt"):
+            model(x, 400, text[:, :-1], cond_frames=cond, anchor_embeds=anchor)
 
 
 def test_cam_is_a_copy_of_the_encoder_and_injects_through_the_controlnet_hooks():

@@ -82,6 +82,12 @@ def streaming_generate(
         None, help="random | shared | independent: how the enhancer joins chunks [default: random]"
     ),
     apm: bool = typer.Option(True, help="use the anchor frame (long-term memory)"),
+    hold_cond: bool = typer.Option(
+        None,
+        "--hold-cond/--free-cond",
+        help="hold each chunk's conditioning frames at their noised originals while sampling, "
+        "or let the model re-make them [default: held only for a model without memory]",
+    ),
     steps: int = typer.Option(None, min=1, help="denoising steps per chunk (default: the model's)"),
     guidance: float = typer.Option(
         None, help="guidance scale, joint over text and anchor (default: the model's)"
@@ -157,6 +163,7 @@ def streaming_generate(
             use_anchor=apm,
             seed=seed,
             init_frames=init,
+            hold_cond=hold_cond,
         ):
             made.append(chunk)
         video = np.concatenate(made)

@@ -242,6 +242,12 @@ class StreamingUNet(nn.Module):
             b = sample.shape[0]
             if anchor_embeds is None:
                 anchor_embeds = sample.new_zeros(b, self.config.image_dim)
+            n_text = self.apm.mixers[0].mix.out_features
+            if text.shape[1] != n_text:
+                raise ValueError(
+                    f"APM mixes {n_text} text tokens, the prompt states have {text.shape[1]}: "
+                    "attach it with n_text_tokens= the text encoder's length"
+                )
             tokens = self.apm.anchor(anchor_embeds.to(sample.dtype)).expand(b, -1, -1)
             ctx = torch.cat([text.expand(b, -1, -1), tokens], 1)
         kw: dict[str, Any] = {}

@@ -173,6 +173,9 @@ class StreamingT2VPipeline:
             "anchor_guidance_scale": None,  # a number: the anchor's own scale
             "enhancer_guidance_scale": 7.5,
             "strength": 0.6,
+            # hold a chunk's conditioning frames at their noised originals while sampling:
+            # None does so only where the model has no memory ("replace" mode)
+            "hold_cond": None,
         }
         if self.apm and image_encoder is None:
             raise ValueError("this model has APM: pass image_encoder for the anchor frame")
@@ -341,12 +344,15 @@ class StreamingT2VPipeline:
         w_anchor: float | None,
         cond: torch.Tensor | None,
         anchor: torch.Tensor | None,
+        hold: bool | None = None,
     ) -> torch.Tensor:
         p = _param(unet)
         shape = _sample_shape(unet, self.chunk_frames)
         self.scheduler.set_timesteps(steps)
         x = torch.randn(shape, generator=gen).to(p) * self.scheduler.init_noise_sigma
-        replace = cond is not None and _conditioning(unet) == "replace"
+        if hold is None:
+            hold = _conditioning(unet) == "replace"
+        replace = cond is not None and hold
         if replace:
             fixed_noise = torch.randn(cond.shape, generator=gen).to(p)
         for t in self.scheduler.timesteps:
@@ -357,6 +363,12 @@ class StreamingT2VPipeline:
             x = self.scheduler.step(eps, t, x).prev_sample
         # pixels are bounded, latents are not: only decoded pixels are clamped
         return x if self.vae is not None else x.clamp(-1, 1)
+
+    def _hold(self, hold_cond: bool | None) -> bool | None:
+        hold = self.defaults.get("hold_cond") if hold_cond is None else hold_cond
+        if hold is not None and not isinstance(hold, bool):
+            raise ValueError(f"hold_cond must be True, False or None, got {hold!r}")
+        return hold
 
     def _settings(
         self,
@@ -403,10 +415,12 @@ class StreamingT2VPipeline:
         guidance_scale: float | None = None,
         anchor_guidance_scale: float | None = None,
         seed: int = 0,
+        hold_cond: bool | None = None,
     ) -> np.ndarray:
         """One chunk (F, H, W, 3) uint8 continuing the ``F_cond`` given frames: its first
         ``F_cond`` frames re-make them, the rest are new. ``anchor_frame`` (H, W, 3) is the
-        APM anchor (default: the first conditioning frame)."""
+        APM anchor (default: the first conditioning frame). ``hold_cond`` as in
+        :meth:`stream`."""
         steps, w, wa = self._settings(
             prompt, num_inference_steps, guidance_scale, anchor_guidance_scale
         )
@@ -422,7 +436,8 @@ class StreamingT2VPipeline:
         p = _param(self.unet)
         gen = torch.Generator().manual_seed(seed)
         text, null = self.text_encoder([prompt]).to(p), self.text_encoder([""]).to(p)
-        x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor)
+        hold = self._hold(hold_cond)
+        x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor, hold)
         return to_uint8(self._decode(x)[0])
 
     def stream(
@@ -436,6 +451,7 @@ class StreamingT2VPipeline:
         seed: int = 0,
         progress: bool = True,
         init_frames: np.ndarray | None = None,
+        hold_cond: bool | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield the video chunk by chunk as (n, H, W, 3) uint8 arrays: the first chunk's
         ``F`` frames, then ``F - F_cond`` new frames per chunk, until ``num_frames``.
@@ -445,10 +461,15 @@ class StreamingT2VPipeline:
         the APM anchor (the "without APM" ablation). ``init_frames`` (at least ``F_cond``
         frames at the model's resolution) replace the generated first chunk: the video
         continues them, their first frame is the anchor, and they are yielded first.
-        Unset sampling arguments take :attr:`defaults`."""
+        ``hold_cond=True`` holds each chunk's conditioning frames at their noised
+        originals at every sampling step (the training-free "replace" conditioning), on
+        top of CAM or the naive model's concatenation; False lets the model re-make them
+        freely (with a model without memory: independent chunks); None: the model's way
+        (held only without memory). Unset sampling arguments take :attr:`defaults`."""
         steps, w, wa = self._settings(
             prompt, num_inference_steps, guidance_scale, anchor_guidance_scale
         )
+        hold = self._hold(hold_cond)
         if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
         p = _param(self.unet)
@@ -480,7 +501,7 @@ class StreamingT2VPipeline:
             yield first_frames
             while done < num_frames:
                 cond = x[:, :, -fc:]
-                x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor)
+                x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor, hold)
                 new = to_uint8(self._decode(x[:, :, fc:])[0])[: num_frames - done]
                 done += len(new)
                 advance()
