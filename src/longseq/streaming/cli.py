@@ -27,7 +27,9 @@ app = App(
 )
 
 
-def _load_pipeline(model: str, enhancer: str | None, device: str | None, memory=None):
+def _load_pipeline(
+    model: str, enhancer: str | None, device: str | None, memory: str | bool | None = None
+):
     from longseq.streaming import StreamingT2VPipeline
     from longseq.utils import default_device
 

@@ -88,6 +88,15 @@ def load_folder(
 
     path = Path(path)
     _check(path)
+    if memory is None:
+        memory = path / MEMORY_DIR if (path / MEMORY_DIR).exists() else False
+    elif memory is not False:
+        memory = Path(memory)
+        if not (memory / MEMORY_CONFIG).is_file():
+            raise CheckpointError(
+                f"memory {memory} holds no trained CAM/APM or naive weights ({MEMORY_CONFIG} "
+                "is missing); scripts/train_streaming.py --base FOLDER --out DIR writes them"
+            )
     try:
         unet = quiet_load(diffusers.UNet3DConditionModel.from_pretrained, path / "unet")
         cfg = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
@@ -108,15 +117,6 @@ def load_folder(
     unet = unet.to(device).eval()
     settings: dict[str, Any] = {}
     image_encoder = first = None
-    if memory is None:
-        memory = path / MEMORY_DIR if (path / MEMORY_DIR).exists() else False
-    elif memory is not False:
-        memory = Path(memory)
-        if not (memory / MEMORY_CONFIG).is_file():
-            raise CheckpointError(
-                f"memory {memory} holds no trained CAM/APM or naive weights ({MEMORY_CONFIG} "
-                "is missing); scripts/train_streaming.py --base FOLDER --out DIR writes them"
-            )
     if memory is not False:
         try:
             base, unet = unet, load_memory(unet, memory).to(device).eval()

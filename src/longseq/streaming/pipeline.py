@@ -364,23 +364,22 @@ class StreamingT2VPipeline:
         # pixels are bounded, latents are not: only decoded pixels are clamped
         return x if self.vae is not None else x.clamp(-1, 1)
 
-    def _hold(self, hold_cond: bool | None) -> bool | None:
-        hold = self.defaults.get("hold_cond") if hold_cond is None else hold_cond
-        if hold is not None and not isinstance(hold, bool):
-            raise ValueError(f"hold_cond must be True, False or None, got {hold!r}")
-        return hold
-
     def _settings(
         self,
         prompt: str,
         num_inference_steps: int | None,
         guidance_scale: float | None,
         anchor_guidance_scale: float | None,
-    ) -> tuple[int, float, float | None]:
+        hold_cond: bool | None,
+    ) -> tuple[int, float, float | None, bool | None]:
+        """The sampling arguments, unset ones from :attr:`defaults`, checked."""
         d = self.defaults
         steps = d["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         w = d["guidance_scale"] if guidance_scale is None else guidance_scale
         wa = d["anchor_guidance_scale"] if anchor_guidance_scale is None else anchor_guidance_scale
+        hold = d.get("hold_cond") if hold_cond is None else hold_cond
+        if hold is not None and not isinstance(hold, bool):
+            raise ValueError(f"hold_cond must be True, False or None, got {hold!r}")
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt must be a non-empty string")
         if isinstance(steps, bool) or int(steps) != steps or steps < 1:
@@ -388,7 +387,7 @@ class StreamingT2VPipeline:
         for key, v in (("guidance_scale", w), ("anchor_guidance_scale", wa)):
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{key} must be a finite number >= 0, got {v}")
-        return int(steps), float(w), None if wa is None else float(wa)
+        return int(steps), float(w), None if wa is None else float(wa), hold
 
     def _anchor(self, frame: torch.Tensor) -> torch.Tensor:
         """APM anchor embedding of one decoded frame (1, 3, H, W) in [-1, 1]."""
@@ -421,8 +420,8 @@ class StreamingT2VPipeline:
         ``F_cond`` frames re-make them, the rest are new. ``anchor_frame`` (H, W, 3) is the
         APM anchor (default: the first conditioning frame). ``hold_cond`` as in
         :meth:`stream`."""
-        steps, w, wa = self._settings(
-            prompt, num_inference_steps, guidance_scale, anchor_guidance_scale
+        steps, w, wa, hold = self._settings(
+            prompt, num_inference_steps, guidance_scale, anchor_guidance_scale, hold_cond
         )
         cond = self._frames_in(cond_frames, "cond_frames")
         if cond.shape[2] != self.cond_frames:
@@ -436,7 +435,6 @@ class StreamingT2VPipeline:
         p = _param(self.unet)
         gen = torch.Generator().manual_seed(seed)
         text, null = self.text_encoder([prompt]).to(p), self.text_encoder([""]).to(p)
-        hold = self._hold(hold_cond)
         x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor, hold)
         return to_uint8(self._decode(x)[0])
 
@@ -466,10 +464,9 @@ class StreamingT2VPipeline:
         top of CAM or the naive model's concatenation; False lets the model re-make them
         freely (with a model without memory: independent chunks); None: the model's way
         (held only without memory). Unset sampling arguments take :attr:`defaults`."""
-        steps, w, wa = self._settings(
-            prompt, num_inference_steps, guidance_scale, anchor_guidance_scale
+        steps, w, wa, hold = self._settings(
+            prompt, num_inference_steps, guidance_scale, anchor_guidance_scale, hold_cond
         )
-        hold = self._hold(hold_cond)
         if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
         p = _param(self.unet)
