@@ -1,5 +1,7 @@
 """StreamingT2V on a diffusers base: CAM + APM against naive conditioning, both trained on
-one ``UNet3DConditionModel`` by ``scripts/train_streaming.py --base``.
+one ``UNet3DConditionModel`` by ``scripts/train_streaming.py --base``; the same comparison,
+free and held, on the shipped world models (``--folder streaming-t2v --naive
+streaming-naive``: no "base alone" row there).
 
 Generators, all from one diffusers text-to-video folder (``--folder``):
 
@@ -25,8 +27,11 @@ Protocol (that of ``benchmarks/streaming_bench.py`` at the base stage, without a
 
     python benchmarks/streaming_diffusers.py --folder runs/world-unet3d \
         --naive runs/world-unet3d/naive [--prompts 16] [--frames 64] [--workers 2]
+    python benchmarks/streaming_diffusers.py --folder streaming-t2v --naive streaming-naive \
+        --steps 50 --name streaming_hold          # the shipped models, free and held
 
-Writes benchmarks/results/streaming_diffusers.json, .md and a frame strip (.png).
+Writes benchmarks/results/NAME.json, .md and a frame strip (.png); NAME is
+streaming_diffusers unless ``--name`` says otherwise.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from longseq import hub
 from longseq.data.videoworld import clip_for_caption
 from longseq.media import frame_strip, labelled_rows, resize_video, write_image
 from longseq.streaming import StreamingT2VPipeline
@@ -62,14 +68,25 @@ DKEYS = {**KEYS, "colour_drift": ("colour drift", 2)}
 _PIPES: dict[str, StreamingT2VPipeline] = {}
 
 
-def _memory(label: str, args: argparse.Namespace):
-    return {"base alone": False, "naive": args.naive, "CAM + APM": None}[label.split(",")[0]]
+def _shipped(args: argparse.Namespace) -> bool:
+    """Is ``--folder`` a longseq checkpoint (memory inside it) rather than a diffusers folder?"""
+    return str(args.folder) in hub.registry() or (Path(args.folder) / "config.json").is_file()
+
+
+def labels(args: argparse.Namespace) -> tuple[str, ...]:
+    return LABELS[1:] if _shipped(args) else LABELS
 
 
 def _pipe(label: str, args: argparse.Namespace) -> StreamingT2VPipeline:
     if label not in _PIPES:
+        kind = label.split(",")[0]
+        if _shipped(args):  # each model is its own checkpoint
+            name, memory = (args.naive if kind == "naive" else args.folder), None
+        else:  # one base, memory weights beside it
+            name = args.folder
+            memory = {"base alone": False, "naive": args.naive, "CAM + APM": None}[kind]
         pipe = StreamingT2VPipeline.from_pretrained(
-            args.folder, None, default_device(args.device), _memory(label, args)
+            str(name), None, default_device(args.device), memory
         )
         pipe.defaults.update(num_inference_steps=args.steps, guidance_scale=args.guidance)
         pipe.defaults["hold_cond"] = True if label.endswith(", held") else None
@@ -111,12 +128,18 @@ def _gate_job(job: tuple) -> dict:
 
 def markdown(r: dict) -> str:
     s = r["setup"]
-    lines = [
-        "# StreamingT2V on a diffusers base: CAM + APM against naive conditioning",
-        "",
+    title = "# StreamingT2V on a diffusers base: CAM + APM against naive conditioning"
+    base = (
         f"Base: `{s['folder']}` ({s['base_parameters'] / 1e6:.2f}M-parameter "
         f"UNet3DConditionModel, {s['size']} px); naive model: `{s['naive']}`. "
-        f"{len(s['prompts'])} held-out prompts (held-out captions x seeds), {s['frames']} "
+    )
+    if s.get("shipped"):
+        title = "# StreamingT2V, shipped models: CAM + APM against naive, free and held"
+        base = f"CAM + APM: `{s['folder']}`, naive: `{s['naive']}` ({s['size']} px). "
+    lines = [
+        title,
+        "",
+        base + f"{len(s['prompts'])} held-out prompts (held-out captions x seeds), {s['frames']} "
         f"frames each, chunks of {s['chunk_frames']} frames conditioned on {s['cond_frames']}; "
         f"{s['steps']} DDIM steps, guidance {s['guidance']}. {s['device']} in each of "
         f"{s['workers']} processes, {s['wall_minutes']} min. Colour metrics in levels (0-255); "
@@ -160,9 +183,13 @@ def markdown(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument(
-        "--folder", type=Path, required=True, help="diffusers folder, CAM + APM in streaming/"
+        "--folder",
+        required=True,
+        help="diffusers folder (CAM + APM in streaming/) or a longseq CAM + APM checkpoint",
     )
-    ap.add_argument("--naive", type=Path, required=True, help="the naive model trained on its UNet")
+    ap.add_argument(
+        "--naive", required=True, help="the naive model trained on its UNet, or a checkpoint"
+    )
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps per chunk")
@@ -172,20 +199,23 @@ def main() -> None:
     ap.add_argument("--device", default=None)
     ap.add_argument("--quick", action="store_true", help="2 prompts, 16 frames (a smoke run)")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="streaming_diffusers", help="name of the result files")
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.frames, args.gate_prompts = 2, 16, 2
-    for label in LABELS:  # every model loads before hours of work start
+    gens = labels(args)
+    comparisons = [(a, b) for a, b in COMPARISONS if a in gens and b in gens]
+    for label in gens:  # every model loads before hours of work start
         _pipe(label, args)
     _PIPES.clear()  # the workers load their own
     prompts = gate_prompts(args.prompts, "test")
     t_start = time.time()
     with Pool(args.workers) as pool:
-        gate_rows = pool.map(_gate_job, [(label, args) for label in LABELS])
+        gate_rows = pool.map(_gate_job, [(label, args) for label in gens])
         print(json.dumps(gate_rows, indent=1), flush=True)
-        jobs = [(label, c, s, args) for c, s in prompts for label in LABELS]
+        jobs = [(label, c, s, args) for c, s in prompts for label in gens]
         videos = pool.map(_job, jobs, chunksize=1)
-    per = {label: [v["metrics"] for v in videos if v["label"] == label] for label in LABELS}
+    per = {label: [v["metrics"] for v in videos if v["label"] == label] for label in gens}
     seams = videos[0]["seams"]
     captions, seeds = [c for c, _ in prompts], [s for _, s in prompts]
     pipe = _pipe("CAM + APM", args)
@@ -206,13 +236,16 @@ def main() -> None:
                 * len(per[label])
                 / sum(v["seconds"] for v in videos if v["label"] == label),
             }
-            for label in LABELS
+            for label in gens
         },
-        "paired": {f"{a} - {b}": paired(per[a], per[b], DKEYS) for a, b in COMPARISONS},
+        "paired": {f"{a} - {b}": paired(per[a], per[b], DKEYS) for a, b in comparisons},
         "setup": {
             "folder": str(args.folder),
             "naive": str(args.naive),
-            "base_parameters": sum(p.numel() for p in pipe.unet.unet.parameters()),
+            "shipped": _shipped(args),
+            "base_parameters": sum(
+                p.numel() for p in getattr(pipe.unet, "unet", pipe.unet).parameters()
+            ),
             "size": size,
             "prompts": prompts,
             "frames": args.frames,
@@ -226,7 +259,7 @@ def main() -> None:
         },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "streaming_diffusers" + ("_quick" if args.quick else "")
+    name = args.name + ("_quick" if args.quick else "")
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"{name}.md").write_text(markdown(results))
     caption, seed = prompts[0]
@@ -237,7 +270,7 @@ def main() -> None:
             frame_strip(resize_video(real, (32, 32)), 10, scale=2),
         )
     ]
-    for v in videos[: len(LABELS)]:
+    for v in videos[: len(gens)]:
         rows.append((v["label"], frame_strip(resize_video(v["frames"], (32, 32)), 10, scale=2)))
     write_image(args.out / f"{name}_strip.png", labelled_rows(rows))
     print(markdown(results))
