@@ -215,3 +215,53 @@ def test_occlusion_none_reports_every_point_visible():
     cfg = TraceConfig(scales=(1.0,), n_masks=1, reveal=0.0, occlusion="none")
     res = trace_points(Blind(), f0, f0, np.array([[10.0, 18.0], [14.0, 22.0]]), cfg)
     assert not res.occluded["kl"].any() and not res.occluded["rgb"].any()
+
+
+class BilinearShift:
+    """A frame-pair model that knows a sub-pixel motion: frame 1 is frame 0 moved by
+    (dx, dy) pixels (bilinear), each patch's code distribution sharp around it."""
+
+    image_size, patch = 32, 4
+
+    def __init__(self, shift):
+        from longseq import hub
+
+        model, _ = hub.load("kltrace-match")
+        self.codebook = model.codebook.detach().clone()
+        self.shift = torch.tensor(shift, dtype=torch.float32)
+
+    def frame1_logprobs(self, frame0, frame1, revealed):
+        img = frame0.float().permute(0, 3, 1, 2) / 255
+        b = img.shape[0]
+        c = torch.arange(32) + 0.5
+        ys, xs = torch.meshgrid(c, c, indexing="ij")
+        src = torch.stack([(xs - self.shift[0]) / 16 - 1, (ys - self.shift[1]) / 16 - 1], -1)
+        moved = torch.nn.functional.grid_sample(
+            img, src[None].expand(b, -1, -1, -1), align_corners=False, padding_mode="border"
+        )
+        p = moved.permute(0, 2, 3, 1).reshape(b, 8, 4, 8, 4, 3).transpose(2, 3).reshape(b, 64, 48)
+        return (-15 * torch.cdist(p, self.codebook[None].expand(b, -1, -1)) ** 2).log_softmax(-1)
+
+
+@pytest.mark.parametrize("readout", ["centroid", "softargmax"])
+def test_readouts_recover_a_subpixel_motion(readout):
+    """A model that knows a sub-pixel motion exactly: the sub-patch readouts land within
+    half a pixel on average (a patch is 4 px, the motion is not a whole number of them)."""
+    f0 = sample_world(5, 64, 2).render()[0]
+    pts = np.random.default_rng(1).uniform(18, 46, (10, 2))
+    errs = []
+    for shift in [(2.8, 0.0), (-1.3, 2.4)]:
+        model = BilinearShift(shift)
+        c = torch.arange(64) + 0.5
+        src = torch.stack(torch.meshgrid(c, c, indexing="xy"), -1) - torch.tensor(shift)
+        img = torch.tensor(f0).float().permute(2, 0, 1)[None]
+        moved = torch.nn.functional.grid_sample(
+            img, src[None] / 32 - 1, align_corners=False, padding_mode="border"
+        )
+        f1 = moved[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
+        cfg = TraceConfig(
+            scales=(0.5,), n_masks=5, reveal=0.25, jitter=1.0, readout=readout, amplitude=48.0
+        )
+        r = trace_points(model, f0, f1, pts, cfg)
+        errs.append(np.linalg.norm(r.targets["kl"] - pts - shift, axis=1))
+    assert np.concatenate(errs).mean() < 0.5

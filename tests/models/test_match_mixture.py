@@ -35,7 +35,7 @@ def test_matching_recovers_subpixel_translation(shift):
     m = _model()
     f0, f1 = _shifted(shift)
     slots = torch.arange(64)[None]
-    disp, cost = m.match(f0.permute(2, 0, 1)[None] / 255, m.quantizer.patchify(f1[None]), slots)
+    disp, cost, _ = m.match(f0.permute(2, 0, 1)[None] / 255, m.quantizer.patchify(f1[None]), slots)
     inner = [r * 8 + c for r in range(1, 7) for c in range(1, 7)]  # sources inside the frame
     err = np.abs(disp[0, inner].numpy() - np.array(shift)).max(1)
     assert (err <= 0.13).mean() >= 0.9  # a patch of plain texture may match elsewhere
@@ -64,8 +64,8 @@ def test_fast_mixture_equals_the_logsumexp_formula():
         fast = m.frame1_logprobs(f0, f1, revealed)
         image0 = f0.permute(0, 3, 1, 2) / 255
         disp, w = m.hypotheses(image0, f1, revealed)
-        assert disp.shape == (3, 8, 2) and w.shape == (3, 64, 8)  # null + 7 revealed
-        src = m.slot_centres(torch.device("cpu"))[None, :, None] - disp[:, None]
+        assert disp.shape == (3, 64, 8, 2) and w.shape == (3, 64, 8)  # null + 7 revealed
+        src = m.slot_centres(torch.device("cpu"))[None, :, None] - disp
         patches = m.sample_patches(image0, src.reshape(3, -1, 2)).view(3, 64, 8, -1)
         cb = m.quantizer.codebook
         d2 = ((patches[..., None, :] - cb) ** 2).sum(-1)  # (B, S, H, K), written out
@@ -149,3 +149,58 @@ def test_training_lowers_the_loss_on_moving_frames():
         loss.backward()
         opt.step()
     assert loss.item() < first - 0.1
+
+
+def test_camera_fit_recovers_an_affine_motion_despite_outliers():
+    """Weighted least squares with Cauchy reweighting: matches of a rotation + scale +
+    translation, a fifth of them replaced by wrong matches, give back the motion."""
+    m = _model(camera=True)
+    with torch.no_grad():
+        m.log_camera_ridge.fill_(-20.0)  # no pull towards a translation
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(2, 40, 2, generator=g) * 32
+    ang, s = 0.08, 1.05
+    a = s * torch.tensor([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]).float()
+    centre = torch.tensor([16.0, 16.0])
+    truth = (xy - centre) @ a.T + centre + torch.tensor([1.5, -2.0]) - xy
+    disp = truth.clone()
+    disp[:, ::5] = torch.rand(2, 8, 2, generator=g) * 16 - 8  # wrong matches
+    with torch.no_grad():
+        coef = m.fit_camera(xy, disp, torch.ones(2, 40), iters=6)
+    x = torch.cat([xy / 32 - 0.5, torch.ones(2, 40, 1)], -1)
+    torch.testing.assert_close(x @ coef, truth, atol=0.1, rtol=0)
+    with torch.no_grad():
+        plain = m.fit_camera(xy, disp, torch.ones(2, 40), iters=0)  # least squares alone
+    assert (x @ plain - truth).abs().max() > 0.5
+
+
+@pytest.mark.parametrize("shift", [(2.5, -1.5), (-3.75, 3.25)])
+def test_camera_hypothesis_moves_every_slot_with_the_frame(shift):
+    """A global translation: the camera hypothesis gives every slot, revealed or not,
+    the shift to sub-pixel precision, and a textured slot weighs it highly."""
+    m = _model(camera=True)
+    f0, f1 = _shifted(shift)
+    revealed = torch.zeros(1, 64, dtype=torch.bool)
+    revealed[0, torch.randperm(64, generator=torch.Generator().manual_seed(2))[:12]] = True
+    with torch.no_grad():
+        disp, w = m.hypotheses(f0.permute(2, 0, 1)[None] / 255, f1[None], revealed)
+    assert disp.shape == (1, 64, 14, 2) and w.shape == (1, 64, 14)  # null, 12, camera
+    torch.testing.assert_close(disp[0, :, -1], torch.tensor(shift).expand(64, 2), atol=0.15, rtol=0)
+    torch.testing.assert_close(disp[0, :, 0], torch.zeros(64, 2))  # the null hypothesis
+
+
+def test_camera_checkpoint_round_trip(tmp_path):
+    m = _model(camera=True)
+    with torch.no_grad():
+        m.camera_logit.fill_(2.5)
+    path = hub.save_pretrained(m, tmp_path / "cam", "match_mixture")
+    loaded, _ = hub.load(path)
+    assert loaded.config.camera and loaded.camera_logit.item() == 2.5
+    f0, f1 = _shifted((1.0, -2.0))
+    revealed = torch.zeros(2, 64, dtype=torch.bool)
+    revealed[:, 3:9] = True
+    args = (f0[None].repeat(2, 1, 1, 1), f1[None].repeat(2, 1, 1, 1), revealed)
+    with torch.no_grad():
+        lp = loaded.frame1_logprobs(*args)
+        torch.testing.assert_close(lp, m.frame1_logprobs(*args))
+    torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2, 64), rtol=0, atol=1e-5)

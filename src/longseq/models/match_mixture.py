@@ -21,6 +21,15 @@ revealed frame-1 patches. Its structure is the one of motion in a video:
    averages the hypotheses' patches into one (a regression head): the ablations of
    the distributional output.
 
+``camera=True`` (the shipped model) adds what real photographs need: matching costs
+are measured relative to the revealed patch's own contrast (plain texture still picks
+its displacement instead of the smallest one), a revealed patch proposes its motion in
+proportion to how distinct its match is (the peak of its match softmax), and a *camera*
+hypothesis proposes the affine motion fitted to all the matches (weighted least
+squares, reweighted so that another moving layer or a wrong match does not pull it), so
+a slot moves with the whole frame to sub-pixel precision even where its own texture is
+too plain to match.
+
 ``reveal_conditioning=False`` ignores the revealed patches (only the null and
 new-content hypotheses remain): the ablation of random-access conditioning.
 
@@ -53,6 +62,7 @@ class MatchMixtureConfig(ConfigDict):
     feat_channels: int = 24
     head: str = "mixture"  # "mixture" | "mode" | "mean"
     reveal_conditioning: bool = True
+    camera: bool = False  # add the camera hypothesis (an affine fit of all the matches)
 
     @property
     def grid(self) -> int:
@@ -98,6 +108,12 @@ class MatchMixture(nn.Module):
         self.new_logit = nn.Parameter(torch.tensor(-4.0))
         self.log_beta = nn.Parameter(torch.tensor(math.log(20.0)))
         self.code_bias = nn.Parameter(torch.zeros(cfg.codebook_size))
+        if cfg.camera:
+            self.camera_logit = nn.Parameter(torch.tensor(1.0))
+            self.log_camera_scale = nn.Parameter(torch.tensor(0.0))  # robust residual, px
+            self.distinct = nn.Parameter(torch.tensor(1.0))  # weight of log distinctness
+            self.log_contrast_floor = nn.Parameter(torch.tensor(math.log(1e-3)))
+            self.log_camera_ridge = nn.Parameter(torch.tensor(math.log(1e-2)))
         r = torch.arange(-cfg.max_disp, cfg.max_disp + 1, dtype=torch.float32)
         dy, dx = torch.meshgrid(r, r, indexing="ij")
         self.register_buffer("disps", torch.stack([dx, dy], -1).reshape(-1, 2), persistent=False)
@@ -133,10 +149,12 @@ class MatchMixture(nn.Module):
     # --- pieces ---------------------------------------------------------------------------
     def match(
         self, image0: torch.Tensor, revealed: torch.Tensor, slots: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Displacements (B, R, 2) xy and match costs (B, R) of revealed frame-1 patches
-        ``revealed`` (B, R, p*p*3) at ``slots`` (B, R) against frame 0 ``image0``
-        (B, 3, H, W) in [0, 1]."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Displacements (B, R, 2) xy, match costs (B, R; over the patch's contrast with
+        ``camera``) and distinctness (B, R: the largest probability of the softmax over
+        whole-pixel displacements; low where a plain patch matches many windows alike)
+        of revealed frame-1 patches ``revealed`` (B, R, p*p*3) at ``slots`` (B, R)
+        against frame 0 ``image0`` (B, 3, H, W) in [0, 1]."""
         cfg = self.config
         b, _, h, w = image0.shape
         p, d = cfg.patch, cfg.max_disp
@@ -161,7 +179,10 @@ class MatchMixture(nn.Module):
         sq = n_win.gather(1, idx).view_as(pick) - 2 * dots.gather(2, pick)
         cost = (sq + revealed.pow(2).sum(-1, keepdim=True)).clamp(min=0) / win.shape[1]
         cost = cost + (1 - frac.gather(1, idx).view_as(cost))  # windows leaving the frame
-        logits = -self.log_match_sharpness.exp() * cost
+        contrast = torch.ones_like(cost[..., :1])
+        if cfg.camera:  # costs relative to the patch's own contrast: plain texture matches too
+            contrast = revealed.var(-1, keepdim=True) + self.log_contrast_floor.exp()
+        logits = -self.log_match_sharpness.exp() * cost / contrast
         logits = logits - self.log_motion_prior.exp() * self.disps.pow(2).sum(-1)
         best = logits.argmax(-1)  # (B, R)
         coarse = self.disps[best]  # (B, R, 2) whole pixels
@@ -173,7 +194,8 @@ class MatchMixture(nn.Module):
         fine_cost = (cand - revealed[:, :, None]).pow(2).mean(-1)  # (B, R, O)
         k = fine_cost.argmin(-1)
         disp = coarse + fine[k]
-        return disp, fine_cost.gather(-1, k[..., None])[..., 0]
+        peak = logits.softmax(-1).amax(-1)
+        return disp, fine_cost.gather(-1, k[..., None])[..., 0] / contrast[..., 0], peak
 
     def sample_patches(self, image0: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
         """Patches (B, N, p*p*3) of ``image0`` (B, 3, H, W) centred at ``centres`` (B, N, 2)
@@ -209,12 +231,37 @@ class MatchMixture(nn.Module):
         return self.code_logits(patches).log_softmax(-1)
 
     # --- the model --------------------------------------------------------------------------
+    def fit_camera(
+        self, xy: torch.Tensor, disp: torch.Tensor, weight: torch.Tensor, iters: int = 3
+    ) -> torch.Tensor:
+        """Affine motion (B, 3, 2) fitted to displacements ``disp`` (B, R, 2) at points
+        ``xy`` (B, R, 2): weighted least squares on ``[x, y, 1]`` (coordinates in units
+        of the image side; a ridge in proportion to the total weight pulls rotation,
+        scaling and shear towards a pure translation, so that a few distinct matches
+        cannot tilt the fit), reweighted ``iters`` times by a Geman-McClure loss on the
+        residuals so that a minority of outlying matches (another moving layer, a wrong
+        match) does not pull it."""
+        size = float(self.config.image_size)
+        x = torch.cat([xy / size - 0.5, torch.ones_like(xy[..., :1])], -1)  # (B, R, 3)
+        r = self.log_camera_ridge.exp()
+        ridge = torch.diag(torch.stack([r, r, r.new_tensor(1e-4)]))  # the translation is free
+        scale2 = self.log_camera_scale.exp() ** 2
+        w = weight
+        for i in range(iters + 1):
+            xw = x * w[..., None]
+            lam = w.sum(1).clamp(min=1e-6)[:, None, None] * ridge
+            coef = torch.linalg.solve(xw.transpose(1, 2) @ x + lam, xw.transpose(1, 2) @ disp)
+            if i < iters:
+                w = weight / (1 + (x @ coef - disp).pow(2).sum(-1) / scale2) ** 2
+        return coef
+
     def hypotheses(
         self, image0: torch.Tensor, frame1: torch.Tensor, revealed: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The motion hypotheses and their weights: displacements (B, H, 2) xy — the null
-        hypothesis first, then one per revealed slot — and weight logits (B, S, H) of
-        every hypothesis at every slot. ``image0`` (B, 3, H, W) in [0, 1]."""
+        """The motion hypotheses and their weights: displacements (B, S, H, 2) xy of every
+        hypothesis at every slot — the null hypothesis first, then one per revealed slot,
+        then (``camera``) the camera hypothesis — and weight logits (B, S, H).
+        ``image0`` (B, 3, H, W) in [0, 1]."""
         cfg = self.config
         b = image0.shape[0]
         n_rev = revealed.sum(1)
@@ -223,16 +270,27 @@ class MatchMixture(nn.Module):
         r = int(n_rev[0]) if b else 0
         centres = self.slot_centres(image0.device)  # (S, 2)
         s = centres.shape[0]
-        disp = torch.zeros(b, 1, 2, device=image0.device)  # the null hypothesis first
+        null = torch.zeros(b, s, 1, 2, device=image0.device)  # the null hypothesis first
         w = self.null_logit.expand(b, s, 1)
         if not cfg.reveal_conditioning or r == 0:
-            return disp, w
+            return null, w
         rev_slots = revealed.float().argsort(dim=1, descending=True, stable=True)[:, :r]
         f1 = self.quantizer.patchify(frame1)
         rev = f1.gather(1, rev_slots[..., None].expand(-1, -1, f1.shape[-1]))
-        d_r, cost = self.match(image0, rev, rev_slots)  # (B, R, 2), (B, R)
-        disp = torch.cat([disp, d_r], 1)  # (B, H, 2), H = R + 1
+        d_r, cost, peak = self.match(image0, rev, rev_slots)  # (B, R, 2), (B, R), (B, R)
         c_r = centres[rev_slots]  # (B, R, 2)
+        # every hypothesis's displacement at every slot (S) and at every revealed patch (R)
+        at_s = torch.cat([null, d_r[:, None].expand(-1, s, -1, -1)], 2)  # (B, S, H, 2)
+        at_r = torch.cat([null[:, :1].expand(-1, r, -1, -1), d_r[:, None].expand(-1, r, -1, -1)], 2)
+        if cfg.camera:
+            coef = self.fit_camera(c_r, d_r, peak * torch.exp(-self.confidence * cost))
+
+            def camera(xy: torch.Tensor) -> torch.Tensor:  # (B, N, 2) -> (B, N, 1, 2)
+                x = torch.cat([xy / cfg.image_size - 0.5, torch.ones_like(xy[..., :1])], -1)
+                return (x @ coef)[:, :, None]
+
+            at_s = torch.cat([at_s, camera(centres[None].expand(b, -1, -1))], 2)
+            at_r = torch.cat([at_r, camera(c_r)], 2)
         dist2 = (centres[None, :, None] - c_r[:, None]).pow(2).sum(-1)  # (B, S, R)
         feats = F.normalize(self.features(image0), dim=1)
         src_r = self._sample_features(feats, c_r - d_r)  # (B, R, F)
@@ -240,8 +298,9 @@ class MatchMixture(nn.Module):
         aff = (src_s * src_r[:, None]).sum(-1)  # (B, S, R): same surface at the sources
         # support: which hypotheses explain each revealed patch (a vote per patch), and
         # which revealed patches speak for each slot (near it, on its surface)
-        src = c_r[:, :, None] - disp[:, None]  # (B, R, H, 2)
-        cand = self.sample_patches(image0, src.reshape(b, -1, 2)).view(b, r, r + 1, -1)
+        h = at_r.shape[2]
+        src = c_r[:, :, None] - at_r  # (B, R, H, 2)
+        cand = self.sample_patches(image0, src.reshape(b, -1, 2)).view(b, r, h, -1)
         cross = (cand - rev[:, :, None]).pow(2).mean(-1)  # (B, R, H)
         votes = (-self.log_support_sharpness.exp() * cross).softmax(-1)
         near = -dist2 / (2 * self.log_support_length.exp() ** 2) + self.support_affinity * aff
@@ -251,7 +310,11 @@ class MatchMixture(nn.Module):
             + self.affinity * aff
             - self.confidence * cost[:, None]
         )
-        return disp, torch.cat([w, own], -1) + self.support * support.clamp(min=1e-4).log()
+        logits = [w, own]
+        if cfg.camera:  # a plain patch that matches many windows alike proposes little
+            logits = [w, own + self.distinct * peak.clamp(min=1e-4).log()[:, None]]
+            logits.append(self.camera_logit.expand(b, s, 1))
+        return at_s, torch.cat(logits, -1) + self.support * support.clamp(min=1e-4).log()
 
     def frame1_logprobs(
         self, frame0: torch.Tensor, frame1: torch.Tensor, revealed: torch.Tensor
@@ -265,7 +328,7 @@ class MatchMixture(nn.Module):
         disp, w = self.hypotheses(image0, frame1, revealed)
         b, s, m = w.shape
         centres = self.slot_centres(frame0.device)
-        src = centres[None, :, None] - disp[:, None]  # (B, S, H, 2) source centres in frame 0
+        src = centres[None, :, None] - disp  # (B, S, H, 2) source centres in frame 0
         patches = self.sample_patches(image0, src.reshape(b, s * m, 2)).view(b, s, m, -1)
         head = self.config.head
         if head == "mixture":
