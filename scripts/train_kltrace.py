@@ -68,9 +68,19 @@ from longseq.utils import (
 )
 
 CHUNK = 250
+# parameters a --camera model adds to one without it (initialised fresh by --init-from)
+CAMERA_PARAMS = (
+    "camera_logit",
+    "log_camera_scale",
+    "distinct",
+    "log_contrast_floor",
+    "log_camera_ridge",
+)
 DESCRIPTIONS = {
     "match": "local-matching mixture frame-pair model, 32x32, 4x4 patches (KL-tracing)",
     "lras": "LRAS-style random-order frame-pair transformer, 32x32, 4x4 patches (KL-tracing)",
+    "match-camera": "local-matching mixture frame-pair model with a camera hypothesis, 32x32, "
+    "4x4 patches (KL-tracing)",
 }
 
 
@@ -145,6 +155,7 @@ def build(args) -> torch.nn.Module:
             max_disp=args.max_disp,
             head=args.head,
             reveal_conditioning=not args.no_reveal_conditioning,
+            camera=args.camera,
         )
     )
 
@@ -200,6 +211,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--head", choices=HEADS, default="mixture")
     ap.add_argument("--no-reveal-conditioning", action="store_true")
     ap.add_argument("--max-disp", type=int, default=8)
+    ap.add_argument(
+        "--camera",
+        action="store_true",
+        help="add the camera hypothesis (contrast-normalised matching)",
+    )
     ap.add_argument("--reveal-min", type=float, default=0.05)
     ap.add_argument("--reveal-max", type=float, default=0.4)
     # lras
@@ -255,8 +271,16 @@ def main(argv: list[str] | None = None) -> None:
     qfile = data / f"quantizer_{args.codebook}.pt"
     if args.init_from:
         init, _ = hub.load(args.init_from, device)
-        model.load_state_dict(init.state_dict())
-        print(f"initialised from {args.init_from}")
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+        if unexpected or any(not k.startswith(CAMERA_PARAMS) for k in missing):
+            raise SystemExit(
+                f"--init-from {args.init_from}: another architecture "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
+        print(
+            f"initialised from {args.init_from}"
+            + (f" (new: {', '.join(missing)})" if missing else "")
+        )
     elif qfile.exists():
         model.quantizer.codebook.copy_(torch.load(qfile, map_location=device))
     else:
@@ -357,7 +381,8 @@ def main(argv: list[str] | None = None) -> None:
         arch = "lras" if args.arch == "lras" else "match_mixture"
         out = hub.save_pretrained(model.cpu(), export, arch, extra)
         if Path(out).resolve().is_relative_to(hub.CHECKPOINT_DIR.resolve()):
-            hub.register(args.name, out, DESCRIPTIONS[args.arch])
+            key = "match-camera" if args.arch == "match" and args.camera else args.arch
+            hub.register(args.name, out, DESCRIPTIONS[key])
         print(f"exported to {out}")
 
 

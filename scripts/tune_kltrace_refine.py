@@ -9,11 +9,15 @@ passes and no fall-back. A pass that is kept leaves the next pass as it would ha
 so the trajectory under any fall-back rule is that trajectory cut at the first pass the
 rule drops: every pass count and rule is scored from the one run per gain.
 
-Choice, greedy, on the mean over the four validation groups (three photo motion types,
-the world) of KL-tracing's delta_avg and EPE: first the gain and the number of passes,
-then each fall-back rule in turn (the largest residual a refinement pass may report,
-the largest motion, the smallest contrast of a refinement pass's map); a step is kept
-only if it raises the mean delta_avg AND lowers the mean EPE of the choice so far.
+Choice on the mean over the four validation groups (three photo motion types, the
+world) of KL-tracing's delta_avg and EPE. Every start (one pass; each gain x number of
+passes) gets its fall-back rules greedily (the largest motion, then the largest
+residual a refinement pass may report and the smallest contrast of a refinement pass's
+map), a rule kept only if it raises the mean delta_avg AND lowers the mean EPE of the
+start so far; a refined start wins over one pass only if, with its rules, it raises
+the mean delta_avg AND lowers the mean EPE of one pass with its rules. (Judging a pass
+count before its rules, as an earlier version did, rejects refinement whose only cost
+is the outliers that the rules are there to drop.)
 The RGB probe shares the passes and rules (one set of forward passes serves both).
 
     python scripts/tune_kltrace_refine.py --model kltrace-match [--write]
@@ -125,42 +129,55 @@ def one_pass(gain: float) -> dict:
     }
 
 
-def choose(sets, runs, gains, max_passes, residuals, motions, contrast_quantiles):
-    """Greedy choice on KL-tracing (see the module docstring): (chosen rule, every
-    candidate row in the order tried, with its step)."""
-    base = one_pass(gains[0])
-    best = evaluate(sets, runs, "kl", base) | {"step": "one pass"}
-    table = [best]
-    cands = [
-        evaluate(sets, runs, "kl", base | {"passes": p, "refine_gain": g})
-        | {"step": "gain, passes"}
-        for g in gains
-        for p in range(2, max_passes + 1)
-    ]
-    table += cands
-    good = [r for r in cands if better(r, best)]
-    if good:
-        best = max(good, key=lambda r: (r["mean_delta_avg"], -r["mean_epe"]))
-    g = best["refine_gain"]
-    allc = np.concatenate([runs[g][k]["kl_contrasts"][1:].ravel() for k in ("photos", "world")])
+def with_fallbacks(sets, runs, start: dict, motions, residuals, contrasts) -> tuple[dict, list]:
+    """The fall-back rules added to ``start`` greedily, each kept only if it improves on
+    the rule so far (:func:`better`): the largest motion, then (with refinement passes)
+    the largest residual and the smallest contrast. (final row, rows tried)."""
+    best, rows = start, []
     steps = (
         ("max_motion", "largest motion (px)", motions),
         ("refine_max_residual", "largest residual (px)", residuals),
-        (
-            "refine_contrast",
-            "smallest contrast",
-            [round(float(np.quantile(allc, q)), 3) for q in contrast_quantiles],
-        ),
+        ("refine_contrast", "smallest contrast", contrasts),
     )
     for key, label, values in steps:
         if key != "max_motion" and best["passes"] == 1:
             continue
-        rule = {k: best[k] for k in base}
-        rows = [evaluate(sets, runs, "kl", rule | {key: v}) | {"step": label} for v in values]
-        table += rows
-        good = [r for r in rows if better(r, best)]
+        rule = {k: best[k] for k in one_pass(1.0)}
+        tried = [evaluate(sets, runs, "kl", rule | {key: v}) | {"step": label} for v in values]
+        rows += tried
+        good = [r for r in tried if better(r, best)]
         if good:
             best = max(good, key=lambda r: (r["mean_delta_avg"], -r["mean_epe"]))
+    return best, rows
+
+
+def choose(sets, runs, gains, max_passes, residuals, motions, contrast_quantiles):
+    """The choice on KL-tracing (see the module docstring): (chosen rule, every candidate
+    row in the order tried, with its step). Each start (one pass; every gain x number of
+    passes) gets its fall-back rules greedily; a refined start is chosen over one pass
+    only if, with its rules, it raises the mean delta_avg and lowers the mean EPE of one
+    pass with its rules (the rules are what keep a refinement's outliers in check, so a
+    pass count is judged with them)."""
+    base = one_pass(gains[0])
+    first = evaluate(sets, runs, "kl", base) | {"step": "one pass"}
+    table = [first]
+    allc = np.concatenate(
+        [runs[g][k]["kl_contrasts"][1:].ravel() for g in gains for k in ("photos", "world")]
+    )
+    contrasts = [round(float(np.quantile(allc, q)), 3) for q in contrast_quantiles]
+    best, rows = with_fallbacks(sets, runs, first, motions, residuals, contrasts)
+    table += rows
+    finals = []
+    for g in gains:
+        for p in range(2, max_passes + 1):
+            start = evaluate(sets, runs, "kl", base | {"passes": p, "refine_gain": g})
+            table.append(start | {"step": "gain, passes"})
+            final, rows = with_fallbacks(sets, runs, start, motions, residuals, contrasts)
+            table += rows
+            finals.append(final)
+    good = [r for r in finals if better(r, best)]
+    if good:
+        best = max(good, key=lambda r: (r["mean_delta_avg"], -r["mean_epe"]))
     return best, table
 
 
