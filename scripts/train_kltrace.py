@@ -1,13 +1,15 @@
-"""Train a frame-pair model for KL-tracing: the shipped ``kltrace-match`` (default) or the
-LRAS transformer ``kltrace-lras``.
+"""Train a frame-pair model for KL-tracing: the shipped ``kltrace-match`` (default name) or
+the LRAS transformer ``kltrace-lras``.
 
-    python scripts/train_kltrace.py                                   # kltrace-match (CPU)
+    # kltrace-match (CPU, two stages): the world model, then the camera hypothesis and
+    # real-photo pairs on top of it
+    python scripts/train_kltrace.py --name kltrace-world --export runs/export/kltrace-world
+    python scripts/train_kltrace.py --init-from runs/export/kltrace-world --camera \\
+        --photo-frac 0.5 --steps 1200 --lr 1e-3 --warmup 20 --eval-every 200 --threads 1
     python scripts/train_kltrace.py --arch lras --name kltrace-lras \\
         --pairs 16000 --max-gap 2 --steps 6000 --stop-at 3400 --batch-size 48 --lr 1e-3
     python scripts/train_kltrace.py --head mean --export runs/ablation-mean   # an ablation
     python scripts/train_kltrace.py --pairs 512 --steps 50 --export ""        # smoke run
-    python scripts/train_kltrace.py --name kltrace-match-photo --init-from kltrace-match \
-        --photo-frac 0.5 --steps 400 --lr 1e-3 --warmup 20 --threads 1   # + real photos
 
 Three stages, each saved in the run directory so a second call resumes:
 1. ``pairs.npy`` / ``val_pairs.npy``: frame pairs of the synthetic world
