@@ -171,7 +171,8 @@ def choose(sets, runs, gains, max_passes, residuals, motions, contrast_quantiles
     for g in gains:
         for p in range(2, max_passes + 1):
             start = evaluate(sets, runs, "kl", base | {"passes": p, "refine_gain": g})
-            table.append(start | {"step": "gain, passes"})
+            start["step"] = "gain, passes"
+            table.append(start)  # the row itself: a start chosen as it is is marked
             final, rows = with_fallbacks(sets, runs, start, motions, residuals, contrasts)
             table += rows
             finals.append(final)

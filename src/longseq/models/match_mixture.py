@@ -231,6 +231,11 @@ class MatchMixture(nn.Module):
         return self.code_logits(patches).log_softmax(-1)
 
     # --- the model --------------------------------------------------------------------------
+    def affine_basis(self, xy: torch.Tensor) -> torch.Tensor:
+        """``[x, y, 1]`` (..., 3) of pixel points ``xy`` (..., 2), in units of the image side
+        about its centre: an affine motion (3, 2) maps it to displacements."""
+        return torch.cat([xy / self.config.image_size - 0.5, torch.ones_like(xy[..., :1])], -1)
+
     def fit_camera(
         self, xy: torch.Tensor, disp: torch.Tensor, weight: torch.Tensor, iters: int = 3
     ) -> torch.Tensor:
@@ -241,8 +246,7 @@ class MatchMixture(nn.Module):
         cannot tilt the fit), reweighted ``iters`` times by a Geman-McClure loss on the
         residuals so that a minority of outlying matches (another moving layer, a wrong
         match) does not pull it."""
-        size = float(self.config.image_size)
-        x = torch.cat([xy / size - 0.5, torch.ones_like(xy[..., :1])], -1)  # (B, R, 3)
+        x = self.affine_basis(xy)
         r = self.log_camera_ridge.exp()
         ridge = torch.diag(torch.stack([r, r, r.new_tensor(1e-4)]))  # the translation is free
         scale2 = self.log_camera_scale.exp() ** 2
@@ -284,13 +288,8 @@ class MatchMixture(nn.Module):
         at_r = torch.cat([null[:, :1].expand(-1, r, -1, -1), d_r[:, None].expand(-1, r, -1, -1)], 2)
         if cfg.camera:
             coef = self.fit_camera(c_r, d_r, peak * torch.exp(-self.confidence * cost))
-
-            def camera(xy: torch.Tensor) -> torch.Tensor:  # (B, N, 2) -> (B, N, 1, 2)
-                x = torch.cat([xy / cfg.image_size - 0.5, torch.ones_like(xy[..., :1])], -1)
-                return (x @ coef)[:, :, None]
-
-            at_s = torch.cat([at_s, camera(centres[None].expand(b, -1, -1))], 2)
-            at_r = torch.cat([at_r, camera(c_r)], 2)
+            at_s = torch.cat([at_s, (self.affine_basis(centres) @ coef)[:, :, None]], 2)
+            at_r = torch.cat([at_r, (self.affine_basis(c_r) @ coef)[:, :, None]], 2)
         dist2 = (centres[None, :, None] - c_r[:, None]).pow(2).sum(-1)  # (B, S, R)
         feats = F.normalize(self.features(image0), dim=1)
         src_r = self._sample_features(feats, c_r - d_r)  # (B, R, F)
@@ -312,7 +311,7 @@ class MatchMixture(nn.Module):
         )
         logits = [w, own]
         if cfg.camera:  # a plain patch that matches many windows alike proposes little
-            logits = [w, own + self.distinct * peak.clamp(min=1e-4).log()[:, None]]
+            logits[1] = own + self.distinct * peak.clamp(min=1e-4).log()[:, None]
             logits.append(self.camera_logit.expand(b, s, 1))
         return at_s, torch.cat(logits, -1) + self.support * support.clamp(min=1e-4).log()
 
