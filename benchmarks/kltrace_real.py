@@ -231,7 +231,13 @@ def main() -> None:
         "model": args.model,
         "trace": (
             f"{cfg.n_masks} masks, zooms {list(cfg.scales)}, jitter {cfg.jitter}, "
-            f"occlusion {cfg.occlusion}, {cfg.passes} pass(es) (gain {cfg.refine_gain:g}, "
+            f"readout {cfg.readout}"
+            + (
+                f" (width {cfg.fit_width:g} sigma, reach {cfg.fit_reach:g} px)"
+                if cfg.readout == "fit"
+                else ""
+            )
+            + f", occlusion {cfg.occlusion}, {cfg.passes} pass(es) (gain {cfg.refine_gain:g}, "
             f"largest residual {cfg.refine_max_residual:g} px, largest motion "
             f"{cfg.max_motion:g} px, KL contrast >= {cfg.refine_contrast['kl']:g})"
         ),

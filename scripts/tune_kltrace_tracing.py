@@ -6,9 +6,9 @@ of ``longseq.data.photopairs``) and held-out clips of the synthetic world; never
 test photos. Candidates:
 
 * **sub-pixel readout**: reveal-mask windows jittered across the patch (``jitter`` 0 or 1
-  patch) x the reveal fraction x the peak refinement (``centroid`` or ``softargmax``); the
-  one with the best mean KL delta_avg over the four validation groups (three photo motion
-  types, the world) wins. The precision (median per-component error of visible points
+  patch) x the reveal fraction x the peak refinement (``centroid``, ``softargmax``, or
+  ``fit`` with each of ``--fit-widths``); the one with the best mean KL delta_avg over the
+  four validation groups (three photo motion types, the world) wins. The precision (median per-component error of visible points
   within 3 px) is reported for each;
 * **occlusion**: an absolute peak threshold (``peak``) or a threshold on the peak over the
   mean of the point's own KL map (``contrast``); the rule and threshold with the largest
@@ -37,23 +37,32 @@ from longseq import hub
 from longseq.data.photopairs import MOTIONS, photo_set
 from longseq.kltrace import load_tracer, synthetic_set, trace_points
 from longseq.kltrace.metrics import tapvid_metrics
-from longseq.kltrace.tracing import _refine_peak
+from longseq.kltrace.tracing import read_peak
 
 
-def trace_set(model, cfg, data) -> np.ndarray:
-    """KL maps (B, N, H, W) of every query point of a two-frame set."""
-    maps = []
+def trace_set(model, cfg, data) -> tuple[np.ndarray, list]:
+    """KL maps (B, N, H, W) and raw slot responses (B lists of N) of every query point of
+    a two-frame set."""
+    maps, slots = [], []
     for b in range(len(data.videos)):
         pts = data.query_points[b][:, [2, 1]]
         r = trace_points(model, data.videos[b, 0], data.videos[b, 1], pts, cfg, keep_maps=True)
         maps.append(r.maps["kl"])
-    return np.stack(maps)
+        slots.append(r.slots["kl"])
+    return np.stack(maps), slots
 
 
-def readout(maps: np.ndarray, radius: float, how: str) -> tuple[np.ndarray, ...]:
-    """Targets (B, N, 2), peaks and contrasts (B, N) of maps (B, N, H, W)."""
+def readout(data, traced: tuple, cfg, patch: int, finest: float) -> tuple[np.ndarray, ...]:
+    """Targets (B, N, 2), peaks and contrasts (B, N) under ``cfg.readout`` of the maps
+    and slot responses that :func:`trace_set` traced for ``data``."""
+    maps, slots = traced
     b, n = maps.shape[:2]
-    out = [_refine_peak(m, radius, how) for m in maps.reshape(b * n, *maps.shape[2:])]
+    pts = data.query_points[:, :, [2, 1]]
+    out = [
+        read_peak(maps[i, j], slots[i][j], cfg, patch, finest, pts[i, j])
+        for i in range(b)
+        for j in range(n)
+    ]
     tg, pk, ct = (np.array(v) for v in zip(*out, strict=True))
     return tg.reshape(b, n, 2), pk.reshape(b, n), ct.reshape(b, n)
 
@@ -88,6 +97,7 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=16, help="validation world clips")
     ap.add_argument("--jitters", default="0,1")
     ap.add_argument("--reveals", default="", help="default: the model's and 0.25")
+    ap.add_argument("--fit-widths", default="1,1.5,2", help="widths tried by the fit readout")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--write", action="store_true", help="store the choice in the checkpoint")
     args = ap.parse_args()
@@ -97,17 +107,24 @@ def main() -> None:
     world = synthetic_set(args.clips, "val", 64, 2, 16)
     sets = {"photos": photos, "world": world}
     reveals = [float(v) for v in args.reveals.split(",")] if args.reveals else [base.reveal, 0.25]
-    radius = 1.5 * min(base.scales) * 64 / (model.image_size // model.patch)
+    finest = min(base.scales) * 64 / (model.image_size // model.patch)
+    readouts = [("centroid", None), ("softargmax", None)]
+    readouts += [("fit", float(v)) for v in args.fit_widths.split(",") if v]
     table, best, kept = [], None, {}
     for jitter in (float(v) for v in args.jitters.split(",")):
         for reveal in dict.fromkeys(reveals):
             cfg = replace(base, jitter=jitter, reveal=reveal, passes=1)  # the first pass
             t0 = time.time()
             maps = {k: trace_set(model, cfg, d) for k, d in sets.items()}
-            for how in ("centroid", "softargmax"):
-                ro = {k: readout(m, radius, how) for k, m in maps.items()}
+            for how, width in readouts:
+                read_cfg = replace(cfg, readout=how, fit_width=width or base.fit_width)
+                ro = {
+                    k: readout(sets[k], m, read_cfg, model.patch, finest) for k, m in maps.items()
+                }
                 tg = {"photos": ro["photos"][0], "world": ro["world"][0]}
                 row = {"jitter": jitter, "reveal": reveal, "readout": how}
+                if width is not None:
+                    row["fit_width"] = width
                 for name, (data, idx) in groups(photos, world).items():
                     row[name] = score(data, idx, tg["world" if name == "world" else "photos"])
                 row["mean_delta_avg"] = round(
@@ -137,6 +154,7 @@ def main() -> None:
         "jitter": best["jitter"],
         "reveal": best["reveal"],
         "readout": best["readout"],
+        **({"fit_width": best["fit_width"]} if "fit_width" in best else {}),
         "occlusion": rule,
     }
     print("chosen:", json.dumps(choice), "occlusion rules:", json.dumps(rules))

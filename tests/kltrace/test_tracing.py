@@ -188,6 +188,10 @@ def test_jittered_windows_still_recover_the_motion():
         TraceConfig(jitter=2.0).validate()
     with pytest.raises(ValueError, match="readout"):
         TraceConfig(readout="argmax").validate()
+    with pytest.raises(ValueError, match="fit_width"):
+        TraceConfig(readout="fit", fit_width=0.0).validate()
+    with pytest.raises(ValueError, match="fit_reach"):
+        TraceConfig(readout="fit", fit_reach=-1.0).validate()
     with pytest.raises(ValueError, match="occlusion"):
         TraceConfig(occlusion="fb").validate()
 
@@ -243,10 +247,9 @@ class BilinearShift:
         return (-15 * torch.cdist(p, self.codebook[None].expand(b, -1, -1)) ** 2).log_softmax(-1)
 
 
-@pytest.mark.parametrize("readout", ["centroid", "softargmax"])
-def test_readouts_recover_a_subpixel_motion(readout):
-    """A model that knows a sub-pixel motion exactly: the sub-patch readouts land within
-    half a pixel on average (a patch is 4 px, the motion is not a whole number of them)."""
+def _subpixel_errors(readout: str, jitter: float = 1.0) -> np.ndarray:
+    """Errors (px) of the readout ``readout`` tracing 10 points under two sub-pixel
+    motions that :class:`BilinearShift` knows exactly."""
     f0 = sample_world(5, 64, 2).render()[0]
     pts = np.random.default_rng(1).uniform(18, 46, (10, 2))
     errs = []
@@ -260,8 +263,64 @@ def test_readouts_recover_a_subpixel_motion(readout):
         )
         f1 = moved[0].permute(1, 2, 0).round().clamp(0, 255).byte().numpy()
         cfg = TraceConfig(
-            scales=(0.5,), n_masks=5, reveal=0.25, jitter=1.0, readout=readout, amplitude=48.0
+            scales=(0.5,), n_masks=5, reveal=0.25, jitter=jitter, readout=readout, amplitude=48.0
         )
         r = trace_points(model, f0, f1, pts, cfg)
         errs.append(np.linalg.norm(r.targets["kl"] - pts - shift, axis=1))
-    assert np.concatenate(errs).mean() < 0.5
+    return np.concatenate(errs)
+
+
+@pytest.mark.parametrize("readout", ["centroid", "softargmax", "fit"])
+def test_readouts_recover_a_subpixel_motion(readout):
+    """A model that knows a sub-pixel motion exactly: the sub-patch readouts land within
+    half a pixel on average (a patch is 4 px, the motion is not a whole number of them)."""
+    assert _subpixel_errors(readout).mean() < 0.5
+
+
+def test_fit_readout_is_finer_than_the_map_readouts():
+    """Fitting the slot responses beats reading the averaged map's peak on the same
+    passes: by more than half without jitter (where the map is coarsest: every mask
+    sees the point at the same sub-patch offset), and still with jittered windows."""
+    errors = {(r, j): _subpixel_errors(r, j).mean() for r in ("fit", "softargmax") for j in (0, 1)}
+    assert errors["fit", 0] < 0.5 * errors["softargmax", 0], errors
+    assert errors["fit", 1] < errors["softargmax", 1], errors
+
+
+def test_fit_peak_finds_a_bump_from_slot_responses():
+    """Slot responses that follow the fit's model (the square root of a response is a
+    Gaussian of 1.5 sigma summed over the slot's pixels, times any scale) made by a bump
+    at a known sub-pixel position are fitted back to it, to the fine grid's step, on
+    4 px slots of 1 px pixels and of 2 px pixels, searching around a point 3 px away;
+    one slot responding more strongly than any of the bump's does not pull it (the
+    bump's responses explain more); ``reach`` bounds the search. (A model whose responses do
+    not follow the template: the tracing tests above.)"""
+    from longseq.kltrace.tracing import _fit_peak
+
+    rng = np.random.default_rng(0)
+    patch, sigma = 4, 1.5
+    for pitch in (1.0, 2.0):
+        corners = np.stack(np.meshgrid(np.arange(8), np.arange(8)), -1).reshape(-1, 2)
+        corners = corners * patch * pitch + rng.uniform(0, 2, 2)
+        px = corners[:, None, :] + ((np.arange(patch) + 0.5) * pitch)[:, None]  # (64, 4, 2)
+        for _ in range(5):
+            true = corners.mean(0) + rng.uniform(-6, 6, 2) * pitch
+            g = np.exp(-((px - true) ** 2) / (2 * (1.5 * sigma * pitch) ** 2))
+            response = 3.7 * (g[:, :, 0].sum(1) * g[:, :, 1].sum(1)) ** 2
+            slots = np.column_stack([corners, np.full(len(px), pitch), response])
+            point = true + [2.4 * pitch, -1.8 * pitch]
+            xy = _fit_peak(slots, point, sigma, patch, 1.5, 4 * pitch)
+            np.testing.assert_allclose(xy, true, atol=0.05 * pitch + 1e-9)  # fine step 0.1
+            near = _fit_peak(slots, true + [6 * pitch, 0], sigma, patch, 1.5, 4 * pitch, 2 * pitch)
+            assert np.linalg.norm(near - true - [6 * pitch, 0]) <= 2 * pitch + 1e-9
+        # a bump on the corner of four slots against one slot, three slots away, that
+        # answers 1.3x as strongly as any of them (the peak of the averaged map there):
+        # the position that explains most of the responses wins
+        true = corners[27] + 0.1 * pitch  # slot 27: row 3, column 3
+        g = np.exp(-((px - true) ** 2) / (2 * (1.5 * sigma * pitch) ** 2))
+        response = (g[:, :, 0].sum(1) * g[:, :, 1].sum(1)) ** 2
+        response[30] = 1.69 * response.max()  # row 3, column 6
+        slots = np.column_stack([corners, np.full(len(px), pitch), response])
+        xy = _fit_peak(slots, true + [2 * pitch, 0], sigma, patch, 1.5, 4 * pitch)
+        np.testing.assert_allclose(xy, true, atol=0.05 * pitch + 1e-9)
+    none = _fit_peak(np.zeros((0, 4)), np.array([3.0, 4.0]), sigma, patch, 1.5, 4.0)
+    assert none.tolist() == [3.0, 4.0]  # nothing to fit: the point is kept

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from longseq.data.flowworld import crop_resize
 
 PROBES = ("kl", "rgb")
-READOUTS = ("centroid", "softargmax")
+READOUTS = ("centroid", "softargmax", "fit")
 OCCLUSION_RULES = ("peak", "contrast", "none")
 
 
@@ -240,10 +240,17 @@ class TraceConfig:
     # patches in x and y, so the patch grid meets the point at different sub-patch
     # offsets and the averaged KL map is sampled finer than one patch (0: centred)
     jitter: float = 0.0
-    # the peak's sub-patch position: "centroid" of the map above half the peak, or
-    # "softargmax" (weights exp((m - peak) / (softness * peak)) near the peak)
+    # the peak's sub-patch position: "centroid" of the map above half the peak,
+    # "softargmax" (weights exp((m - peak) / (softness * peak)) near the peak), or "fit":
+    # the position within max_motion of the point whose predicted slot responses best
+    # match the measured ones (a matched filter on the raw responses of every mask, see
+    # _fit_peak; fit_width scales the predicted bump's width)
     readout: str = "centroid"
     softness: float = 0.2
+    fit_width: float = 1.5
+    # how far (px) the fit may move from the averaged map's soft-argmax peak; inf: it
+    # searches everywhere within max_motion of the point
+    fit_reach: float = float("inf")
     # a point is occluded when its "peak" is below thresholds[probe] (absolute: tied to
     # the model and the data it was calibrated on), or when its "contrast" (the peak
     # over the mean of its own map) is below contrast_thresholds[probe]; "none": every
@@ -277,6 +284,10 @@ class TraceConfig:
             raise ValueError(f"readout must be one of {READOUTS}, got {self.readout!r}")
         if self.softness <= 0:
             raise ValueError(f"softness must be > 0, got {self.softness}")
+        if not self.fit_width > 0:
+            raise ValueError(f"fit_width must be > 0, got {self.fit_width}")
+        if not self.fit_reach > 0:
+            raise ValueError(f"fit_reach must be > 0 px, got {self.fit_reach}")
         if self.occlusion not in OCCLUSION_RULES:
             raise ValueError(f"occlusion must be one of {OCCLUSION_RULES}, got {self.occlusion!r}")
         if not 0 <= self.jitter <= 1:
@@ -302,10 +313,12 @@ class TraceResult:
     """Per probe (``"kl"``, ``"rgb"``): targets (N, 2) pixel xy in frame 1, occluded (N,),
     peak value (N,) and contrast (N,: the peak over the mean of the point's own map);
     ``maps`` holds the averaged response maps (N, H, W) if kept (of the pass whose
-    estimate was kept, in frame-1 coordinates); ``pass_targets`` (passes, N, 2) the
-    targets after each refinement pass, ``pass_contrasts`` (passes, N) the contrast
-    of the estimate held after each and ``pass_shifts`` (passes, N, 2) the whole-pixel
-    shift of the frame-1 windows that gave it."""
+    estimate was kept, in frame-1 coordinates) and ``slots`` each point's raw slot
+    responses behind it (n, 4: slot left, top, pixel pitch, response);
+    ``pass_targets`` (passes, N, 2) the targets after each refinement pass,
+    ``pass_contrasts`` (passes, N) the contrast of the estimate held after each and
+    ``pass_shifts`` (passes, N, 2) the whole-pixel shift of the frame-1 windows that
+    gave it."""
 
     targets: dict[str, np.ndarray]
     occluded: dict[str, np.ndarray]
@@ -316,6 +329,7 @@ class TraceResult:
     pass_targets: dict[str, np.ndarray] = field(default_factory=dict)
     pass_contrasts: dict[str, np.ndarray] = field(default_factory=dict)
     pass_shifts: dict[str, np.ndarray] = field(default_factory=dict)
+    slots: dict[str, list[np.ndarray]] = field(default_factory=dict)
 
 
 DEFAULT_MODEL = "kltrace-match"
@@ -448,6 +462,88 @@ def _refine_peak(
     return xy, peak, contrast
 
 
+def _fit_peak(
+    slots: np.ndarray,
+    point: np.ndarray,
+    sigma: float,
+    patch: int,
+    width: float,
+    finest: float,
+    reach: float = float("inf"),
+) -> np.ndarray:
+    """The bump's position (xy, map coordinates) that best explains a point's raw slot
+    responses ``slots`` (n, 4: slot left, top, pixel pitch in frame px, response): a
+    matched filter. A slot's predicted response is the sum over its ``patch`` x ``patch``
+    pixels of a Gaussian of ``width * sigma`` model pixels centred on the position; it is
+    compared with the square root of the measured response (KL grows with the square of
+    the change of a patch) by least squares with a free scale, so the score of a position
+    is the share of the responses' energy it explains. Searched within ``reach`` px of
+    ``point`` (and the slots' extent) on a grid of finest / 8 px, then within one step of
+    the best on a grid of finest / 40 (``finest``: frame px per slot). The responses of
+    every reveal mask and zoom enter at once; the position is not tied to the slot grid
+    or to the peak of the averaged map, so a strong but narrow wrong mode loses to the
+    position that explains most of the response."""
+    left, top, pitch, value = slots.T
+    v = np.sqrt(np.maximum(value, 0.0))
+    if not v.any():
+        return np.asarray(point, dtype=np.float64)
+    k = np.arange(patch) + 0.5
+    s2 = 2 * (width * sigma * pitch[:, None, None]) ** 2
+
+    def scores(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:  # (len(xs), len(ys))
+        ax = np.exp(-(((left[:, None] + k * pitch[:, None])[:, :, None] - xs) ** 2) / s2).sum(1)
+        ay = np.exp(-(((top[:, None] + k * pitch[:, None])[:, :, None] - ys) ** 2) / s2).sum(1)
+        vm = (ax * v[:, None]).T @ ay  # <v, m> per position
+        mm = (ax**2).T @ ay**2  # <m, m>
+        return np.where(vm > 0, vm**2 / np.maximum(mm, 1e-12), 0.0)
+
+    step = finest / 8
+    lo = np.maximum(np.array([left.min(), top.min()]), point - reach)
+    hi = np.minimum(
+        np.array([(left + patch * pitch).max(), (top + patch * pitch).max()]), point + reach
+    )
+    xs, ys = (
+        point[d]
+        + np.arange(np.ceil((lo[d] - point[d]) / step), np.floor((hi[d] - point[d]) / step) + 1)
+        * step
+        for d in (0, 1)
+    )
+    if not len(xs) or not len(ys):
+        return np.asarray(point, dtype=np.float64)
+
+    def best(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        sc = scores(xs, ys)
+        sc[(xs[:, None] - point[0]) ** 2 + (ys[None, :] - point[1]) ** 2 > reach**2] = -1.0
+        i, j = np.unravel_index(np.argmax(sc), sc.shape)
+        return np.array([xs[i], ys[j]])
+
+    x, y = best(xs, ys)
+    fine = np.arange(-5, 6) * (step / 5)
+    return best(x + fine, y + fine)
+
+
+def read_peak(
+    m: np.ndarray,
+    slots: np.ndarray,
+    cfg: TraceConfig,
+    patch: int,
+    finest: float,
+    point: np.ndarray,
+) -> tuple[np.ndarray, float, float]:
+    """A point's target under ``cfg.readout`` from its averaged map ``m`` (H, W) and raw
+    slot responses ``slots`` (see :func:`_trace_maps`), in map coordinates; ``point``: the
+    query point there, ``finest``: frame px per slot of the finest zoom. Returns (xy,
+    peak, contrast) as :func:`_refine_peak` (the peak and contrast are the map's)."""
+    how = "softargmax" if cfg.readout == "fit" else cfg.readout
+    xy, peak, contrast = _refine_peak(m, 1.5 * finest, how, cfg.softness)
+    if cfg.readout == "fit" and peak > 0:
+        if cfg.fit_reach < float("inf"):  # near the map's peak
+            xy = _fit_peak(slots, xy, cfg.sigma, patch, cfg.fit_width, finest, cfg.fit_reach)
+        else:  # anywhere the point may have gone
+            xy = _fit_peak(slots, point, cfg.sigma, patch, cfg.fit_width, finest, cfg.max_motion)
+    return xy, peak, contrast
+
+
 def _trace_maps(
     model: FramePairModel,
     frame0: np.ndarray,
@@ -456,12 +552,13 @@ def _trace_maps(
     shifts: np.ndarray,
     cfg: TraceConfig,
     progress=None,
-) -> tuple[dict[str, np.ndarray], int]:
-    """Averaged KL and RGB maps (N, H, W) of points ``pts`` (N, 2), and the number of
-    model input rows run. Point i's frame-1 windows are its frame-0 windows moved by the
-    whole pixels ``shifts[i]`` (frame 1 padded by repeating its edges), so its map is in
-    the coordinates of frame 1 moved back by that shift: the point went to
-    (map position + shift)."""
+) -> tuple[dict[str, np.ndarray], dict[str, list[np.ndarray]], int]:
+    """Averaged KL and RGB maps (N, H, W) of points ``pts`` (N, 2), the raw responses of
+    every point's hidden slots (per probe, a list of N arrays (n, 4): slot left, top,
+    pixel pitch in frame px, response) and the number of model input rows run. Point i's
+    frame-1 windows are its frame-0 windows moved by the whole pixels ``shifts[i]``
+    (frame 1 padded by repeating its edges), so its map is in the coordinates of frame 1
+    moved back by that shift: the point went to (map position + shift)."""
     h, w = frame0.shape[:2]
     size, grid = model.image_size, model.image_size // model.patch
     n_slots = grid * grid
@@ -474,6 +571,8 @@ def _trace_maps(
     jobs = [(i, side, k) for i in range(len(pts)) for side in sides for k in range(cfg.n_masks)]
     sums = {p: np.zeros((len(pts), h, w)) for p in PROBES}
     counts = np.zeros((len(pts), h, w))
+    raw = {p: [[] for _ in pts] for p in PROBES}
+    corner = np.stack([np.arange(n_slots) % grid, np.arange(n_slots) // grid], 1) * model.patch
     orders = torch.stack([torch.randperm(n_slots, generator=g) for _ in range(cfg.n_masks)])
     masks = torch.zeros(cfg.n_masks, n_slots, dtype=torch.bool)
     masks.scatter_(1, orders[:, :n_reveal], True)
@@ -515,7 +614,14 @@ def _trace_maps(
         # both probes share the revealed (NaN) slots: one validity map per job
         resp = torch.stack([kl, rgb], 1).reshape(-1, len(PROBES), grid, grid).nan_to_num(0.0)
         valid = (~kl.isnan()).float().reshape(-1, 1, grid, grid)
+        values = {"kl": kl.cpu().numpy(), "rgb": rgb.cpu().numpy()}
         for r, ((i, _, _), (x0, y0, side)) in enumerate(zip(chunk, boxes, strict=True)):
+            pitch = side / size
+            for probe in PROBES:
+                v = values[probe][r]
+                ok = ~np.isnan(v)
+                xy = corner[ok] * pitch + (x0, y0)
+                raw[probe][i].append(np.column_stack([xy, np.full(ok.sum(), pitch), v[ok]]))
             # bilinear upsampling puts each slot's value at its patch centre
             v = F.interpolate(valid[r : r + 1], size=(side, side), mode="bilinear")[0, 0]
             m = F.interpolate(resp[r : r + 1], size=(side, side), mode="bilinear")[0]
@@ -526,7 +632,8 @@ def _trace_maps(
             counts[i, y0 : y0 + side, x0 : x0 + side] += keep.cpu().numpy()
         if progress is not None:
             progress(len(chunk))
-    return {p: sums[p] / np.maximum(counts, 1) for p in PROBES}, n_sequences
+    maps = {p: sums[p] / np.maximum(counts, 1) for p in PROBES}
+    return maps, {p: [np.concatenate(r) for r in raw[p]] for p in PROBES}, n_sequences
 
 
 def _shift_map(m: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -578,26 +685,29 @@ def trace_points(
     size, grid = model.image_size, model.image_size // model.patch
     finest = min(_window_sides((h, w), cfg.scales, size)) / grid  # frame px per patch
 
-    def read(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def read(maps: np.ndarray, slots: list, at: np.ndarray) -> tuple[np.ndarray, ...]:
         tg, pk, ct = zip(
-            *(_refine_peak(m, 1.5 * finest, cfg.readout, cfg.softness) for m in maps),
+            *(
+                read_peak(m, r, cfg, model.patch, finest, p)
+                for m, r, p in zip(maps, slots, at, strict=True)
+            ),
             strict=True,
         )
         return np.stack(tg), np.array(pk), np.array(ct)
 
     zero = np.zeros((n, 2), dtype=int)
-    maps, n_sequences = _trace_maps(model, frame0, frame1, pts, zero, cfg, progress)
+    maps, slots, n_sequences = _trace_maps(model, frame0, frame1, pts, zero, cfg, progress)
     state = {}  # per probe: targets, peaks, contrasts, maps, shifts, still refining
     for probe in PROBES:
-        tg, pk, ct = read(maps[probe])
+        tg, pk, ct = read(maps[probe], slots[probe], pts)
         far = np.linalg.norm(tg - pts, axis=1) > cfg.max_motion
         tg[far] = pts[far]  # beyond what the model can see: zero motion
-        state[probe] = [tg, pk, ct, maps[probe], zero.copy(), ~far]
+        state[probe] = [tg, pk, ct, maps[probe], zero.copy(), ~far, slots[probe]]
     history = {p: [[state[p][k].astype(np.float32) for k in (0, 2, 4)]] for p in PROBES}
     for _ in range(1, cfg.passes):
         want = {}  # (point, dx, dy) -> probes that trace it
         for probe in PROBES:
-            tg, _, _, _, d_old, active = state[probe]
+            tg, _, _, _, d_old, active, _ = state[probe]
             d = np.round(d_old + cfg.refine_gain * (tg - pts - d_old)).astype(int)
             active &= (d != d_old).any(1)  # the same shift would give the same estimate
             for i in np.flatnonzero(active):
@@ -606,13 +716,15 @@ def trace_points(
             keys = list(want)
             idx = np.array([key[0] for key in keys])
             shifts = np.array([key[1:] for key in keys], dtype=int)
-            new, used = _trace_maps(model, frame0, frame1, pts[idx], shifts, cfg)
+            new, new_slots, used = _trace_maps(model, frame0, frame1, pts[idx], shifts, cfg)
             n_sequences += used
             for probe in PROBES:
                 rows = [r for r, key in enumerate(keys) if probe in want[key]]
                 if not rows:
                     continue
-                tg, pk, ct = read(new[probe][rows])
+                tg, pk, ct = read(
+                    new[probe][rows], [new_slots[probe][r] for r in rows], pts[idx[rows]]
+                )
                 st = state[probe]
                 for r, t, p_, c in zip(rows, tg, pk, ct, strict=True):
                     i, d = keys[r][0], shifts[r]
@@ -625,6 +737,7 @@ def trace_points(
                         st[0][i], st[1][i], st[2][i], st[4][i] = t + d, p_, c, d
                         if keep_maps:  # in frame-1 coordinates
                             st[3][i] = _shift_map(new[probe][r], d)
+                            st[6][i] = new_slots[probe][r] + np.array([*d, 0, 0])
                     else:
                         st[5][i] = False  # not trusted: keep the previous estimate
         for probe in PROBES:
@@ -636,7 +749,7 @@ def trace_points(
 
     result = TraceResult({}, {}, {}, {} if keep_maps else None, n_sequences / n)
     for probe in PROBES:
-        tg, pk, ct, mp, _, _ = state[probe]
+        tg, pk, ct, mp, _, _, sl = state[probe]
         result.targets[probe] = tg.astype(np.float32)
         result.peaks[probe] = pk.astype(np.float32)
         result.contrasts[probe] = ct.astype(np.float32)
@@ -651,6 +764,7 @@ def trace_points(
             result.occluded[probe] = pk < cfg.thresholds[probe]
         if keep_maps:
             result.maps[probe] = mp.astype(np.float32)
+            result.slots[probe] = sl
     return result
 
 
