@@ -697,7 +697,7 @@ def trace_points(
 
     zero = np.zeros((n, 2), dtype=int)
     maps, slots, n_sequences = _trace_maps(model, frame0, frame1, pts, zero, cfg, progress)
-    state = {}  # per probe: targets, peaks, contrasts, maps, shifts, still refining
+    state = {}  # per probe: targets, peaks, contrasts, maps, shifts, still refining, slots
     for probe in PROBES:
         tg, pk, ct = read(maps[probe], slots[probe], pts)
         far = np.linalg.norm(tg - pts, axis=1) > cfg.max_motion
