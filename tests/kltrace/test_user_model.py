@@ -169,6 +169,18 @@ def test_cli_traces_with_a_model_file(user_module, frames, tmp_path):
     np.testing.assert_allclose(flows, [(4, 0), (4, 0)], atol=1.5)
     # the default settings have no refinement limits: strict JSON writes them as null
     assert "Infinity" not in text and rec["config"]["max_motion"] is None
+    # the fit readout on a user's model, chosen from the command line
+    res = runner.invoke(
+        app, [*args, "--model", spec, "--scales", "1", "--readout", "fit", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "flow.json").read_text())
+    assert rec["config"]["readout"] == "fit"
+    flows = [(p["flow_x"], p["flow_y"]) for p in rec["points"]]
+    np.testing.assert_allclose(flows, [(4, 0), (4, 0)], atol=1.5)
+    res = runner.invoke(app, [*args, "--model", spec, "--readout", "peak", "--out", str(out)])
+    assert res.exit_code == 2 and "readout must be one of" in res.output
+    assert "Traceback" not in res.output
 
 
 def test_cli_names_a_wrong_model_in_one_line(user_module, frames, tmp_path):

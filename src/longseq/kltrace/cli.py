@@ -34,6 +34,11 @@ MODEL_HELP = (
     "module:Class or path/to/file.py:Class"
 )
 
+READOUT_HELP = (
+    "fit (every slot's response against the bump's footprint), softargmax or centroid "
+    "(of the averaged map's peak); default: the model's"
+)
+
 
 def _load_tracer(
     model: str,
@@ -41,6 +46,7 @@ def _load_tracer(
     masks: int | None,
     scales: str | None,
     passes: int | None = None,
+    readout: str | None = None,
 ):
     from longseq.kltrace import load_tracer
     from longseq.utils import default_device
@@ -53,6 +59,8 @@ def _load_tracer(
         cfg.n_masks = masks
     if passes is not None:
         cfg.passes = passes
+    if readout is not None:
+        cfg.readout = readout
     if scales:
         try:
             cfg.scales = tuple(float(v) for v in scales.split(","))
@@ -103,6 +111,7 @@ def kltrace_flow(
     passes: int = typer.Option(
         None, min=1, help="coarse-to-fine passes (1: no refinement; default: the model's)"
     ),
+    readout: str = typer.Option(None, help=READOUT_HELP),
     out: Path = typer.Option(Path("kltrace-flow"), help="output folder (PNG + JSON)"),
     device: str = typer.Option(None),
 ) -> None:
@@ -122,7 +131,7 @@ def kltrace_flow(
         fail(str(e))
     if f0.shape != f1.shape:
         fail(f"the frames differ in size: {f0.shape[:2]} vs {f1.shape[:2]}")
-    net, cfg = _load_tracer(model, device, masks, scales, passes)
+    net, cfg = _load_tracer(model, device, masks, scales, passes, readout)
     h, w = f0.shape[:2]
     pts = np.array(parsed if parsed is not None else _grid_points(h, w, grid), dtype=np.float32)
     _output_folder(out)
@@ -200,6 +209,7 @@ def kltrace_bench(
     masks: int = typer.Option(None, min=1),
     scales: str = typer.Option(None),
     passes: int = typer.Option(None, min=1, help="coarse-to-fine passes (default: the model's)"),
+    readout: str = typer.Option(None, help=READOUT_HELP),
     json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON here"),
     device: str = typer.Option(None),
 ) -> None:
@@ -209,7 +219,7 @@ def kltrace_bench(
 
     check_output_file(json_out, "--json")
     require_module("cv2", "kltrace bench (the Farneback and DIS baselines)")
-    net, cfg = _load_tracer(model, device, masks, scales, passes)
+    net, cfg = _load_tracer(model, device, masks, scales, passes, readout)
     data = synthetic_set(clips, "test", size=size, n_frames=frames, n_points=points)
     try:
         results = evaluate_methods(net, data, cfg)
