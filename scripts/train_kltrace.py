@@ -70,14 +70,6 @@ from longseq.utils import (
 )
 
 CHUNK = 250
-# parameters a --camera model adds to one without it (initialised fresh by --init-from)
-CAMERA_PARAMS = (
-    "camera_logit",
-    "log_camera_scale",
-    "distinct",
-    "log_contrast_floor",
-    "log_camera_ridge",
-)
 DESCRIPTIONS = {
     "match": "local-matching mixture frame-pair model, 32x32, 4x4 patches (KL-tracing)",
     "lras": "LRAS-style random-order frame-pair transformer, 32x32, 4x4 patches (KL-tracing)",
@@ -137,6 +129,15 @@ def augment(pairs: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             p = p.flip(0)
         out.append(p)
     return torch.stack(out)
+
+
+def camera_parameters(model: torch.nn.Module) -> set[str]:
+    """Names of the parameters a ``camera`` MatchMixture adds to the same model without
+    the camera (``--init-from`` a model without it starts them fresh); empty otherwise."""
+    if not isinstance(model, MatchMixture) or not model.config.camera:
+        return set()
+    plain = MatchMixture(replace(model.config, camera=False))
+    return set(model.state_dict()) - set(plain.state_dict())
 
 
 def build(args) -> torch.nn.Module:
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.init_from:
         init, _ = hub.load(args.init_from, device)
         missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
-        if unexpected or any(not k.startswith(CAMERA_PARAMS) for k in missing):
+        if unexpected or set(missing) - camera_parameters(model):
             raise SystemExit(
                 f"--init-from {args.init_from}: another architecture "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
