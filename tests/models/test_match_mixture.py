@@ -152,7 +152,7 @@ def test_training_lowers_the_loss_on_moving_frames():
 
 
 def test_camera_fit_recovers_an_affine_motion_despite_outliers():
-    """Weighted least squares with Cauchy reweighting: matches of a rotation + scale +
+    """Weighted least squares with Geman-McClure reweighting: matches of a rotation + scale +
     translation, a fifth of them replaced by wrong matches, give back the motion."""
     m = _model(camera=True)
     with torch.no_grad():
@@ -177,7 +177,8 @@ def test_camera_fit_recovers_an_affine_motion_despite_outliers():
 @pytest.mark.parametrize("shift", [(2.5, -1.5), (-3.75, 3.25)])
 def test_camera_hypothesis_moves_every_slot_with_the_frame(shift):
     """A global translation: the camera hypothesis gives every slot, revealed or not,
-    the shift to sub-pixel precision, and a textured slot weighs it highly."""
+    the shift to sub-pixel precision, and every slot weighs it above the null
+    hypothesis."""
     m = _model(camera=True)
     f0, f1 = _shifted(shift)
     revealed = torch.zeros(1, 64, dtype=torch.bool)
@@ -187,6 +188,7 @@ def test_camera_hypothesis_moves_every_slot_with_the_frame(shift):
     assert disp.shape == (1, 64, 14, 2) and w.shape == (1, 64, 14)  # null, 12, camera
     torch.testing.assert_close(disp[0, :, -1], torch.tensor(shift).expand(64, 2), atol=0.15, rtol=0)
     torch.testing.assert_close(disp[0, :, 0], torch.zeros(64, 2))  # the null hypothesis
+    assert (w[0, :, -1] > w[0, :, 0]).all()  # the camera outweighs "nothing moved"
 
 
 def test_camera_checkpoint_round_trip(tmp_path):
