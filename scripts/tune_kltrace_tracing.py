@@ -37,7 +37,7 @@ from longseq import hub
 from longseq.data.photopairs import MOTIONS, photo_set
 from longseq.kltrace import load_tracer, synthetic_set, trace_points
 from longseq.kltrace.metrics import tapvid_metrics
-from longseq.kltrace.tracing import read_peak
+from longseq.kltrace.tracing import _window_sides, read_peak
 
 
 def trace_set(model, cfg, data) -> tuple[np.ndarray, list]:
@@ -107,7 +107,9 @@ def main() -> None:
     world = synthetic_set(args.clips, "val", 64, 2, 16)
     sets = {"photos": photos, "world": world}
     reveals = [float(v) for v in args.reveals.split(",")] if args.reveals else [base.reveal, 0.25]
-    finest = min(base.scales) * 64 / (model.image_size // model.patch)
+    # frame px per slot of the finest zoom, as trace_points reckons it (both sets: 64 px)
+    sides = _window_sides(photos.videos.shape[2:4], base.scales, model.image_size)
+    finest = min(sides) / (model.image_size // model.patch)
     readouts = [("centroid", None), ("softargmax", None)]
     readouts += [("fit", float(v)) for v in args.fit_widths.split(",") if v]
     table, best, kept = [], None, {}
