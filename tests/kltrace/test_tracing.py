@@ -324,3 +324,40 @@ def test_fit_peak_finds_a_bump_from_slot_responses():
         np.testing.assert_allclose(xy, true, atol=0.05 * pitch + 1e-9)
     none = _fit_peak(np.zeros((0, 4)), np.array([3.0, 4.0]), sigma, patch, 1.5, 4.0)
     assert none.tolist() == [3.0, 4.0]  # nothing to fit: the point is kept
+
+
+def test_held_motion_responses_use_each_jobs_clean_motion():
+    """With ``hold_motion`` the KL of job j compares the clean pair of its row
+    ``index[j]`` with the perturbed frame copied under that clean row's motion: the
+    batched call equals the same computation one job at a time."""
+    from longseq.kltrace.tracing import _responses
+    from longseq.models.match_mixture import MatchMixture, MatchMixtureConfig
+
+    torch.manual_seed(0)
+    model = MatchMixture(MatchMixtureConfig(codebook_size=64, camera=True)).eval()
+    frames = [_textured(seed=s) for s in (1, 2, 3)]
+    clean = torch.from_numpy(np.stack([[frames[0], frames[1]], [frames[1], frames[2]]])).float()
+    revealed = torch.zeros(2, 64, dtype=torch.bool)
+    revealed[0, 5:21], revealed[1, 30:46] = True, True
+    index = torch.tensor([1, 0, 1])
+    xy = torch.tensor([[10.0, 12.0], [20.0, 8.0], [16.0, 25.0]])
+    perturbed = gaussian_bump(clean[index, 0], xy, 1.5, 64.0)
+    kl, rgb = _responses(model, clean, revealed, perturbed, index, hold_motion=True)
+    for j, u in enumerate(index.tolist()):
+        f0, f1, rev = clean[u : u + 1, 0], clean[u : u + 1, 1], revealed[u : u + 1]
+        with torch.no_grad():
+            motion = model.motion(f0, f1, rev)
+            lc = model.frame1_logprobs(f0, f1, rev)
+            lp = model.frame1_logprobs(perturbed[j : j + 1], f1, rev, motion=motion)
+        want = (lc.exp() * (lc - lp)).sum(-1).clamp(min=0)[0]
+        hidden = ~rev[0]
+        torch.testing.assert_close(kl[j, hidden], want[hidden], rtol=1e-4, atol=1e-6)
+        assert kl[j, ~hidden].isnan().all() and not rgb[j, hidden].isnan().any()
+
+
+def test_held_motion_needs_a_model_that_exposes_its_motion():
+    f = _textured()
+    with pytest.raises(TypeError, match="hold_motion needs a model with a motion"):
+        trace_points(ShiftOracle(), f, f, np.array([[8.0, 8.0]]), TraceConfig(hold_motion=True))
+    with pytest.raises(ValueError, match="hold_motion must be True or False"):
+        TraceConfig(hold_motion="yes").validate()

@@ -181,6 +181,10 @@ def test_cli_traces_with_a_model_file(user_module, frames, tmp_path):
     res = runner.invoke(app, [*args, "--model", spec, "--readout", "peak", "--out", str(out)])
     assert res.exit_code == 2 and "readout must be one of" in res.output
     assert "Traceback" not in res.output
+    # holding the motion needs a model that exposes it: named in one line
+    res = runner.invoke(app, [*args, "--model", spec, "--hold-motion", "--out", str(out)])
+    assert res.exit_code == 2 and "--hold-motion needs a model with a motion(" in res.output
+    assert "Traceback" not in res.output and res.output.count("\n") == 1
 
 
 def test_cli_names_a_wrong_model_in_one_line(user_module, frames, tmp_path):

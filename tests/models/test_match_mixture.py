@@ -206,3 +206,55 @@ def test_camera_checkpoint_round_trip(tmp_path):
         lp = loaded.frame1_logprobs(*args)
         torch.testing.assert_close(lp, m.frame1_logprobs(*args))
     torch.testing.assert_close(lp.exp().sum(-1), torch.ones(2, 64), rtol=0, atol=1e-5)
+
+
+def test_held_motion_gives_the_same_output_on_the_same_frame():
+    m = _model(camera=True)
+    f0, f1 = _shifted((1.5, -0.5))
+    revealed = torch.zeros(2, 64, dtype=torch.bool)
+    revealed[:, 10:26] = True
+    f0, f1 = f0[None].repeat(2, 1, 1, 1), f1[None].repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        plain = m.frame1_logprobs(f0, f1, revealed)
+        held = m.frame1_logprobs(f0, f1, revealed, motion=m.motion(f0, f1, revealed))
+    torch.testing.assert_close(held, plain, rtol=0, atol=0)
+
+
+def test_held_motion_keeps_a_change_of_frame0_where_the_motion_copies_it():
+    """A 2 x 2 block of frame 0 turned white changes, under the clean frame's motion, only
+    the slots whose copies (any hypothesis, bilinear) read those pixels; every other slot
+    keeps its clean distribution exactly. Inferring the motion from the changed frame 0
+    instead lets the change reach other slots (the block flips matches)."""
+    m = _model(camera=True)
+    f0, f1 = _shifted((2.0, -1.0))
+    f0, f1 = f0[None], f1[None]
+    revealed = torch.zeros(1, 64, dtype=torch.bool)
+    revealed[0, torch.randperm(64, generator=torch.Generator().manual_seed(3))[:16]] = True
+    changed = f0.clone()
+    changed[0, 14:16, 14:16] = 255.0  # pixels x, y in [14, 16)
+    with torch.no_grad():
+        motion = m.motion(f0, f1, revealed)
+        clean = m.frame1_logprobs(f0, f1, revealed)
+        held = m.frame1_logprobs(changed, f1, revealed, motion=motion)
+        free = m.frame1_logprobs(changed, f1, revealed)
+    disp = motion[0][0]  # (S, H, 2)
+    src = m.slot_centres(torch.device("cpu"))[:, None] - disp  # copy centres in frame 0
+    # a copy reads pixels within patch / 2 + 1 of its centre (bilinear): it misses the
+    # block when that reach ends before x, y = 14 or starts after 16
+    reach = m.patch / 2 + 1
+    misses = ((src + reach <= 14) | (src - reach >= 16)).any(-1).all(-1)  # (S,)
+    assert 10 < misses.sum() < 64
+    torch.testing.assert_close(held[0, misses], clean[0, misses], rtol=0, atol=0)
+    assert (held[0, ~misses] - clean[0, ~misses]).abs().amax() > 1e-3  # it is seen
+    assert (free[0, misses] - clean[0, misses]).abs().amax() > 1e-3
+
+
+def test_held_motion_of_the_wrong_size_is_named():
+    m = _model(camera=True)
+    f0, f1 = _shifted((1.0, 1.0))
+    revealed = torch.zeros(2, 64, dtype=torch.bool)
+    revealed[:, :8] = True
+    f0, f1 = f0[None].repeat(2, 1, 1, 1), f1[None].repeat(2, 1, 1, 1)
+    motion = m.motion(f0[:1], f1[:1], revealed[:1])
+    with pytest.raises(ValueError, match="motion is for 1 rows"):
+        m.frame1_logprobs(f0, f1, revealed, motion=motion)

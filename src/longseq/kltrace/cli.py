@@ -39,6 +39,11 @@ READOUT_HELP = (
     "(of the averaged map's peak); default: the model's"
 )
 
+HOLD_HELP = (
+    "hold the model's motion at what it infers from the clean frame 0, so the bump is only "
+    "carried along (models with a motion() method); default: the model's"
+)
+
 
 def _load_tracer(
     model: str,
@@ -47,6 +52,7 @@ def _load_tracer(
     scales: str | None,
     passes: int | None = None,
     readout: str | None = None,
+    hold_motion: bool | None = None,
 ):
     from longseq.kltrace import load_tracer
     from longseq.utils import default_device
@@ -61,6 +67,13 @@ def _load_tracer(
         cfg.passes = passes
     if readout is not None:
         cfg.readout = readout
+    if hold_motion is not None:
+        cfg.hold_motion = hold_motion
+    if cfg.hold_motion and not callable(getattr(net, "motion", None)):
+        fail(
+            f"--hold-motion needs a model with a motion(frame0, frame1, revealed) method; "
+            f"{type(net).__name__} has none (use --free-motion)"
+        )
     if scales:
         try:
             cfg.scales = tuple(float(v) for v in scales.split(","))
@@ -112,6 +125,7 @@ def kltrace_flow(
         None, min=1, help="coarse-to-fine passes (1: no refinement; default: the model's)"
     ),
     readout: str = typer.Option(None, help=READOUT_HELP),
+    hold_motion: bool = typer.Option(None, "--hold-motion/--free-motion", help=HOLD_HELP),
     out: Path = typer.Option(Path("kltrace-flow"), help="output folder (PNG + JSON)"),
     device: str = typer.Option(None),
 ) -> None:
@@ -131,7 +145,7 @@ def kltrace_flow(
         fail(str(e))
     if f0.shape != f1.shape:
         fail(f"the frames differ in size: {f0.shape[:2]} vs {f1.shape[:2]}")
-    net, cfg = _load_tracer(model, device, masks, scales, passes, readout)
+    net, cfg = _load_tracer(model, device, masks, scales, passes, readout, hold_motion)
     h, w = f0.shape[:2]
     pts = np.array(parsed if parsed is not None else _grid_points(h, w, grid), dtype=np.float32)
     _output_folder(out)
@@ -210,6 +224,7 @@ def kltrace_bench(
     scales: str = typer.Option(None),
     passes: int = typer.Option(None, min=1, help="coarse-to-fine passes (default: the model's)"),
     readout: str = typer.Option(None, help=READOUT_HELP),
+    hold_motion: bool = typer.Option(None, "--hold-motion/--free-motion", help=HOLD_HELP),
     json_out: Path = typer.Option(None, "--json", help="write the metrics as JSON here"),
     device: str = typer.Option(None),
 ) -> None:
@@ -219,7 +234,7 @@ def kltrace_bench(
 
     check_output_file(json_out, "--json")
     require_module("cv2", "kltrace bench (the Farneback and DIS baselines)")
-    net, cfg = _load_tracer(model, device, masks, scales, passes, readout)
+    net, cfg = _load_tracer(model, device, masks, scales, passes, readout, hold_motion)
     data = synthetic_set(clips, "test", size=size, n_frames=frames, n_points=points)
     try:
         results = evaluate_methods(net, data, cfg)

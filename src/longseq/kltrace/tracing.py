@@ -57,6 +57,11 @@ class FramePairModel(Protocol):
       [0, 255], ``revealed`` (B, n_slots) bool with the same count in every row;
       returns log-probabilities (B, n_slots, K) of each frame-1 patch's code given
       frame 0 and the revealed frame-1 patches (rows of revealed slots are ignored).
+
+    Optional, for ``TraceConfig.hold_motion``: a ``motion(frame0, frame1, revealed)``
+    method returning what the model infers about the motion (any tuple of tensors with
+    one row per input row), which ``frame1_logprobs(..., motion=...)`` then uses instead
+    of inferring it from its own ``frame0`` (``MatchMixture`` has both).
     """
 
     image_size: int
@@ -269,6 +274,12 @@ class TraceConfig:
     refine_contrast: dict[str, float] = field(default_factory=lambda: {"kl": 0.0, "rgb": 0.0})
     refine_max_residual: float = float("inf")
     max_motion: float = float("inf")
+    # hold the model's motion at what it infers from the clean frame 0: a perturbed frame
+    # 0 is only carried along by that motion (needs the model's optional ``motion``
+    # member, see FramePairModel). Without it, the bump can also change the motion the
+    # model infers, e.g. flip an ambiguous match in plain texture, which moves its
+    # response to where that match's patches are copied.
+    hold_motion: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -290,6 +301,8 @@ class TraceConfig:
             raise ValueError(f"fit_reach must be > 0 px, got {self.fit_reach}")
         if self.occlusion not in OCCLUSION_RULES:
             raise ValueError(f"occlusion must be one of {OCCLUSION_RULES}, got {self.occlusion!r}")
+        if not isinstance(self.hold_motion, bool):
+            raise ValueError(f"hold_motion must be True or False, got {self.hold_motion!r}")
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be in [0, 1] (patches), got {self.jitter}")
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
@@ -413,12 +426,14 @@ def _responses(
     revealed: torch.Tensor,
     perturbed: torch.Tensor,
     index: torch.Tensor,
+    hold_motion: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KL and RGB-difference maps (J, S) over slots (NaN where revealed) for J perturbed
     frame-0 inputs ``perturbed`` (J, H, W, 3). ``clean`` (U, 2, H, W, 3) holds the distinct
     clean frame pairs with their reveal masks ``revealed`` (U, S) bool; job j uses row
     ``index[j]``, so a clean pass shared by several points runs once. One batched call of
-    U + J rows."""
+    U + J rows; with ``hold_motion`` the model's motion is inferred once per clean row
+    and every perturbed row uses its clean row's."""
     codebook = model.codebook
     dev = codebook.device
     u = clean.shape[0]
@@ -426,7 +441,13 @@ def _responses(
     rows = torch.cat([torch.arange(u, device=dev), index])  # clean row of every sequence
     frame0 = torch.cat([clean[:, 0], perturbed]).to(dev)
     mask = revealed.to(dev)[rows]
-    logp = model.frame1_logprobs(frame0, clean[:, 1].to(dev)[rows], mask)
+    frame1 = clean[:, 1].to(dev)
+    if hold_motion:
+        motion = model.motion(clean[:, 0].to(dev), frame1, revealed.to(dev))
+        held = tuple(t[rows] for t in motion)
+        logp = model.frame1_logprobs(frame0, frame1[rows], mask, motion=held)
+    else:
+        logp = model.frame1_logprobs(frame0, frame1[rows], mask)
     logp = _check_logprobs(logp, len(rows), mask.shape[1], codebook.shape[0]).float()
     logp_c, logp_p = logp[:u][index], logp[u:]
     kl = (logp_c.exp() * (logp_c - logp_p)).sum(-1)  # (J, S)
@@ -609,7 +630,9 @@ def _trace_maps(
         first = {key: keys.index(key) for key in uniq}
         index = torch.tensor([uniq.index(key) for key in keys])
         clean = crops[[first[key] for key in uniq]].float()
-        kl, rgb = _responses(model, clean, masks[[key[2] for key in uniq]], f0_pert, index)
+        kl, rgb = _responses(
+            model, clean, masks[[key[2] for key in uniq]], f0_pert, index, cfg.hold_motion
+        )
         n_sequences += len(uniq) + len(chunk)
         # both probes share the revealed (NaN) slots: one validity map per job
         resp = torch.stack([kl, rgb], 1).reshape(-1, len(PROBES), grid, grid).nan_to_num(0.0)
@@ -673,6 +696,11 @@ def trace_points(
     cfg = config or TraceConfig()
     cfg.validate()
     _check_members(model)  # the output of every forward pass is checked as it comes
+    if cfg.hold_motion and not callable(getattr(model, "motion", None)):
+        raise TypeError(
+            f"hold_motion needs a model with a motion(frame0, frame1, revealed) method; "
+            f"{type(model).__name__} has none (trace it with hold_motion=False)"
+        )
     _check_frames(frame0, frame1)
     pts = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
     h, w = frame0.shape[:2]

@@ -315,16 +315,45 @@ class MatchMixture(nn.Module):
             logits.append(self.camera_logit.expand(b, s, 1))
         return at_s, torch.cat(logits, -1) + self.support * support.clamp(min=1e-4).log()
 
-    def frame1_logprobs(
+    def motion(
         self, frame0: torch.Tensor, frame1: torch.Tensor, revealed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the model infers about the motion from ``frame0`` and the ``revealed``
+        patches of ``frame1`` (frames (B, H, W, 3) in [0, 255]): the hypotheses'
+        displacements (B, S, H, 2) and weight logits (B, S, H) of :meth:`hypotheses`.
+        :meth:`frame1_logprobs` takes it back as ``motion=``."""
+        return self.hypotheses(frame0.float().permute(0, 3, 1, 2) / 255.0, frame1, revealed)
+
+    def frame1_logprobs(
+        self,
+        frame0: torch.Tensor,
+        frame1: torch.Tensor,
+        revealed: torch.Tensor,
+        motion: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """log-probabilities (B, n_slots, K) of the code of every frame-1 patch, given all
         of ``frame0`` and the patches of ``frame1`` at the ``revealed`` (B, n_slots) bool
         slots; frames are (B, H, W, 3) in [0, 255]. Every row must reveal the same number
         of slots (rows of revealed slots are predicted too, from the others).
-        Log-probabilities are floored at log(1e-30)."""
+        Log-probabilities are floored at log(1e-30).
+
+        ``motion``: the output of :meth:`motion` for another frame 0 (e.g. the clean one
+        of a perturbed ``frame0``), used instead of inferring the motion from ``frame0``:
+        the patches are still copied from ``frame0``, so a change of ``frame0`` is carried
+        along by that motion without changing it."""
         image0 = frame0.float().permute(0, 3, 1, 2) / 255.0
-        disp, w = self.hypotheses(image0, frame1, revealed)
+        if motion is None:
+            disp, w = self.hypotheses(image0, frame1, revealed)
+        else:
+            disp, w = motion
+            if disp.shape[0] != image0.shape[0] or w.shape[:2] != (
+                image0.shape[0],
+                self.config.n_slots,
+            ):
+                raise ValueError(
+                    f"motion is for {disp.shape[0]} rows of {w.shape[1]} slots, frame0 has "
+                    f"{image0.shape[0]} rows of {self.config.n_slots}"
+                )
         b, s, m = w.shape
         centres = self.slot_centres(frame0.device)
         src = centres[None, :, None] - disp  # (B, S, H, 2) source centres in frame 0
