@@ -216,6 +216,11 @@ def main() -> None:
             cfg.refine_contrast = {**cfg.refine_contrast, "kl": float(value)}
             continue
         old = getattr(cfg, key)
+        if isinstance(old, bool):
+            if value.lower() not in ("true", "false"):
+                raise SystemExit(f"--set {key}: true or false, got {value!r}")
+            setattr(cfg, key, value.lower() == "true")
+            continue
         setattr(cfg, key, type(old)(value) if not isinstance(old, str) else value)
     cfg.validate()
     real = photo_set(args.pairs, "test", n_points=args.points)
