@@ -40,6 +40,12 @@ def test_flow_writes_png_and_json(frames, tmp_path):
         assert 0 <= p["target_x"] <= 48 and 0 <= p["target_y"] <= 48
     assert rec["sequences_per_point"] == 1.5  # two perturbed rows share one clean row
     assert (out / "flow.png").stat().st_size > 0
+    assert rec["config"]["hold_motion"] is True  # the shipped model's setting
+    res = runner.invoke(app, [*args, *opts, "--free-motion"])
+    assert res.exit_code == 0, res.output
+    free = json.loads((out / "flow.json").read_text())
+    assert free["config"]["hold_motion"] is False
+    assert [p["flow_x"] for p in free["points"]] != [p["flow_x"] for p in rec["points"]]
 
 
 @needs_model
