@@ -12,6 +12,8 @@ import zipfile
 from pathlib import Path
 
 import longseq
+from longseq.data.flowworld import sample_world
+from longseq.media import write_image
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = Path(longseq.__file__).parent
@@ -112,3 +114,13 @@ def test_wheel_works_outside_the_repository(tmp_path):
     res = cli("power", "sample", "12+34+5=", "--method", "temp", "--max-new-tokens", "8")
     assert res.returncode == 0, res.stdout + res.stderr
     assert sorted(p.name for p in work.iterdir()) == []  # nothing written where it ran
+    # KL-tracing with the shipped model's tracing settings, read from the wheel's config
+    video = sample_world(3, 48, 2, split="test").render()
+    frames = [tmp_path / "f0.png", tmp_path / "f1.png"]
+    for path, frame in zip(frames, video, strict=True):
+        write_image(path, frame)
+    out = tmp_path / "flow"
+    res = cli("kltrace", "flow", *map(str, frames), "--points", "20,20", "--out", str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    config = json.loads((out / "flow.json").read_text())["config"]
+    assert config["hold_motion"] is True and config["readout"] == "fit"
