@@ -171,7 +171,7 @@ class _WorldPipe:
         # start where the object is in view, as generated first chunks mostly are
         start = int(np.argmax(clip.visibility(200) == 1))
         out.frames = clip.render(n_frames, 16, start)
-        if self.kind == "empty":
+        if self.kind == "empty" or (self.kind == "no-triangle" and "triangle" in caption):
             out.frames[:] = clip.render_background(16)
         return out
 
@@ -185,3 +185,15 @@ def test_base_prompt_gate_passes_the_world_and_fails_wrong_or_empty(classifier):
     empty = base_prompt_gate(_WorldPipe("empty"), classifier, n=4)
     assert not empty["passed"] and empty["visible"] == 0 and empty["n_visible"] == 0
     assert empty["n_speed_read"] == 0 and math.isnan(empty["speed_agreement"])
+
+
+def test_base_prompt_gate_fails_a_shape_that_is_never_drawn(classifier):
+    # perfect among the frames that show an object, but triangles are never drawn: the
+    # accuracy among visible frames cannot see it, the per-shape visibility does
+    res = base_prompt_gate(_WorldPipe("no-triangle"), classifier, n=4)
+    assert res["shape_accuracy"] >= 0.9 and res["speed_agreement"] >= 0.75
+    assert set(res["per_shape"]) == set(vw.SHAPES)
+    assert res["per_shape"]["triangle"]["visible"] == 0 == res["least_visible"]
+    assert math.isnan(res["per_shape"]["triangle"]["shape_accuracy"])
+    assert min(res["per_shape"][s]["visible"] for s in ("circle", "square", "cross")) > 0.5
+    assert not res["passed"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from longseq.data.videoworld import clip_for_caption
+from longseq.data.videoworld import clip_for_caption, parse_caption
 from longseq.media import resize_video
 from longseq.streaming.metrics import (
     MAWE_COEFF,
@@ -196,6 +196,7 @@ def gates(
 
 SHAPE_GATE = 0.9  # shape accuracy among visible frames of the base model's first chunks
 SPEED_GATE = 0.75  # first chunks moving at the named speed (world clips: about 0.9)
+VISIBLE_GATE = 0.25  # every prompted shape in view in this share of its frames (world: ~0.5)
 
 
 def prompt_gate(
@@ -212,8 +213,12 @@ def prompt_gate(
       chunks where it is read (two consecutive visible frames or more). Gate:
       >= ``SPEED_GATE``;
     - ``visible``: the share of frames with the object at least half in view, and
-      ``n_visible`` their count; ``per_caption`` the same per chunk.
-    - ``passed``: both gates hold (a chunk set without visible frames fails).
+      ``n_visible`` their count; ``per_caption`` the same per chunk;
+    - ``per_shape``: per prompted shape, ``visible`` and ``shape_accuracy`` over its
+      chunks' frames, so that a shape the model never draws shows (its frames do not
+      count against the accuracy among visible frames); ``least_visible`` the smallest
+      of those shares. Gate: >= ``VISIBLE_GATE``;
+    - ``passed``: the three gates hold (a chunk set without visible frames fails).
     """
     from longseq.streaming.metrics import prompt_fidelity
 
@@ -223,12 +228,16 @@ def prompt_gate(
             f"and {len(captions)} captions"
         )
     correct, visible, speed, rows = [], [], [], []
+    shapes: dict[str, tuple[list[bool], list[bool]]] = {}  # prompted shape: visible, correct
     for video, caption in zip(first_chunks, captions, strict=True):
         fid = prompt_fidelity(video, caption, classifier)
         block = fid.blocks(len(fid.visible))
         c = fid.shape_correct[fid.visible]
         correct.extend(c.tolist())
         visible.extend(fid.visible.tolist())
+        v_shape, c_shape = shapes.setdefault(parse_caption(caption)["shape"], ([], []))
+        v_shape.extend(fid.visible.tolist())
+        c_shape.extend(c.tolist())
         sp = float(block["speed_correct"][0])
         if np.isfinite(sp):
             speed.append(sp)
@@ -251,8 +260,18 @@ def prompt_gate(
         "n": len(captions),
         "per_caption": rows,
     }
+    res["per_shape"] = {
+        shape: {
+            "visible": float(np.mean(v)),
+            "shape_accuracy": float(np.mean(c)) if len(c) else float("nan"),
+        }
+        for shape, (v, c) in shapes.items()
+    }
+    res["least_visible"] = min(v["visible"] for v in res["per_shape"].values())
     res["passed"] = bool(
-        res["shape_accuracy"] >= SHAPE_GATE and res["speed_agreement"] >= SPEED_GATE
+        res["shape_accuracy"] >= SHAPE_GATE
+        and res["speed_agreement"] >= SPEED_GATE
+        and res["least_visible"] >= VISIBLE_GATE
     )
     return res
 
