@@ -133,11 +133,27 @@ DROP_BOTH, DROP_TEXT, DROP_ANCHOR = 0.1, 0.05, 0.05  # classifier-free guidance 
 PREDICTION = "v_prediction"
 
 
+SNR_SHIFT = 1.0  # the cosine schedule's signal-to-noise ratio times this (--snr-shift)
+
+
 def scheduler():
+    """The noise schedule: cosine, v-prediction; with ``SNR_SHIFT`` s != 1 its SNR at every
+    step times s (s > 1: less noise, for frames smaller than the cosine schedule was made
+    for), given to ``diffusers`` as ``trained_betas``."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(
+    sched = DDPMScheduler(
         num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=PREDICTION
+    )
+    if SNR_SHIFT == 1.0:
+        return sched
+    ab = sched.alphas_cumprod.double()
+    ab = SNR_SHIFT * ab / (1 + (SNR_SHIFT - 1) * ab)
+    betas = 1 - ab / torch.cat([ab.new_ones(1), ab[:-1]])
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        trained_betas=betas.clamp(max=0.999).tolist(),
+        prediction_type=PREDICTION,
     )
 
 
@@ -163,6 +179,7 @@ def diffusion_loss(
     rows=None,
     total=None,
     return_x0: bool = False,
+    weight: torch.Tensor | None = None,
     **cond,
 ):
     """The denoising loss in the scheduler's parametrisation (v-prediction here); with
@@ -170,7 +187,8 @@ def diffusion_loss(
     min-SNR weighting of v-prediction (Hang et al. 2023). ``rows`` (a slice): ``x0`` is
     those rows of a batch of ``total``, whose noise and timesteps are drawn and sliced (so
     that data-parallel processes together draw what one process would). With
-    ``return_x0`` also the denoised estimate x̂0 and ᾱ_t per sample (for the shape loss)."""
+    ``return_x0`` also the denoised estimate x̂0 and ᾱ_t per sample (for the shape loss).
+    ``weight`` (broadcast to ``x0``'s rows): a per-pixel weight of the squared error."""
     n = x0.shape[0] if rows is None else total
     rows = slice(0, n) if rows is None else rows
     noise = torch.randn((n, *x0.shape[1:]), generator=gen)[rows].to(x0.device)
@@ -183,7 +201,8 @@ def diffusion_loss(
     else:
         target = noise if kind == "epsilon" else x0
     pred = model(xt, t, text, **cond).sample
-    err = (pred - target).pow(2).flatten(1).mean(1)
+    sq = (pred - target).pow(2)
+    err = (sq if weight is None else sq * weight).flatten(1).mean(1)
     if min_snr > 0:
         ab = sched.alphas_cumprod.to(x0.device)[t]
         snr = ab / (1 - ab)
@@ -290,6 +309,30 @@ def base_weights(run: Path, device, init_from: str | None = None) -> dict[str, t
         if f.exists():
             return torch.load(f, map_location=device)["model"]
     raise SystemExit(f"error: {run} has no trained base (run --stage base first)")
+
+
+def load_grown(model: VideoUNet, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Load a base's weights into ``model``, which may have attention at more levels
+    (``--base-attn``) than the base was trained with: each new transformer block starts
+    with its attention and MLP outputs at zero, so the grown model computes what the base
+    did. Returns the names of the new blocks."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    blocks = sorted({k.split(".attn.")[0] + ".attn" for k in missing if ".attn." in k})
+    unknown = [k for k in missing if not k.startswith(tuple(b + "." for b in blocks))]
+    extra = [k for k in weights if k not in own]
+    if unknown or extra:
+        raise SystemExit(f"error: the base's weights do not fit this model: {unknown or extra}")
+    model.load_state_dict(weights, strict=False)
+    with torch.no_grad():
+        for name in blocks:
+            block = model.get_submodule(name)
+            for out in (block.spatial.o, block.temporal.o, block.cross.o, block.mlp[-1]):
+                out.weight.zero_()
+                out.bias.zero_()
+    if blocks:
+        print(f"new attention blocks, starting as identity: {', '.join(blocks)}")
+    return blocks
 
 
 def critic_frames(rng, n: int, split: str = "train") -> tuple[np.ndarray, list[str]]:
@@ -426,9 +469,14 @@ def base_gate(model: VideoUNet, log: Path, step: int, device) -> dict:
             for c, s in prompts
         ]
         r = prompt_gate(chunks, [c for c, _ in prompts], classifier)
-        row[f"guidance {w:g}"] = {
-            k: r[k] for k in ("shape_accuracy", "speed_agreement", "visible", "passed")
-        } | chunk_colours(chunks)
+        row[f"guidance {w:g}"] = (
+            {
+                k: r[k]
+                for k in ("shape_accuracy", "speed_agreement", "visible", "least_visible", "passed")
+            }
+            | {"per_shape": r["per_shape"]}
+            | chunk_colours(chunks)
+        )
     print(f"step {step}: prompt gate on validation prompts {row}", flush=True)
     with open(log, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -528,7 +576,7 @@ def train(stage: str, args) -> None:
     shape_w = 0.0
     if stage == "shape":
         shape_w = CRITIC_LOSS if args.critic_loss is None else args.critic_loss
-    elif stage in MEMORY:
+    elif stage in MEMORY or stage == "base":
         shape_w = args.critic_loss or 0.0
     if shape_w:
         critic = load_critic(run, device)
@@ -544,7 +592,7 @@ def train(stage: str, args) -> None:
         params = list(model.parameters())
     elif stage == "shape":  # the base, fine-tuned with the shape loss
         model = VideoUNet(VideoUNetConfig(**BASE)).to(device)
-        model.load_state_dict(base_weights(run, device, args.init_from))
+        load_grown(model, base_weights(run, device, args.init_from))
         params = list(model.parameters())
     elif stage in MEMORY:
         model, params = memory_model(stage, run, device, args.init_from)
@@ -575,13 +623,13 @@ def train(stage: str, args) -> None:
             logits = model(img)
             loss = sum(F.cross_entropy(logits[k], targets[k]) for k in targets)
         else:
-            size, n = (32, ENH_CHUNK) if stage == "enhancer" else (16, CHUNK)
+            size, n = (32, ENH_CHUNK) if stage == "enhancer" else (BASE["sample_size"], CHUNK)
             reappear = REAPPEAR if stage in MEMORY else 0.0
             max_start = MAX_START
             first_only = args.first_chunk_frac > 0 and stage in ("base", "shape", "enhancer")
             if first_only and rng.uniform() < args.first_chunk_frac:
                 max_start = 0  # a batch of video starts, what the base makes in the pipeline
-            frames, first, caps, visible = vw.clip_batch(
+            frames, first, caps, visible, masks = vw.clip_batch(
                 rng,
                 batch,
                 n,
@@ -590,15 +638,19 @@ def train(stage: str, args) -> None:
                 reappear=reappear,
                 hidden_before=COND,
                 visibility=True,
+                masks=True,
             )
             x0 = vw.to_tensor(frames).to(device)
+            cond = {}
+            if args.fg_weight != 1.0:  # the object's pixels weigh more in the denoising loss
+                fg = torch.from_numpy(masks).float().to(device)[:, None]
+                cond["weight"] = 1.0 + (args.fg_weight - 1.0) * fg
             u = rng.uniform(size=len(caps))
             drop_text = (u < DROP_BOTH) | ((u >= DROP_BOTH) & (u < DROP_BOTH + DROP_TEXT))
             drop_anchor = (u < DROP_BOTH) | (u >= 1 - DROP_ANCHOR)
             emb = torch.stack([table[c] for c in caps])
             keep = torch.from_numpy(~drop_text).to(device)
             text = torch.where(keep[:, None, None], emb, null)
-            cond = {}
             if stage in MEMORY:
                 cond["cond_frames"] = x0[:, :, :COND]
             if frame_enc is not None:
@@ -914,6 +966,7 @@ def train_on_base(args) -> Path:
 
 
 def main() -> None:
+    global SNR_SHIFT
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--stage", required=True, choices=[*STAGES, "tune", "all"])
     ap.add_argument("--tune-prompts", type=int, default=8)
@@ -975,7 +1028,41 @@ def main() -> None:
     )
     ap.add_argument("--chunk-frames", type=int, default=CHUNK, help="with --base: frames a chunk")
     ap.add_argument("--cond-frames", type=int, default=COND, help="with --base: F_cond")
+    ap.add_argument(
+        "--base-attn",
+        default=None,
+        help="attention levels of the base UNet, finest first, e.g. 1,1,1 "
+        f"[{','.join(str(int(a)) for a in BASE['attn_levels'])}]",
+    )
+    ap.add_argument(
+        "--fg-weight",
+        type=float,
+        default=1.0,
+        help="weight of the object's pixels in the denoising loss (1: plain)",
+    )
+    ap.add_argument(
+        "--base-size", type=int, default=None, help=f"base frame size [{BASE['sample_size']}]"
+    )
+    ap.add_argument(
+        "--snr-shift",
+        type=float,
+        default=SNR_SHIFT,
+        help="multiply the noise schedule's SNR at every step (a new base: train every stage "
+        "with the same value)",
+    )
     args = ap.parse_args()
+    if args.snr_shift <= 0:
+        ap.error("--snr-shift must be positive")
+    SNR_SHIFT = args.snr_shift
+    if args.base_attn is not None:
+        levels = [a.strip() for a in args.base_attn.split(",")]
+        if len(levels) != len(BASE["channels"]) or set(levels) - {"0", "1"}:
+            ap.error(f"--base-attn takes {len(BASE['channels'])} flags of 0 or 1, e.g. 1,1,1")
+        BASE["attn_levels"] = [a == "1" for a in levels]
+    if args.base_size is not None:
+        if args.base_size < 8 or args.base_size % 4:
+            ap.error("--base-size must be a multiple of 4, at least 8")
+        BASE["sample_size"] = args.base_size
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.base is not None:

@@ -162,3 +162,78 @@ def test_the_recipe_tunes_the_base_for_shape_before_any_memory_model_is_trained(
         assert (
             order.index("base") < order.index("critic") < order.index("shape") < order.index(stage)
         )
+
+
+def test_a_shifted_schedule_multiplies_the_snr_and_keeps_the_denoised_estimate_exact(
+    mod, monkeypatch
+):
+    plain = mod.scheduler().alphas_cumprod.double()
+    monkeypatch.setattr(mod, "SNR_SHIFT", 4.0)
+    sched = mod.scheduler()
+    shifted = sched.alphas_cumprod.double()
+    snr = lambda ab: ab / (1 - ab)  # noqa: E731
+    keep = plain < 0.999  # where the SNR is not numerically infinite
+    torch.testing.assert_close(
+        snr(shifted)[keep] / snr(plain)[keep], torch.full_like(plain[keep], 4.0), rtol=1e-3, atol=0
+    )
+    assert (shifted > plain).all()  # less noise at every step
+    frames, _, caps, _ = batch()
+    x0 = vw.to_tensor(frames)
+    _, x0_hat, _ = mod.diffusion_loss(
+        Oracle(sched, x0), sched, x0, None, torch.Generator().manual_seed(0), return_x0=True
+    )
+    torch.testing.assert_close(x0_hat, x0, atol=2e-3, rtol=0)
+
+
+def test_the_object_weight_counts_only_the_object_pixels_more(mod):
+    frames, _, caps, _, masks = vw.clip_batch(
+        np.random.default_rng(3), 4, 4, 16, 0, visibility=True, masks=True
+    )
+    x0 = vw.to_tensor(frames)
+    sched = mod.scheduler()
+
+    class Zero(torch.nn.Module):
+        def forward(self, xt, t, text, **cond):
+            return UNetOutput(torch.zeros_like(xt))
+
+    def loss(weight=None):
+        gen = torch.Generator().manual_seed(0)
+        return mod.diffusion_loss(Zero(), sched, x0, None, gen, weight=weight).item()
+
+    fg = torch.from_numpy(masks).float()[:, None]
+    assert loss(torch.ones_like(fg)) == pytest.approx(loss())
+    # weight 1 + (k - 1) * mask adds (k - 1) times the error on the object's pixels alone
+    assert loss(1 + 4 * fg) == pytest.approx(loss() + 4 * loss(fg))
+    assert 0 < loss(fg) < loss()
+
+
+def test_new_attention_levels_start_as_the_base_and_wrong_weights_are_refused(mod):
+    from longseq.models.video_unet import VideoUNet, VideoUNetConfig
+
+    small = dict(sample_size=8, ctx_dim=8, n_text_tokens=4)
+    torch.manual_seed(0)
+    base = VideoUNet(
+        VideoUNetConfig(**small, channels=[16, 16, 16], attn_levels=[False, True, True])
+    )
+    grown = VideoUNet(VideoUNetConfig(**small, channels=[16, 16, 16], attn_levels=[True] * 3))
+    new = mod.load_grown(grown, base.state_dict())
+    assert new == ["encoder.levels.0.attn", "up_levels.0.attn"]
+    x, text = torch.randn(2, 3, 4, 8, 8), torch.randn(2, 4, 8)
+    t = torch.tensor([900, 50])
+    with torch.no_grad():
+        torch.testing.assert_close(grown.eval()(x, t, text).sample, base.eval()(x, t, text).sample)
+    other = VideoUNet(VideoUNetConfig(**small, channels=[16, 16, 24], attn_levels=[True] * 3))
+    with pytest.raises(SystemExit, match="do not fit"):
+        mod.load_grown(other, base.state_dict())
+
+
+def test_bad_base_options_are_refused_in_one_line(mod, monkeypatch, tmp_path, capsys):
+    for args, msg in (
+        (("--base-attn", "1,1"), "--base-attn takes 3 flags"),
+        (("--base-attn", "1,2,1"), "--base-attn takes 3 flags"),
+        (("--base-size", "18"), "--base-size must be a multiple of 4"),
+        (("--snr-shift", "0"), "--snr-shift must be positive"),
+    ):
+        with pytest.raises(SystemExit):
+            run_script(mod, monkeypatch, tmp_path, "--stage", "base", *args)
+        assert msg in capsys.readouterr().err

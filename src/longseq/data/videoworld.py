@@ -292,13 +292,15 @@ def clip_batch(
     reappear: float = 0.0,
     hidden_before: int = 1,
     visibility: bool = False,
+    masks: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Random training clips: frames (B, T, H, W, 3), each video's first frame
     (B, H, W, 3) and the captions. Clips start at a random frame in [0, max_start]; a
     ``reappear`` fraction of them starts where the object is out of view at frame
     ``hidden_before - 1`` of the window and back in view at its end. With
     ``visibility``, also the share (B, T) of the object in view per frame
-    (:meth:`Clip.visibility`)."""
+    (:meth:`Clip.visibility`); with ``masks`` (after it), the object's pixels (B, T, H, W)
+    bool: those that differ from the clip's background."""
     clips = [sample_clip(int(rng.integers(2**31)), split) for _ in range(batch)]
     starts = [
         reappearing_start(c, n_frames, hidden_before, max_start, rng)
@@ -308,7 +310,11 @@ def clip_batch(
     ]
     frames = np.stack([c.render(n_frames, size, s) for c, s in zip(clips, starts, strict=True)])
     first = np.stack([c.render(1, size)[0] for c in clips])
+    out = (frames, first, [c.caption for c in clips])
     if visibility:
         vis = np.stack([c.visibility(n_frames, s) for c, s in zip(clips, starts, strict=True)])
-        return frames, first, [c.caption for c in clips], vis
-    return frames, first, [c.caption for c in clips]
+        out += (vis,)
+    if masks:
+        bg = np.stack([c.render_background(size) for c in clips])[:, None].astype(np.int16)
+        out += (np.abs(frames.astype(np.int16) - bg).max(-1) > 0,)
+    return out
