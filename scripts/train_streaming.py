@@ -121,6 +121,8 @@ CRITIC = dict(  # reads shape and speed from two 16 px frames CRITIC_GAP apart
     attributes={"shape": list(vw.SHAPES), "speed": list(vw.SPEEDS)},
 )
 CRITIC_GAP = 3
+CRITIC_CONTRAST = False  # the critic reads contrast too: colours centred, not scaled
+CRITIC_ABSENT = 0.0  # share of critic pairs without the object, labelled "none" (--critic-absent)
 CRITIC_LOSS = 1.0  # weight of the critic's loss in the shape stage (memory stages: 0 unless given)
 SHAPE_VISIBLE = 0.6  # frames with at least this share of the object in view carry it
 BASE = dict(sample_size=16, channels=[32, 48, 64], attn_levels=[False, True, True])
@@ -228,8 +230,11 @@ def critic_pairs(video: torch.Tensor) -> torch.Tensor:
 def standardise(x: torch.Tensor) -> torch.Tensor:
     """Each image channel (..., H, W) to zero mean and unit variance: what the critic
     reads, so that its loss is the same for any frame-wide shift or scale of a colour
-    and its gradient cannot ask for one."""
+    and its gradient cannot ask for one. With ``CRITIC_CONTRAST`` only the mean is
+    removed: a frame-wide shift still costs nothing, but a fainter object reads fainter."""
     mean = x.mean((-2, -1), keepdim=True)
+    if CRITIC_CONTRAST:
+        return x - mean
     return (x - mean) / (x - mean).pow(2).mean((-2, -1), keepdim=True).add(1e-4).sqrt()
 
 
@@ -362,6 +367,15 @@ def critic_batch(rng, batch: int, device) -> tuple[torch.Tensor, dict[str, torch
     colours; half of the pairs carry Gaussian noise (std up to 0.2), as the denoised
     estimates do."""
     pairs, caps = critic_frames(rng, batch)
+    targets = critic_targets(caps)
+    if CRITIC_ABSENT > 0:  # the object left out: the background alone, read as "none"
+        absent = np.flatnonzero(rng.uniform(size=batch) < CRITIC_ABSENT)
+        for i in absent:
+            pairs[i] = vw.clip_for_caption(
+                caps[i], seed=int(rng.integers(2**31))
+            ).render_background(16)
+        targets["shape"][absent] = CRITIC["attributes"]["shape"].index("none")
+        targets["speed"][absent] = -100  # no speed to read: ignored by the loss
     pairs = np.stack([p[..., rng.permutation(3)] for p in pairs])
     grey = rng.uniform(size=batch) < 1 / 3
     pairs[grey] = vw.luma(pairs[grey]).round().astype(np.uint8)[..., None]
@@ -370,7 +384,7 @@ def critic_batch(rng, batch: int, device) -> tuple[torch.Tensor, dict[str, torch
     std = torch.from_numpy(rng.uniform(0, 0.2, batch)).float()
     noise = torch.from_numpy(rng.standard_normal(x.shape)).float()
     x = x + noise * (std * noisy)[:, None, None, None]
-    return standardise(x).to(device), {k: v.to(device) for k, v in critic_targets(caps).items()}
+    return standardise(x).to(device), {k: v.to(device) for k, v in targets.items()}
 
 
 def critic_accuracy(critic: FrameEncoder, device, n: int = 2000) -> dict[str, float]:
@@ -393,7 +407,13 @@ def load_critic(run: Path, device) -> FrameEncoder:
     if not f.exists():
         raise SystemExit(f"error: {run} has no critic (run --stage critic first)")
     critic = FrameEncoder(FrameEncoderConfig(**CRITIC)).to(device)
-    critic.load_state_dict(torch.load(f, map_location=device)["model"])
+    try:
+        critic.load_state_dict(torch.load(f, map_location=device)["model"])
+    except RuntimeError:
+        raise SystemExit(
+            f"error: {run}'s critic was trained with another --critic-absent "
+            "(with it: a 'none' shape class; give the same value to every stage)"
+        ) from None
     return critic.eval().requires_grad_(False)
 
 
@@ -966,7 +986,7 @@ def train_on_base(args) -> Path:
 
 
 def main() -> None:
-    global SNR_SHIFT
+    global SNR_SHIFT, CRITIC_ABSENT, CRITIC_CONTRAST
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--stage", required=True, choices=[*STAGES, "tune", "all"])
     ap.add_argument("--tune-prompts", type=int, default=8)
@@ -1044,6 +1064,20 @@ def main() -> None:
         "--base-size", type=int, default=None, help=f"base frame size [{BASE['sample_size']}]"
     )
     ap.add_argument(
+        "--critic-absent",
+        type=float,
+        default=CRITIC_ABSENT,
+        help="share of the critic's training pairs without the object, read as shape 'none', "
+        "so that a denoised estimate without the object costs the critic loss (give it to "
+        "the critic stage and the stages that use the critic)",
+    )
+    ap.add_argument(
+        "--critic-contrast",
+        action="store_true",
+        help="the critic reads each frame's colours centred but not scaled, so that a "
+        "fainter object reads fainter (give it to every stage that trains or uses the critic)",
+    )
+    ap.add_argument(
         "--snr-shift",
         type=float,
         default=SNR_SHIFT,
@@ -1051,6 +1085,12 @@ def main() -> None:
         "with the same value)",
     )
     args = ap.parse_args()
+    CRITIC_CONTRAST = args.critic_contrast
+    if not 0 <= args.critic_absent < 1:
+        ap.error("--critic-absent must be in [0, 1)")
+    if args.critic_absent > 0:
+        CRITIC_ABSENT = args.critic_absent
+        CRITIC["attributes"] = {**CRITIC["attributes"], "shape": [*vw.SHAPES, "none"]}
     if args.snr_shift <= 0:
         ap.error("--snr-shift must be positive")
     SNR_SHIFT = args.snr_shift

@@ -233,7 +233,27 @@ def test_bad_base_options_are_refused_in_one_line(mod, monkeypatch, tmp_path, ca
         (("--base-attn", "1,2,1"), "--base-attn takes 3 flags"),
         (("--base-size", "18"), "--base-size must be a multiple of 4"),
         (("--snr-shift", "0"), "--snr-shift must be positive"),
+        (("--critic-absent", "1"), "--critic-absent must be in [0, 1)"),
     ):
         with pytest.raises(SystemExit):
             run_script(mod, monkeypatch, tmp_path, "--stage", "base", *args)
         assert msg in capsys.readouterr().err
+
+
+def test_the_critic_can_be_taught_no_object_and_to_read_contrast(mod, monkeypatch, critic_run):
+    monkeypatch.setattr(mod, "CRITIC_ABSENT", 0.5)
+    monkeypatch.setitem(
+        mod.CRITIC, "attributes", {**mod.CRITIC["attributes"], "shape": [*vw.SHAPES, "none"]}
+    )
+    x, targets = mod.critic_batch(np.random.default_rng(0), 64, "cpu")
+    none = targets["shape"] == len(vw.SHAPES)
+    assert 10 < int(none.sum()) < 54 and x.shape == (64, 6, 16, 16)
+    assert (targets["speed"][none] == -100).all() and (targets["speed"][~none] >= 0).all()
+    # a critic trained without the "none" class does not fit: one line, not a size mismatch
+    with pytest.raises(SystemExit, match="another --critic-absent"):
+        mod.load_critic(critic_run, "cpu")
+    frame = torch.rand(2, 3, 16, 16)
+    faint = frame.mean((-2, -1), keepdim=True) + 0.5 * (frame - frame.mean((-2, -1), keepdim=True))
+    torch.testing.assert_close(mod.standardise(faint), mod.standardise(frame), atol=1e-2, rtol=0)
+    monkeypatch.setattr(mod, "CRITIC_CONTRAST", True)
+    torch.testing.assert_close(mod.standardise(faint), 0.5 * mod.standardise(frame))
