@@ -649,7 +649,8 @@ def train(stage: str, args) -> None:
             first_only = args.first_chunk_frac > 0 and stage in ("base", "shape", "enhancer")
             if first_only and rng.uniform() < args.first_chunk_frac:
                 max_start = 0  # a batch of video starts, what the base makes in the pipeline
-            frames, first, caps, visible, masks = vw.clip_batch(
+            weighted = args.fg_weight != 1.0  # the object's pixels weigh more in the loss
+            frames, first, caps, visible, *masks = vw.clip_batch(
                 rng,
                 batch,
                 n,
@@ -658,12 +659,12 @@ def train(stage: str, args) -> None:
                 reappear=reappear,
                 hidden_before=COND,
                 visibility=True,
-                masks=True,
+                masks=weighted,
             )
             x0 = vw.to_tensor(frames).to(device)
             cond = {}
-            if args.fg_weight != 1.0:  # the object's pixels weigh more in the denoising loss
-                fg = torch.from_numpy(masks).float().to(device)[:, None]
+            if weighted:
+                fg = torch.from_numpy(masks[0]).float().to(device)[:, None]
                 cond["weight"] = 1.0 + (args.fg_weight - 1.0) * fg
             u = rng.uniform(size=len(caps))
             drop_text = (u < DROP_BOTH) | ((u >= DROP_BOTH) & (u < DROP_BOTH + DROP_TEXT))

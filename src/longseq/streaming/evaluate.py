@@ -227,17 +227,15 @@ def prompt_gate(
             f"need one first chunk per caption (at least one), got {len(first_chunks)} chunks "
             f"and {len(captions)} captions"
         )
-    correct, visible, speed, rows = [], [], [], []
+    speed, rows = [], []
     shapes: dict[str, tuple[list[bool], list[bool]]] = {}  # prompted shape: visible, correct
     for video, caption in zip(first_chunks, captions, strict=True):
         fid = prompt_fidelity(video, caption, classifier)
         block = fid.blocks(len(fid.visible))
         c = fid.shape_correct[fid.visible]
-        correct.extend(c.tolist())
+        visible, correct = shapes.setdefault(parse_caption(caption)["shape"], ([], []))
         visible.extend(fid.visible.tolist())
-        v_shape, c_shape = shapes.setdefault(parse_caption(caption)["shape"], ([], []))
-        v_shape.extend(fid.visible.tolist())
-        c_shape.extend(c.tolist())
+        correct.extend(c.tolist())
         sp = float(block["speed_correct"][0])
         if np.isfinite(sp):
             speed.append(sp)
@@ -251,6 +249,8 @@ def prompt_gate(
                 "speed_correct": sp,
             }
         )
+    visible = [v for vs, _ in shapes.values() for v in vs]  # every frame, every shape
+    correct = [c for _, cs in shapes.values() for c in cs]
     res = {
         "shape_accuracy": float(np.mean(correct)) if correct else float("nan"),
         "speed_agreement": float(np.mean(speed)) if speed else float("nan"),
