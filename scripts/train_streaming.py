@@ -1085,7 +1085,19 @@ def main() -> None:
         help="multiply the noise schedule's SNR at every step (a new base: train every stage "
         "with the same value)",
     )
+    ap.add_argument(
+        "--text-pool",
+        action="store_true",
+        help="the base UNet also reads the mean text token in every residual block (a new "
+        "base: give it to every stage)",
+    )
     args = ap.parse_args()
+    if args.text_pool:
+        if args.base is not None:
+            ap.error(
+                "--text-pool is an option of the longseq VideoUNet base, not of a --base folder"
+            )
+        BASE["text_pool"] = True
     CRITIC_CONTRAST = args.critic_contrast
     if not 0 <= args.critic_absent < 1:
         ap.error("--critic-absent must be in [0, 1)")

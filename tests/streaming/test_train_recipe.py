@@ -234,6 +234,7 @@ def test_bad_base_options_are_refused_in_one_line(mod, monkeypatch, tmp_path, ca
         (("--base-size", "18"), "--base-size must be a multiple of 4"),
         (("--snr-shift", "0"), "--snr-shift must be positive"),
         (("--critic-absent", "1"), "--critic-absent must be in [0, 1)"),
+        (("--text-pool", "--base", str(tmp_path / "f")), "--text-pool is an option of the"),
     ):
         with pytest.raises(SystemExit):
             run_script(mod, monkeypatch, tmp_path, "--stage", "base", *args)
@@ -257,3 +258,38 @@ def test_the_critic_can_be_taught_no_object_and_to_read_contrast(mod, monkeypatc
     torch.testing.assert_close(mod.standardise(faint), mod.standardise(frame), atol=1e-2, rtol=0)
     monkeypatch.setattr(mod, "CRITIC_CONTRAST", True)
     torch.testing.assert_close(mod.standardise(faint), 0.5 * mod.standardise(frame))
+
+
+def test_the_pooled_text_path_reads_the_mean_of_the_tokens_that_are_not_padding(
+    mod, monkeypatch, tmp_path
+):
+    from longseq.models.video_unet import VideoUNet, VideoUNetConfig
+
+    small = dict(sample_size=8, ctx_dim=8, n_text_tokens=4, channels=[16, 16])
+    torch.manual_seed(0)
+    model = VideoUNet(VideoUNetConfig(**small, attn_levels=[False, False], text_pool=True))
+    seen = []
+    model.text_pool.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    text = torch.randn(2, 4, 8)
+    text[0, 2:] = 0  # two padding rows in the first prompt, none in the second
+    x, t = torch.randn(2, 3, 2, 8, 8), torch.tensor([500, 500])
+    out = model(x, t, text).sample
+    torch.testing.assert_close(seen[0], torch.stack([text[0, :2].mean(0), text[1].mean(0)]))
+    # it is added to the time embedding: zeroing its last layer gives the model without it
+    plain = VideoUNet(VideoUNetConfig(**small, attn_levels=[False, False]))
+    plain.load_state_dict(model.state_dict(), strict=False)
+    assert not torch.allclose(plain(x, t, text).sample, out)
+    torch.nn.init.zeros_(model.text_pool[2].weight)
+    torch.nn.init.zeros_(model.text_pool[2].bias)
+    torch.testing.assert_close(model(x, t, text).sample, plain(x, t, text).sample)
+    # the option reaches the config of the base the stage trains
+    monkeypatch.setitem(mod.BASE, "text_pool", False)
+    built = []
+
+    def train(stage, args):
+        built.append(VideoUNetConfig(**mod.BASE))
+        (tmp_path / stage).mkdir()
+
+    monkeypatch.setattr(mod, "train", train)
+    run_script(mod, monkeypatch, tmp_path, "--stage", "base", "--text-pool")
+    assert built[0].text_pool is True

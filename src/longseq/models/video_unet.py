@@ -66,6 +66,7 @@ class VideoUNetConfig(ConfigDict):
     image_dim: int = 64  # anchor image-embedding size
     n_anchor_tokens: int = 16
     joint_attention: bool = False  # one space-time attention instead of spatial + temporal
+    text_pool: bool = False  # the mean text token also enters every residual block's time embedding
 
 
 @dataclass
@@ -197,6 +198,10 @@ class VideoUNet(nn.Module):
             raise ValueError("concat_cond (naive baseline) and cam are alternatives")
         tdim = 4 * ch[0]
         self.time_mlp = nn.Sequential(nn.Linear(ch[0], tdim), nn.SiLU(), nn.Linear(tdim, tdim))
+        if cfg.text_pool:
+            self.text_pool = nn.Sequential(
+                nn.Linear(cfg.ctx_dim, tdim), nn.SiLU(), nn.Linear(tdim, tdim)
+            )
         in_ch = cfg.in_channels + (3 if cfg.concat_cond else 0)
         self.encoder = Encoder(cfg, tdim, in_ch)
         self.mid = Level(ch[-1], ch[-1], tdim, True, cfg)
@@ -246,6 +251,10 @@ class VideoUNet(nn.Module):
         t = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(b)
         temb = self.time_mlp(sinusoid(t, cfg.channels[0]))
         text = encoder_hidden_states
+        if cfg.text_pool:  # mean over the tokens that are not padding (zero rows)
+            real = (text.abs().sum(-1, keepdim=True) > 0).to(text.dtype)
+            pooled = (text * real).sum(1) / real.sum(1).clamp(min=1)
+            temb = temb + self.text_pool(pooled)
         anchor = None
         if cfg.apm and anchor_embeds is not None:
             anchor = self.apm_tokens(anchor_embeds).view(b, cfg.n_anchor_tokens, cfg.ctx_dim)
