@@ -31,6 +31,9 @@ def generate(*args: str):
         (["--model", "streaming-enhancer"], "is the enhancer, not a video generator"),
         (["--model", "streaming-frame-encoder"], "not a StreamingT2V video model"),
         (["--resume", "missing.npy"], "--resume: cannot read missing.npy"),
+        (["--guidance-interval", "0.6"], "--guidance-interval takes LO,HI"),
+        (["--guidance-interval", "a,b"], "--guidance-interval takes LO,HI"),
+        (["--guidance-interval", "0.6,0.2"], "--guidance-interval needs 0 <= LO < HI <= 1"),
     ],
 )
 def test_generate_refuses_before_writing(tmp_path, args, message):

@@ -158,7 +158,7 @@ def test_an_svd_layout_unet_continues_each_chunk_from_the_last_frame_before_it()
         cond_frames=1,
     )
     image = np.random.default_rng(0).integers(0, 256, (1, 8, 8, 3), dtype=np.uint8)
-    kw = dict(num_inference_steps=2, guidance_scale=1.0, progress=False)
+    kw = dict(num_inference_steps=2, guidance_scale=1.5, progress=False)
     chunks = list(pipe.stream("continue", 7, init_frames=image, **kw))
     assert [len(c) for c in chunks] == [1, 3, 3]
     assert len(calls) == 4  # two chunks of two steps

@@ -353,3 +353,34 @@ def test_latent_models_work_through_a_vae():
     assert enh.frames.shape == (9, 8, 8, 3)
     with pytest.raises(ValueError, match="chunk_batch"):
         p.enhance(out.frames, "a red circle", chunk_batch=0)
+
+
+def test_a_guidance_interval_guides_only_its_steps():
+    """Steps outside the interval are the conditional output alone (one model pass);
+    the interval covering the whole schedule is plain guidance."""
+    spy = Spy(tiny())
+    p = StreamingT2VPipeline(spy, scheduler(), fake_text, chunk_frames=6, cond_frames=2)
+    kw = dict(num_inference_steps=10, guidance_scale=3.0, seed=2, progress=False)
+    ref = p("a red circle", 6, **kw).frames
+    assert [c[0][0] for c in spy.calls] == [2] * 10  # every step guided: two branches
+    spy.calls.clear()
+    torch.testing.assert_close(p("a red circle", 6, guidance_interval=(0, 1), **kw).frames, ref)
+    spy.calls.clear()
+    half = p("a red circle", 6, guidance_interval=(0.0, 0.5), **kw).frames
+    p.scheduler.set_timesteps(10)
+    guided = [float(t) / 1000 <= 0.5 for t in p.scheduler.timesteps]
+    assert 0 < sum(guided) < 10
+    assert [c[0][0] for c in spy.calls] == [2 if g else 1 for g in guided]
+    assert not np.array_equal(half, ref)
+    # nowhere guided is scale 1, which is the conditional output in one pass
+    one = p("a red circle", 6, **(kw | {"guidance_scale": 1.0})).frames
+    spy.calls.clear()
+    none = p("a red circle", 6, guidance_interval=(0.995, 1.0), **kw).frames
+    assert [c[0][0] for c in spy.calls] == [1] * 10
+    np.testing.assert_array_equal(none, one)
+    # the pipeline's default applies when the call gives none
+    p.defaults["guidance_interval"] = (0.0, 0.5)
+    np.testing.assert_array_equal(p("a red circle", 6, **kw).frames, half)
+    for bad in ((0.5, 0.2), (-0.1, 0.5), (0, 2), "x", (0.1,)):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            p("a red circle", 6, guidance_interval=bad, **kw)

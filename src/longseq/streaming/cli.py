@@ -97,6 +97,11 @@ def streaming_generate(
     anchor_guidance: float = typer.Option(
         None, help="a separate anchor guidance scale (default: joint guidance)"
     ),
+    guidance_interval: str = typer.Option(
+        None,
+        help="LO,HI: guide only the steps in this fraction of the noise schedule (0 clean, "
+        "1 pure noise), e.g. 0,0.6; scale 1 elsewhere [default: the model's: every step]",
+    ),
     fps: float = typer.Option(8.0, help="frames per second of the written video"),
     scale: int = typer.Option(4, help="integer upscaling of the written frames"),
     seed: int = typer.Option(0),
@@ -127,6 +132,16 @@ def streaming_generate(
         fail(f"--fps must be a positive number, got {fps}")
     check_number(guidance, "--guidance", 0)
     check_number(anchor_guidance, "--anchor-guidance", 0)
+    interval = None
+    if guidance_interval is not None:
+        try:
+            interval = tuple(float(v) for v in guidance_interval.split(","))
+            if len(interval) != 2:
+                raise ValueError
+        except ValueError:
+            fail(f"--guidance-interval takes LO,HI (two numbers), got {guidance_interval!r}")
+        if not 0 <= interval[0] < interval[1] <= 1:
+            fail(f"--guidance-interval needs 0 <= LO < HI <= 1, got {guidance_interval!r}")
     if out.suffix.lower() not in VIDEO_SUFFIXES:
         fail(f"--out must end in {' or '.join(VIDEO_SUFFIXES)}, got {out.name!r}")
     if out.is_dir():
@@ -166,6 +181,7 @@ def streaming_generate(
             seed=seed,
             init_frames=init,
             hold_cond=hold_cond,
+            guidance_interval=interval,
         ):
             made.append(chunk)
         video = np.concatenate(made)

@@ -72,6 +72,22 @@ def _sample_shape(unet: Any, frames: int, batch: int = 1) -> tuple[int, ...]:
     return (batch, cfg.in_channels, frames, size, size)
 
 
+def _check_interval(interval: Any) -> tuple[float, float] | None:
+    """``guidance_interval``: None, or (lo, hi) with 0 <= lo < hi <= 1."""
+    if interval is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"guidance_interval must be a pair (lo, hi) of fractions of the noise schedule, "
+            f"got {interval!r}"
+        ) from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"guidance_interval needs 0 <= lo < hi <= 1, got ({lo:g}, {hi:g})")
+    return lo, hi
+
+
 def chunk_starts(n_frames: int, chunk: int, overlap: int) -> list[int]:
     """Start frames of overlapping chunks covering ``n_frames`` (the last one flush with
     the end, so its overlap may be larger)."""
@@ -171,6 +187,8 @@ class StreamingT2VPipeline:
             "num_inference_steps": 25,
             "guidance_scale": 7.5,  # joint over text and anchor (the authors' setting)
             "anchor_guidance_scale": None,  # a number: the anchor's own scale
+            # (lo, hi): guide only where t / num_train_timesteps is in [lo, hi], else scale 1
+            "guidance_interval": None,
             "enhancer_guidance_scale": 7.5,
             "strength": 0.6,
             # hold a chunk's conditioning frames at their noised originals while sampling:
@@ -312,21 +330,27 @@ class StreamingT2VPipeline:
         anchor is the zero embedding (as dropped in training); without an anchor both
         are plain text guidance. The output is in the model's parametrisation."""
         b = x.shape[0]
-        mode = _conditioning(unet)
         apm = bool(getattr(unet.config, "apm", False))
         use_anchor = apm and anchor is not None
         separate = use_anchor and w_anchor is not None
-        n = 3 if separate else 2
+        zero = torch.zeros(b, getattr(unet.config, "image_dim", 1), device=x.device, dtype=x.dtype)
+        full = anchor.to(x).expand(b, -1) if use_anchor else zero
+        # (text, anchor) of each branch; scales of 1 are the last branch alone: one pass
+        branches = (
+            [(null, zero), (text, zero), (text, full)] if separate else [(null, zero), (text, full)]
+        )
+        if w_text == 1.0 and (not separate or w_anchor == 1.0):
+            branches = branches[-1:]
+        n = len(branches)
         kw: dict[str, Any] = {}
-        if mode in ("cam", "concat") and cond is not None:
+        if _conditioning(unet) in ("cam", "concat") and cond is not None:
             kw["cond_frames"] = cond.repeat(n, *[1] * (cond.ndim - 1))
         if apm:
-            zero = torch.zeros(b, unet.config.image_dim, device=x.device, dtype=x.dtype)
-            full = anchor.to(x).expand(b, -1) if use_anchor else zero
-            kw["anchor_embeds"] = torch.cat([zero, zero, full] if separate else [zero, full])
-        ctx = torch.cat([null.expand(b, -1, -1)] + [text.expand(b, -1, -1)] * (n - 1))
-        out = unet(x.repeat(n, 1, 1, 1, 1), t, encoder_hidden_states=ctx, **kw).sample
-        e = out.chunk(n)
+            kw["anchor_embeds"] = torch.cat([a for _, a in branches])
+        ctx = torch.cat([c.expand(b, -1, -1) for c, _ in branches])
+        e = unet(x.repeat(n, 1, 1, 1, 1), t, encoder_hidden_states=ctx, **kw).sample.chunk(n)
+        if n == 1:
+            return e[0]
         eps = e[0] + w_text * (e[1] - e[0])
         if separate:
             eps = eps + w_anchor * (e[2] - e[1])
@@ -345,6 +369,7 @@ class StreamingT2VPipeline:
         cond: torch.Tensor | None,
         anchor: torch.Tensor | None,
         hold: bool | None = None,
+        interval: tuple[float, float] | None = None,
     ) -> torch.Tensor:
         p = _param(unet)
         shape = _sample_shape(unet, self.chunk_frames)
@@ -359,7 +384,12 @@ class StreamingT2VPipeline:
             if replace:
                 x[:, :, : cond.shape[2]] = self.scheduler.add_noise(cond, fixed_noise, t.reshape(1))
             x_in = self.scheduler.scale_model_input(x, t)  # identity for DDIM, not for Euler
-            eps = self._eps(unet, x_in, t, text, null, w_text, cond, anchor, w_anchor)
+            w, wa = w_text, w_anchor
+            if interval is not None:
+                frac = float(t) / self.scheduler.config.num_train_timesteps
+                if not interval[0] <= frac <= interval[1]:
+                    w, wa = 1.0, None if w_anchor is None else 1.0
+            eps = self._eps(unet, x_in, t, text, null, w, cond, anchor, wa)
             x = self.scheduler.step(eps, t, x).prev_sample
         # pixels are bounded, latents are not: only decoded pixels are clamped
         return x if self.vae is not None else x.clamp(-1, 1)
@@ -371,9 +401,12 @@ class StreamingT2VPipeline:
         guidance_scale: float | None,
         anchor_guidance_scale: float | None,
         hold_cond: bool | None,
-    ) -> tuple[int, float, float | None, bool | None]:
+        guidance_interval: tuple[float, float] | None = None,
+    ) -> tuple[int, float, float | None, bool | None, tuple[float, float] | None]:
         """The sampling arguments, unset ones from :attr:`defaults`, checked."""
         d = self.defaults
+        interval = d.get("guidance_interval") if guidance_interval is None else guidance_interval
+        interval = _check_interval(interval)
         steps = d["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         w = d["guidance_scale"] if guidance_scale is None else guidance_scale
         wa = d["anchor_guidance_scale"] if anchor_guidance_scale is None else anchor_guidance_scale
@@ -387,7 +420,7 @@ class StreamingT2VPipeline:
         for key, v in (("guidance_scale", w), ("anchor_guidance_scale", wa)):
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{key} must be a finite number >= 0, got {v}")
-        return int(steps), float(w), None if wa is None else float(wa), hold
+        return int(steps), float(w), None if wa is None else float(wa), hold, interval
 
     def _anchor(self, frame: torch.Tensor) -> torch.Tensor:
         """APM anchor embedding of one decoded frame (1, 3, H, W) in [-1, 1]."""
@@ -415,13 +448,19 @@ class StreamingT2VPipeline:
         anchor_guidance_scale: float | None = None,
         seed: int = 0,
         hold_cond: bool | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> np.ndarray:
         """One chunk (F, H, W, 3) uint8 continuing the ``F_cond`` given frames: its first
         ``F_cond`` frames re-make them, the rest are new. ``anchor_frame`` (H, W, 3) is the
-        APM anchor (default: the first conditioning frame). ``hold_cond`` as in
-        :meth:`stream`."""
-        steps, w, wa, hold = self._settings(
-            prompt, num_inference_steps, guidance_scale, anchor_guidance_scale, hold_cond
+        APM anchor (default: the first conditioning frame). ``hold_cond`` and
+        ``guidance_interval`` as in :meth:`stream`."""
+        steps, w, wa, hold, interval = self._settings(
+            prompt,
+            num_inference_steps,
+            guidance_scale,
+            anchor_guidance_scale,
+            hold_cond,
+            guidance_interval,
         )
         cond = self._frames_in(cond_frames, "cond_frames")
         if cond.shape[2] != self.cond_frames:
@@ -435,7 +474,7 @@ class StreamingT2VPipeline:
         p = _param(self.unet)
         gen = torch.Generator().manual_seed(seed)
         text, null = self.text_encoder([prompt]).to(p), self.text_encoder([""]).to(p)
-        x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor, hold)
+        x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor, hold, interval)
         return to_uint8(self._decode(x)[0])
 
     def stream(
@@ -450,6 +489,7 @@ class StreamingT2VPipeline:
         progress: bool = True,
         init_frames: np.ndarray | None = None,
         hold_cond: bool | None = None,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield the video chunk by chunk as (n, H, W, 3) uint8 arrays: the first chunk's
         ``F`` frames, then ``F - F_cond`` new frames per chunk, until ``num_frames``.
@@ -463,9 +503,19 @@ class StreamingT2VPipeline:
         originals at every sampling step (the training-free "replace" conditioning), on
         top of CAM or the naive model's concatenation; False lets the model re-make them
         freely (with a model without memory: independent chunks); None: the model's way
-        (held only without memory). Unset sampling arguments take :attr:`defaults`."""
-        steps, w, wa, hold = self._settings(
-            prompt, num_inference_steps, guidance_scale, anchor_guidance_scale, hold_cond
+        (held only without memory). ``guidance_interval=(lo, hi)`` guides only the
+        steps whose timestep is in that fraction of the training schedule (t /
+        ``num_train_timesteps`` in [lo, hi]) and samples the others at scale 1 (the
+        conditional output, one model pass): guidance at the noisiest steps shrinks what
+        the unconditional model draws bigger (Kynkäänniemi et al. 2024 limit guidance
+        to an interval). Unset sampling arguments take :attr:`defaults`."""
+        steps, w, wa, hold, interval = self._settings(
+            prompt,
+            num_inference_steps,
+            guidance_scale,
+            anchor_guidance_scale,
+            hold_cond,
+            guidance_interval,
         )
         if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
@@ -488,7 +538,9 @@ class StreamingT2VPipeline:
         done = 0
         with progress_bar("chunks", n_chunks, enabled=progress) as advance:
             if init_frames is None:
-                x = self._chunk(self.first_unet, text, null, gen, steps, w, None, None, None)
+                x = self._chunk(
+                    self.first_unet, text, null, gen, steps, w, None, None, None, None, interval
+                )
                 first_frames = to_uint8(self._decode(x)[0])[:num_frames]
             anchor = None
             if self.apm and use_anchor:
@@ -498,7 +550,9 @@ class StreamingT2VPipeline:
             yield first_frames
             while done < num_frames:
                 cond = x[:, :, -fc:]
-                x = self._chunk(self.unet, text, null, gen, steps, w, wa, cond, anchor, hold)
+                x = self._chunk(
+                    self.unet, text, null, gen, steps, w, wa, cond, anchor, hold, interval
+                )
                 new = to_uint8(self._decode(x[:, :, fc:])[0])[: num_frames - done]
                 done += len(new)
                 advance()
