@@ -629,6 +629,7 @@ def train(stage: str, args) -> None:
     if stage == "shape" and args.gate_every and step == 0:  # where the fine-tune starts
         base_gate(model, run / stage / "gate.jsonl", 0, device)
     model.train()
+    weighted = args.fg_weight != 1.0  # the object's pixels weigh more in the loss
     while step < stop:
         rng = np.random.default_rng([args.seed, STAGES.index(stage), step])
         gen.manual_seed(int(rng.integers(2**31)))
@@ -649,7 +650,6 @@ def train(stage: str, args) -> None:
             first_only = args.first_chunk_frac > 0 and stage in ("base", "shape", "enhancer")
             if first_only and rng.uniform() < args.first_chunk_frac:
                 max_start = 0  # a batch of video starts, what the base makes in the pipeline
-            weighted = args.fg_weight != 1.0  # the object's pixels weigh more in the loss
             frames, first, caps, visible, *masks = vw.clip_batch(
                 rng,
                 batch,

@@ -333,8 +333,10 @@ class StreamingT2VPipeline:
         apm = bool(getattr(unet.config, "apm", False))
         use_anchor = apm and anchor is not None
         separate = use_anchor and w_anchor is not None
-        zero = torch.zeros(b, getattr(unet.config, "image_dim", 1), device=x.device, dtype=x.dtype)
-        full = anchor.to(x).expand(b, -1) if use_anchor else zero
+        zero = full = None  # the anchor embedding of each branch, for a model with APM
+        if apm:
+            zero = torch.zeros(b, unet.config.image_dim, device=x.device, dtype=x.dtype)
+            full = anchor.to(x).expand(b, -1) if use_anchor else zero
         # (text, anchor) of each branch; scales of 1 are the last branch alone: one pass
         branches = (
             [(null, zero), (text, zero), (text, full)] if separate else [(null, zero), (text, full)]
