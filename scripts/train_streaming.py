@@ -64,6 +64,8 @@ from longseq import hub
 from longseq.data import videoworld as vw
 from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
 from longseq.models.video_unet import VideoUNet, VideoUNetConfig
+from longseq.streaming import critic as critic_io
+from longseq.streaming.critic import CRITIC, CRITIC_GAP, critic_pairs
 from longseq.streaming.text import TextEncoder
 from longseq.utils import (
     default_device,
@@ -80,10 +82,11 @@ from longseq.utils import (
 # only grows at the end (so a stage added later leaves the others' data unchanged)
 STAGES = (
     *("classifier", "base", "cam-apm", "cam", "naive", "naive-apm", "enhancer"),
-    *("shape", "critic"),
+    *("shape", "critic", "first"),
 )
+DATA_STAGE = {"first": "base"}  # the first-chunk base draws the base's batches (at starts)
 ORDER = (
-    *("classifier", "base", "critic", "shape"),
+    *("classifier", "base", "critic", "shape", "first"),
     *("cam-apm", "cam", "naive", "naive-apm", "enhancer"),
 )
 NAMES = {
@@ -93,6 +96,14 @@ NAMES = {
     "naive": "streaming-naive",
     "naive-apm": "streaming-naive-apm",
     "enhancer": "streaming-enhancer",
+    "critic": "streaming-critic",
+    "first": "streaming-first",
+}
+DESCRIPTIONS = {  # registry entries of the checkpoints exported by stages added later
+    "first": "first-chunk text-to-video base (16 px, trained on video starts, object pixels "
+    "weighted 1.5x), video world that needs memory",
+    "critic": "frame-pair critic (shape and speed of two frames 3 apart) that picks the first "
+    "chunk among samples, video world that needs memory",
 }
 MEMORY = {  # stage -> the conditioning modules of its model
     "cam-apm": dict(cam=True, apm=True),
@@ -110,17 +121,13 @@ STEPS = {  # the recipe's default schedule length per stage
     "enhancer": 800,
     "shape": 600,
     "critic": 800,
+    "first": 2400,
 }
+# the first-chunk base: the base's recipe on video starts only, object pixels weighted
+FIRST = dict(first_chunk_frac=1.0, fg_weight=1.5)
+FIRST_CANDIDATES = 2  # first chunks sampled, the critic keeps the best (chosen on validation)
 LR, LR_DEFAULT = {"shape": 1e-4, "critic": 2e-3}, 1e-3  # the recipe's, per stage
 BATCH, BATCH_DEFAULT = {"critic": 64}, 16
-CRITIC = dict(  # reads shape and speed from two 16 px frames CRITIC_GAP apart
-    size=16,
-    in_channels=6,
-    channels=[32, 64, 64],
-    dim=64,
-    attributes={"shape": list(vw.SHAPES), "speed": list(vw.SPEEDS)},
-)
-CRITIC_GAP = 3
 CRITIC_CONTRAST = False  # the critic reads contrast too: colours centred, not scaled
 CRITIC_ABSENT = 0.0  # share of critic pairs without the object, labelled "none" (--critic-absent)
 CRITIC_LOSS = 1.0  # weight of the critic's loss in the shape stage (memory stages: 0 unless given)
@@ -221,21 +228,10 @@ def diffusion_loss(
     return err.mean(), x0_hat, ab.flatten()
 
 
-def critic_pairs(video: torch.Tensor) -> torch.Tensor:
-    """(B, 3, T, H, W) -> (B, T - CRITIC_GAP, 6, H, W): each frame stacked with the frame
-    ``CRITIC_GAP`` later, the critic's input."""
-    return torch.cat([video[:, :, :-CRITIC_GAP], video[:, :, CRITIC_GAP:]], 1).transpose(1, 2)
-
-
 def standardise(x: torch.Tensor) -> torch.Tensor:
-    """Each image channel (..., H, W) to zero mean and unit variance: what the critic
-    reads, so that its loss is the same for any frame-wide shift or scale of a colour
-    and its gradient cannot ask for one. With ``CRITIC_CONTRAST`` only the mean is
-    removed: a frame-wide shift still costs nothing, but a fainter object reads fainter."""
-    mean = x.mean((-2, -1), keepdim=True)
-    if CRITIC_CONTRAST:
-        return x - mean
-    return (x - mean) / (x - mean).pow(2).mean((-2, -1), keepdim=True).add(1e-4).sqrt()
+    """What the critic reads (:func:`longseq.streaming.critic.standardise`), with the
+    run's ``--critic-contrast``."""
+    return critic_io.standardise(x, CRITIC_CONTRAST)
 
 
 def critic_targets(caps) -> dict[str, torch.Tensor]:
@@ -596,7 +592,7 @@ def train(stage: str, args) -> None:
     shape_w = 0.0
     if stage == "shape":
         shape_w = CRITIC_LOSS if args.critic_loss is None else args.critic_loss
-    elif stage in MEMORY or stage == "base":
+    elif stage in MEMORY or stage in ("base", "first"):
         shape_w = args.critic_loss or 0.0
     if shape_w:
         critic = load_critic(run, device)
@@ -607,7 +603,7 @@ def train(stage: str, args) -> None:
     elif stage == "critic":
         model = FrameEncoder(FrameEncoderConfig(**CRITIC)).to(device)
         params = list(model.parameters())
-    elif stage == "base":
+    elif stage in ("base", "first"):
         model = VideoUNet(VideoUNetConfig(**BASE)).to(device)
         params = list(model.parameters())
     elif stage == "shape":  # the base, fine-tuned with the shape loss
@@ -629,9 +625,13 @@ def train(stage: str, args) -> None:
     if stage == "shape" and args.gate_every and step == 0:  # where the fine-tune starts
         base_gate(model, run / stage / "gate.jsonl", 0, device)
     model.train()
-    weighted = args.fg_weight != 1.0  # the object's pixels weigh more in the loss
+    frac, fg_weight = args.first_chunk_frac, args.fg_weight
+    if stage == "first":
+        frac, fg_weight = FIRST["first_chunk_frac"], FIRST["fg_weight"]
+    weighted = fg_weight != 1.0  # the object's pixels weigh more in the loss
+    data_stage = STAGES.index(DATA_STAGE.get(stage, stage))
     while step < stop:
-        rng = np.random.default_rng([args.seed, STAGES.index(stage), step])
+        rng = np.random.default_rng([args.seed, data_stage, step])
         gen.manual_seed(int(rng.integers(2**31)))
         for g in opt.param_groups:
             g["lr"] = warmup_cosine_lr(step, lr, 100, steps)
@@ -647,8 +647,8 @@ def train(stage: str, args) -> None:
             size, n = (32, ENH_CHUNK) if stage == "enhancer" else (BASE["sample_size"], CHUNK)
             reappear = REAPPEAR if stage in MEMORY else 0.0
             max_start = MAX_START
-            first_only = args.first_chunk_frac > 0 and stage in ("base", "shape", "enhancer")
-            if first_only and rng.uniform() < args.first_chunk_frac:
+            first_only = frac > 0 and stage in ("base", "first", "shape", "enhancer")
+            if first_only and rng.uniform() < frac:
                 max_start = 0  # a batch of video starts, what the base makes in the pipeline
             frames, first, caps, visible, *masks = vw.clip_batch(
                 rng,
@@ -665,7 +665,7 @@ def train(stage: str, args) -> None:
             cond = {}
             if weighted:
                 fg = torch.from_numpy(masks[0]).float().to(device)[:, None]
-                cond["weight"] = 1.0 + (args.fg_weight - 1.0) * fg
+                cond["weight"] = 1.0 + (fg_weight - 1.0) * fg
             u = rng.uniform(size=len(caps))
             drop_text = (u < DROP_BOTH) | ((u >= DROP_BOTH) & (u < DROP_BOTH + DROP_TEXT))
             drop_anchor = (u < DROP_BOTH) | (u >= 1 - DROP_ANCHOR)
@@ -699,7 +699,7 @@ def train(stage: str, args) -> None:
         if step % 100 == 0 or step == stop:
             save_training_state(state_file, model, opt, step)
         if (
-            stage in ("base", "shape")
+            stage in ("base", "first", "shape")
             and args.gate_every
             and (step % args.gate_every == 0 or step == stop)
         ):
@@ -707,11 +707,11 @@ def train(stage: str, args) -> None:
             model.train()
     if stage == "critic" and step == stop:
         print(f"critic: held-out accuracy {critic_accuracy(model, device)}", flush=True)
-    if stage in ("base", "shape", "critic") or step < steps:
+    if stage in ("base", "shape") or step < steps:
         return  # the base is exported inside the memory models; partial runs are not
     name = NAMES[stage]
     out = hub.CHECKPOINT_DIR / name
-    arch = "frame_encoder" if stage == "classifier" else "video_unet"
+    arch = "frame_encoder" if stage in ("classifier", "critic") else "video_unet"
     extra = {
         "training": {
             "script": "scripts/train_streaming.py",
@@ -757,9 +757,34 @@ def train(stage: str, args) -> None:
         for key in ("sampling", "tuned_on"):  # a fine-tune keeps its model's tuned settings
             if key in before.get("streaming", {}):
                 extra["streaming"][key] = before["streaming"][key]
+        if stage in MEMORY:
+            entries = first_chunk_entries()
+            sampling = extra["streaming"].get("sampling", {}) | entries.pop("sampling", {})
+            extra["streaming"] |= entries | ({"sampling": sampling} if sampling else {})
+    if stage == "critic":  # how it reads frames, for longseq.streaming.critic.CaptionCritic
+        extra["critic"] = {"gap": CRITIC_GAP, "contrast": CRITIC_CONTRAST}
     hub.save_pretrained(model.eval(), out, arch, extra, half=True)
-    hub.register(name, out, f"StreamingT2V world: {stage} ({step} steps)")
+    hub.register(name, out, DESCRIPTIONS.get(stage, f"StreamingT2V world: {stage} ({step} steps)"))
     print(f"exported {name} -> {out}")
+    if stage in ("first", "critic"):  # the memory models already exported make their
+        entries = first_chunk_entries()  # first chunk with it
+        shipped = [NAMES[m] for m in MEMORY if NAMES[m] in hub.registry()]
+        if entries:
+            _write_streaming(shipped, **entries)
+            print(f"first chunk of {', '.join(shipped)}: {entries}")
+
+
+def first_chunk_entries() -> dict:
+    """What a memory model's config says of its first chunk once the first-chunk base and
+    the critic are both exported: made by the first-chunk base, the best of
+    ``FIRST_CANDIDATES`` samples by the critic (else nothing: the shared base makes it)."""
+    if not all(NAMES[s] in hub.registry() for s in ("first", "critic")):
+        return {}
+    return {
+        "first_chunk": NAMES["first"],
+        "first_chunk_scorer": NAMES["critic"],
+        "sampling": {"first_chunk_candidates": FIRST_CANDIDATES},
+    }
 
 
 BASE_STAGES = ("base", "cam-apm", "cam", "naive")  # what --base trains

@@ -59,7 +59,7 @@ def test_ctrl_c_keeps_the_frames_and_resume_continues_them(tmp_path, monkeypatch
 
     def interrupted(self, *a, **k):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 4:  # the first chunk is the best of two samples (two calls)
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
@@ -78,3 +78,20 @@ def test_ctrl_c_keeps_the_frames_and_resume_continues_them(tmp_path, monkeypatch
     assert video.shape == (20, 16, 16, 3)
     # the kept frames open the video (GIF palettes may move a level or two)
     assert np.abs(video[:12].astype(int) - kept.astype(int)).mean() < 2
+
+
+def test_first_candidates_reach_the_scorer(tmp_path, monkeypatch):
+    from longseq.streaming.critic import CaptionCritic
+
+    real, seen = CaptionCritic.__call__, []
+
+    def spy(self, candidates, prompt):
+        seen.append((len(candidates), prompt))
+        return real(self, candidates, prompt)
+
+    monkeypatch.setattr(CaptionCritic, "__call__", spy)
+    args = ["--frames", "8", "--steps", "2", "--no-enhance", "--scale", "1", "-o", "v.gif"]
+    assert generate(*args, "--first-candidates", "3").exit_code == 0
+    assert generate(*args).exit_code == 0  # the model's default: 2
+    assert generate(*args, "--first-candidates", "1").exit_code == 0  # no choice to make
+    assert seen == [(3, PROMPT), (2, PROMPT)]

@@ -384,3 +384,47 @@ def test_a_guidance_interval_guides_only_its_steps():
     for bad in ((0.5, 0.2), (-0.1, 0.5), (0, 2), "x", (0.1,)):
         with pytest.raises(ValueError, match="guidance_interval"):
             p("a red circle", 6, guidance_interval=bad, **kw)
+
+
+def test_the_first_chunk_is_the_best_of_its_candidates_by_the_scorer():
+    """K candidates are K first chunks drawn one after another from the call's generator;
+    the scorer sees all of them with the prompt and the video starts with the one it
+    scores highest."""
+    seen = []
+
+    def scorer(candidates, prompt):
+        seen.append((candidates.copy(), prompt))
+        return -np.abs(np.arange(len(candidates)) - 2.0)  # prefers the third
+
+    p = pipe(first_chunk_scorer=scorer)
+    kw = dict(num_inference_steps=2, seed=5, progress=False)
+    one = p("a red circle", 6, **kw).frames
+    assert not seen  # one candidate: no choice, the scorer is not asked
+    out = p("a red circle", 10, first_chunk_candidates=4, **kw)
+    ((cands, prompt),) = seen
+    assert prompt == "a red circle" and cands.shape == (4, 6, 8, 8, 3)
+    np.testing.assert_array_equal(cands[0], one)  # the first candidate is the plain sample
+    assert len({c.tobytes() for c in cands}) == 4  # each candidate its own noise
+    np.testing.assert_array_equal(out.frames[:6], cands[2])
+    assert out.frames.shape == (10, 8, 8, 3)
+    # the pipeline's default applies when the call gives none
+    p.defaults["first_chunk_candidates"] = 4
+    seen.clear()
+    np.testing.assert_array_equal(p("a red circle", 10, **kw).frames, out.frames)
+    assert len(seen) == 1
+
+
+def test_first_chunk_candidates_are_checked():
+    kw = dict(num_inference_steps=2, progress=False)
+    with pytest.raises(ValueError, match="needs a first_chunk_scorer"):
+        pipe()("a red circle", 6, first_chunk_candidates=2, **kw)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="first_chunk_candidates must be an integer"):
+            pipe(first_chunk_scorer=lambda c, p: np.zeros(len(c)))(
+                "a red circle", 6, first_chunk_candidates=bad, **kw
+            )
+    with pytest.raises(TypeError, match="first_chunk_scorer must be a callable"):
+        pipe(first_chunk_scorer="critic")
+    for wrong in (lambda c, p: np.zeros(1), lambda c, p: [np.nan, 0.0], lambda c, p: 3.0):
+        with pytest.raises(ValueError, match="must return 2 finite scores"):
+            pipe(first_chunk_scorer=wrong)("a red circle", 6, first_chunk_candidates=2, **kw)

@@ -62,12 +62,12 @@ def run_script(mod, monkeypatch, run, *args):
 
 @pytest.fixture(scope="module")
 def critic_run(mod, tmp_path_factory):
-    """A run folder with a briefly trained shape critic (stage critic)."""
+    """A run folder with a briefly trained shape critic (stage critic), stopped one step
+    before the end of its schedule so that nothing is exported."""
     run = tmp_path_factory.mktemp("run")
+    args = ("--steps", "301", "--stop-at", "300", "--batch", "32", "--lr", "3e-3")
     with pytest.MonkeyPatch.context() as mp:
-        run_script(
-            mod, mp, run, "--stage", "critic", "--steps", "300", "--batch", "32", "--lr", "3e-3"
-        )
+        run_script(mod, mp, run, "--stage", "critic", *args)
     return run
 
 
@@ -293,3 +293,59 @@ def test_the_pooled_text_path_reads_the_mean_of_the_tokens_that_are_not_padding(
     monkeypatch.setattr(mod, "train", train)
     run_script(mod, monkeypatch, tmp_path, "--stage", "base", "--text-pool")
     assert built[0].text_pool is True
+
+
+def test_the_first_chunk_stages_export_and_name_themselves_in_the_memory_models(
+    mod, monkeypatch, tmp_path
+):
+    """--stage critic and --stage first export streaming-critic and streaming-first (into
+    a copy of the checkpoint folder here); once both exist every shipped memory model's
+    config names them as its first chunk, and its pipeline makes the first chunk with
+    them. The first-chunk base trains on video starts only, object pixels weighted."""
+    import shutil
+
+    from longseq.streaming import StreamingT2VPipeline
+    from longseq.streaming.critic import CaptionCritic
+
+    ckpt = tmp_path / "checkpoints"
+    shutil.copytree(hub.CHECKPOINT_DIR, ckpt)
+    reg = json.loads((ckpt / "registry.json").read_text())
+    for name in ("streaming-first", "streaming-critic"):
+        reg.pop(name, None)
+        shutil.rmtree(ckpt / name, ignore_errors=True)
+    (ckpt / "registry.json").write_text(json.dumps(reg))
+    for m in ("streaming-t2v", "streaming-naive"):  # the memory models as before
+        cfg = json.loads((ckpt / m / "config.json").read_text())
+        for key in ("first_chunk_scorer", "first_chunk"):
+            cfg["streaming"].pop(key, None)
+        cfg["streaming"]["sampling"].pop("first_chunk_candidates", None)
+        (ckpt / m / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(hub, "CHECKPOINT_DIR", ckpt)
+    monkeypatch.setattr(hub, "REGISTRY_FILE", ckpt / "registry.json")
+    batches = []
+    real = mod.vw.clip_batch
+
+    def spy(rng, batch, n, size, max_start, **kw):
+        batches.append((max_start, kw.get("masks")))
+        return real(rng, batch, n, size, max_start, **kw)
+
+    monkeypatch.setattr(mod.vw, "clip_batch", spy)
+    run = tmp_path / "run"
+    run_script(mod, monkeypatch, run, "--stage", "critic", "--steps", "1", "--batch", "4")
+    assert "streaming-critic" in hub.registry()
+    cfg = json.loads((ckpt / "streaming-t2v" / "config.json").read_text())
+    assert "first_chunk" not in cfg["streaming"]  # no first-chunk base yet
+    args = ("--steps", "2", "--batch", "2", "--gate-every", "0")
+    run_script(mod, monkeypatch, run, "--stage", "first", *args)
+    assert batches == [(0, True), (0, True)]  # video starts, object pixels weighted
+    for m in ("streaming-t2v", "streaming-naive"):
+        cfg = json.loads((ckpt / m / "config.json").read_text())["streaming"]
+        assert cfg["first_chunk"] == "streaming-first"
+        assert cfg["first_chunk_scorer"] == "streaming-critic"
+        assert cfg["sampling"]["first_chunk_candidates"] == mod.FIRST_CANDIDATES == 2
+        assert cfg["sampling"]["guidance_scale"] == 2.0  # the tuned settings kept
+    pipe = StreamingT2VPipeline.from_pretrained("streaming-naive", enhancer=None)
+    first, _ = hub.load("streaming-first")
+    for k, v in first.state_dict().items():
+        torch.testing.assert_close(pipe.first_unet.state_dict()[k], v)
+    assert isinstance(pipe.first_chunk_scorer, CaptionCritic)

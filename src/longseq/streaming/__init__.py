@@ -1,6 +1,7 @@
 """StreamingT2V: long, consistent text-to-video by autoregressive chunks with short-term
 (CAM) and long-term (APM) memory, and an enhancer with randomized blending."""
 
+from longseq.streaming.critic import CaptionCritic
 from longseq.streaming.denoiser import (
     Denoiser,
     ImageToVideoDenoiser,
@@ -21,6 +22,7 @@ __all__ = [
     "APM",
     "BLENDINGS",
     "CAM",
+    "CaptionCritic",
     "StreamingUNet",
     "attach_memory",
     "load_memory",

@@ -102,6 +102,12 @@ def streaming_generate(
         help="LO,HI: guide only the steps in this fraction of the noise schedule (0 clean, "
         "1 pure noise), e.g. 0,0.6; scale 1 elsewhere [default: the model's: every step]",
     ),
+    first_candidates: int = typer.Option(
+        None,
+        min=1,
+        help="first chunks sampled, the one the model's scorer rates best kept "
+        "[default: the model's; the shipped ones: 2, chosen by streaming-critic]",
+    ),
     fps: float = typer.Option(8.0, help="frames per second of the written video"),
     scale: int = typer.Option(4, help="integer upscaling of the written frames"),
     seed: int = typer.Option(0),
@@ -182,6 +188,7 @@ def streaming_generate(
             init_frames=init,
             hold_cond=hold_cond,
             guidance_interval=interval,
+            first_chunk_candidates=first_candidates,
         ):
             made.append(chunk)
         video = np.concatenate(made)

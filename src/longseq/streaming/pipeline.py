@@ -139,8 +139,10 @@ class StreamingT2VPipeline:
 
     ``text_encoder(prompts) -> (B, N, D)`` token states (``longseq.streaming.TextEncoder``
     or any callable); ``image_encoder.embed(images) -> (B, d)`` gives the APM anchor
-    embedding; ``first_unet`` makes the first chunk when ``unet`` cannot (the naive
-    model); ``enhancer`` is a text-to-video UNet at a higher resolution used by
+    embedding; ``first_unet`` makes the first chunk (default: ``unet``; the naive model
+    needs one); ``first_chunk_scorer(candidates, prompt) -> scores`` picks the first
+    chunk among ``first_chunk_candidates`` samples (:class:`CaptionCritic` for the world's
+    models); ``enhancer`` is a text-to-video UNet at a higher resolution used by
     :meth:`enhance`. With a ``vae`` (``diffusers.AutoencoderKL``, applied per frame) the
     UNets work on latents, as real text-to-video models do; without one, on pixels.
     """
@@ -158,8 +160,15 @@ class StreamingT2VPipeline:
         cond_frames: int = 8,
         enhancer_chunk_frames: int = 24,
         enhancer_overlap: int = 8,
+        first_chunk_scorer: Callable[[np.ndarray, str], Any] | None = None,
     ) -> None:
         check_denoiser(unet)
+        if first_chunk_scorer is not None and not callable(first_chunk_scorer):
+            raise TypeError(
+                "first_chunk_scorer must be a callable (candidates, prompt) -> scores, "
+                f"got {type(first_chunk_scorer).__name__}"
+            )
+        self.first_chunk_scorer = first_chunk_scorer
         for name, m in (("first_unet", first_unet), ("enhancer", enhancer)):
             if m is not None:
                 check_denoiser(m, name)
@@ -194,6 +203,8 @@ class StreamingT2VPipeline:
             # hold a chunk's conditioning frames at their noised originals while sampling:
             # None does so only where the model has no memory ("replace" mode)
             "hold_cond": None,
+            # first chunks sampled, the best kept by first_chunk_scorer (1: no choice)
+            "first_chunk_candidates": 1,
         }
         if self.apm and image_encoder is None:
             raise ValueError("this model has APM: pass image_encoder for the anchor frame")
@@ -254,9 +265,13 @@ class StreamingT2VPipeline:
                 "(generators: streaming-t2v, streaming-cam, streaming-naive-apm, "
                 "streaming-naive)"
             )
-        first = None
-        if _conditioning(unet) == "concat":
+        first = scorer = None
+        if _conditioning(unet) == "concat" or "first_chunk" in meta:
             first, _ = hub.load(meta.get("first_chunk", "streaming-t2v"), device)
+        if meta.get("first_chunk_scorer"):
+            from longseq.streaming.critic import CaptionCritic
+
+            scorer = CaptionCritic.from_pretrained(meta["first_chunk_scorer"], device)
         image_encoder = None
         if unet.config.apm:
             enc_name = meta.get("image_encoder", "streaming-frame-encoder")
@@ -281,6 +296,7 @@ class StreamingT2VPipeline:
             cond_frames=meta["cond_frames"],
             enhancer_chunk_frames=enh_meta.get("chunk_frames", 24),
             enhancer_overlap=enh_meta.get("overlap", 8),
+            first_chunk_scorer=scorer,
         )
         pipe.defaults.update(meta.get("sampling", {}))
         return pipe
@@ -424,6 +440,41 @@ class StreamingT2VPipeline:
                 raise ValueError(f"{key} must be a finite number >= 0, got {v}")
         return int(steps), float(w), None if wa is None else float(wa), hold, interval
 
+    def _candidates(self, k: int | None, init_frames: np.ndarray | None) -> int:
+        """The number of first-chunk candidates, unset from :attr:`defaults`, checked."""
+        k = self.defaults.get("first_chunk_candidates", 1) if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+            raise ValueError(f"first_chunk_candidates must be an integer >= 1, got {k!r}")
+        if k > 1 and self.first_chunk_scorer is None and init_frames is None:
+            raise ValueError(
+                f"first_chunk_candidates={k} needs a first_chunk_scorer to choose among them "
+                "(e.g. longseq.streaming.CaptionCritic for the world models)"
+            )
+        return int(k)
+
+    def _first_chunk(
+        self, prompt: str, k: int, text, null, gen, steps: int, w: float, interval
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """The first chunk from the text alone: its samples (1, C, F, h, w) and frames
+        (F, H, W, 3) uint8; with ``k`` > 1 the best of ``k`` by the scorer."""
+        samples, frames = [], []
+        for _ in range(k):
+            x = self._chunk(
+                self.first_unet, text, null, gen, steps, w, None, None, None, None, interval
+            )
+            samples.append(x)
+            frames.append(to_uint8(self._decode(x)[0]))
+        if k == 1:
+            return samples[0], frames[0]
+        scores = np.asarray(self.first_chunk_scorer(np.stack(frames), prompt), dtype=float)
+        if scores.shape != (k,) or not np.isfinite(scores).all():
+            raise ValueError(
+                f"first_chunk_scorer must return {k} finite scores, one per candidate, "
+                f"got {scores.tolist() if scores.size <= 8 else scores.shape}"
+            )
+        best = int(np.argmax(scores))
+        return samples[best], frames[best]
+
     def _anchor(self, frame: torch.Tensor) -> torch.Tensor:
         """APM anchor embedding of one decoded frame (1, 3, H, W) in [-1, 1]."""
         return self.image_encoder.embed(frame.to(_param(self.image_encoder))).to(_param(self.unet))
@@ -492,6 +543,7 @@ class StreamingT2VPipeline:
         init_frames: np.ndarray | None = None,
         hold_cond: bool | None = None,
         guidance_interval: tuple[float, float] | None = None,
+        first_chunk_candidates: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield the video chunk by chunk as (n, H, W, 3) uint8 arrays: the first chunk's
         ``F`` frames, then ``F - F_cond`` new frames per chunk, until ``num_frames``.
@@ -510,7 +562,10 @@ class StreamingT2VPipeline:
         ``num_train_timesteps`` in [lo, hi]) and samples the others at scale 1 (the
         conditional output, one model pass): guidance at the noisiest steps shrinks what
         the unconditional model draws bigger (Kynkäänniemi et al. 2024 limit guidance
-        to an interval). Unset sampling arguments take :attr:`defaults`."""
+        to an interval). ``first_chunk_candidates=K`` samples K first chunks and keeps
+        the one ``first_chunk_scorer`` scores highest (K = 1: the first sample, no
+        scorer needed); later chunks are made once. Unset sampling arguments take
+        :attr:`defaults`."""
         steps, w, wa, hold, interval = self._settings(
             prompt,
             num_inference_steps,
@@ -521,6 +576,7 @@ class StreamingT2VPipeline:
         )
         if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+        k = self._candidates(first_chunk_candidates, init_frames)
         p = _param(self.unet)
         gen = torch.Generator().manual_seed(seed)
         text = self.text_encoder([prompt]).to(p)
@@ -540,10 +596,8 @@ class StreamingT2VPipeline:
         done = 0
         with progress_bar("chunks", n_chunks, enabled=progress) as advance:
             if init_frames is None:
-                x = self._chunk(
-                    self.first_unet, text, null, gen, steps, w, None, None, None, None, interval
-                )
-                first_frames = to_uint8(self._decode(x)[0])[:num_frames]
+                x, first_frames = self._first_chunk(prompt, k, text, null, gen, steps, w, interval)
+                first_frames = first_frames[:num_frames]
             anchor = None
             if self.apm and use_anchor:
                 anchor = self._anchor(self._decode(x[:, :, :1])[:, :, 0])
