@@ -95,3 +95,29 @@ def test_first_candidates_reach_the_scorer(tmp_path, monkeypatch):
     assert generate(*args).exit_code == 0  # the model's default: 2
     assert generate(*args, "--first-candidates", "1").exit_code == 0  # no choice to make
     assert seen == [(3, PROMPT), (2, PROMPT)]
+
+
+def test_a_clip_folder_scores_the_first_chunks(tmp_path, monkeypatch):
+    from longseq.streaming import ClipScorer
+
+    from .test_critic import tiny_clip_folder
+
+    folder = tiny_clip_folder(tmp_path / "clip")
+    real, seen = ClipScorer.__call__, []
+
+    def spy(self, candidates, prompt):
+        seen.append(len(candidates))
+        return real(self, candidates, prompt)
+
+    monkeypatch.setattr(ClipScorer, "__call__", spy)
+    args = ["--frames", "8", "--steps", "2", "--no-enhance", "--scale", "1", "-o", "v.gif"]
+    res = generate(*args, "--first-scorer", str(folder), "--first-candidates", "3")
+    assert res.exit_code == 0, res.output
+    assert seen == [3]
+    for bad, message in (
+        (["--first-scorer", "nowhere"], "--first-scorer nowhere is not a CLIP folder"),
+        (["--first-scorer", str(folder), "--first-candidates", "1"], "give --first-candidates 2"),
+    ):
+        res = generate(*args, *bad)
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert res.output.count("\n") == 1, res.output

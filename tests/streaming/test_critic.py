@@ -66,3 +66,101 @@ def test_the_shipped_generators_make_their_first_chunk_with_the_first_chunk_base
     first = {k: v for k, v in naive.first_unet.state_dict().items()}
     for k, v in pipe.first_unet.state_dict().items():
         torch.testing.assert_close(first[k], v)
+
+
+def tiny_clip_folder(path):
+    """A tiny random transformers CLIPModel with its processor (character vocabulary),
+    saved with save_pretrained: the layout of a real CLIP checkpoint."""
+    transformers = pytest.importorskip("transformers")
+    chars = [chr(c) for c in range(33, 127)]
+    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
+    tok = transformers.CLIPTokenizer(
+        vocab={t: i for i, t in enumerate(vocab)}, merges=[], model_max_length=32
+    )
+    n = len(vocab)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=n,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+            bos_token_id=n - 2,
+            eos_token_id=n - 1,
+            pad_token_id=n - 1,
+        ),
+        vision_config=dict(
+            image_size=16,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+        ),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    transformers.CLIPModel(cfg).save_pretrained(path)
+    size = {"shortest_edge": 16}
+    image = transformers.CLIPImageProcessor(size=size, crop_size={"height": 16, "width": 16})
+    transformers.CLIPProcessor(image_processor=image, tokenizer=tok).save_pretrained(path)
+    return path
+
+
+def test_the_clip_scorer_is_the_mean_text_frame_cosine_of_transformers_clip(tmp_path):
+    from transformers import AutoProcessor, CLIPModel
+
+    from longseq.streaming import ClipScorer
+
+    folder = tiny_clip_folder(tmp_path / "clip")
+    scorer = ClipScorer.from_pretrained(folder)
+    frames = np.random.default_rng(0).integers(0, 255, (3, 4, 16, 16, 3), dtype=np.uint8)
+    scores = scorer(frames, "a red circle")
+    model, proc = CLIPModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    ref = []
+    for chunk in frames:  # one frame at a time, as transformers' own model reads it
+        cos = []
+        for frame in chunk:
+            with torch.no_grad():
+                out = model(**proc(text=["a red circle"], images=[frame], return_tensors="pt"))
+            img = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)
+            txt = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)
+            cos.append(float(img @ txt.T))
+        ref.append(np.mean(cos))
+    np.testing.assert_allclose(scores, ref, atol=1e-5)
+    assert len(set(np.round(scores, 6))) == 3  # the chunks differ
+    with pytest.raises(FileNotFoundError, match="not a CLIP folder"):
+        ClipScorer.from_pretrained(tmp_path / "nothing")
+    with pytest.raises(ValueError, match=r"\(K, F, H, W, 3\)"):
+        scorer(frames[0], "a red circle")
+
+
+def test_a_pipeline_keeps_the_first_chunk_clip_scores_best(tmp_path):
+    from longseq.models.video_unet import VideoUNet, VideoUNetConfig
+    from longseq.streaming import ClipScorer
+
+    diffusers = pytest.importorskip("diffusers")
+    scorer = ClipScorer.from_pretrained(tiny_clip_folder(tmp_path / "clip"))
+    seen = []
+
+    def spy(candidates, prompt):
+        seen.append((candidates, scorer(candidates, prompt)))
+        return seen[-1][1]
+
+    torch.manual_seed(0)
+    unet = VideoUNet(
+        VideoUNetConfig(sample_size=16, channels=[8, 16], attn_levels=[False, True], heads=2)
+    ).eval()
+    text = VideoUNetConfig().ctx_dim
+    pipe = StreamingT2VPipeline(
+        unet,
+        diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2"),
+        lambda prompts: torch.ones(len(prompts), 4, text),
+        chunk_frames=6,
+        cond_frames=2,
+        first_chunk_scorer=spy,
+    )
+    video = pipe("a red circle", 6, num_inference_steps=2, first_chunk_candidates=3, progress=False)
+    ((candidates, scores),) = seen
+    np.testing.assert_array_equal(video.frames, candidates[int(np.argmax(scores))])

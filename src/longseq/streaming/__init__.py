@@ -1,7 +1,7 @@
 """StreamingT2V: long, consistent text-to-video by autoregressive chunks with short-term
 (CAM) and long-term (APM) memory, and an enhancer with randomized blending."""
 
-from longseq.streaming.critic import CaptionCritic
+from longseq.streaming.critic import CaptionCritic, ClipScorer
 from longseq.streaming.denoiser import (
     Denoiser,
     ImageToVideoDenoiser,
@@ -23,6 +23,7 @@ __all__ = [
     "BLENDINGS",
     "CAM",
     "CaptionCritic",
+    "ClipScorer",
     "StreamingUNet",
     "attach_memory",
     "load_memory",

@@ -108,6 +108,11 @@ def streaming_generate(
         help="first chunks sampled, the one the model's scorer rates best kept "
         "[default: the model's; the shipped ones: 2, chosen by streaming-critic]",
     ),
+    first_scorer: Path = typer.Option(
+        None,
+        help="a CLIP folder (transformers CLIPModel + processor) that scores the first-chunk "
+        "candidates by text-frame similarity, in place of the model's scorer",
+    ),
     fps: float = typer.Option(8.0, help="frames per second of the written video"),
     scale: int = typer.Option(4, help="integer upscaling of the written frames"),
     seed: int = typer.Option(0),
@@ -157,9 +162,27 @@ def streaming_generate(
         check_video_output(out, fps)
     except (ValueError, ImportError) as e:
         fail(str(e))
+    if first_scorer is not None:
+        if first_candidates == 1:
+            fail("--first-scorer chooses among first chunks: give --first-candidates 2 or more")
+        if not (first_scorer / "config.json").is_file():
+            fail(f"--first-scorer {first_scorer} is not a CLIP folder (no config.json)")
     init = _read_resume(resume, frames)
     mem = False if memory is not None and memory.lower() == "none" else memory
     pipe = _load_pipeline(model, enhancer if enhance else None, device, mem)
+    if first_scorer is not None:
+        from longseq.streaming import ClipScorer
+
+        if (first_candidates or pipe.defaults.get("first_chunk_candidates", 1)) < 2:
+            fail(
+                f"--first-scorer chooses among first chunks, and {model} samples one: "
+                "give --first-candidates 2 or more"
+            )
+        try:
+            where = next(pipe.unet.parameters()).device
+            pipe.first_chunk_scorer = ClipScorer.from_pretrained(first_scorer, where)
+        except (OSError, ValueError) as e:
+            fail(f"--first-scorer {first_scorer}: {str(e).splitlines()[0]}")
     check_output_file(out, "--out", VIDEO_SUFFIXES, create_folder=True)
     if hub.registry().get(model) and not parse_caption(prompt):
         console.print(

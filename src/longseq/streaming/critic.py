@@ -3,7 +3,7 @@ pipeline keeps the best (:meth:`StreamingT2VPipeline.stream`, ``first_chunk_cand
 
 A scorer is any callable ``scorer(candidates, prompt) -> scores``: ``candidates`` are K
 first chunks as (K, F, H, W, 3) uint8 frames, the result K numbers, higher is better. For
-a real text-to-video model the natural one is a CLIP text-frame score; for the video world
+a real text-to-video model the natural one is CLIP's (:class:`ClipScorer`); for the video world
 the package ships :class:`CaptionCritic`, a small network of its own (not the fidelity
 classifier that the benchmark reads with) that names the shape and speed it sees in two
 frames ``CRITIC_GAP`` apart.
@@ -94,3 +94,46 @@ class CaptionCritic:
         logits = self.critic(standardise(pairs.flatten(0, 1), self.contrast))["shape"]
         prob = logits.softmax(-1)[:, self.shapes.index(shape)].view(pairs.shape[:2])
         return prob.mean(1).float().cpu().numpy()
+
+
+class ClipScorer:
+    """Scores candidates with a CLIP model (``transformers``' ``CLIPModel`` and its
+    processor): the mean, over a chunk's frames, of the cosine similarity between the
+    frame's image embedding and the prompt's text embedding, the CLIP text-frame score the
+    StreamingT2V paper reports. For text-to-video models of the real world, where the
+    world's :class:`CaptionCritic` knows nothing."""
+
+    def __init__(self, model: Any, processor: Any) -> None:
+        self.model, self.processor = model.eval(), processor
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> ClipScorer:
+        """A CLIP folder as ``save_pretrained`` writes it (model and processor)."""
+        from transformers import AutoProcessor, CLIPModel
+
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a CLIP folder (config.json and the processor's files, as "
+                "CLIPModel.save_pretrained and CLIPProcessor.save_pretrained write them)"
+            )
+        model = CLIPModel.from_pretrained(folder).to(device)
+        return cls(model, AutoProcessor.from_pretrained(folder))
+
+    @torch.no_grad()
+    def __call__(self, candidates: np.ndarray, prompt: str) -> np.ndarray:
+        frames = np.asarray(candidates)
+        if frames.ndim != 5 or frames.shape[-1] != 3:
+            raise ValueError(f"candidates must be (K, F, H, W, 3) frames, got {frames.shape}")
+        k, f = frames.shape[:2]
+        inputs = self.processor(
+            text=[prompt],
+            images=list(frames.reshape(k * f, *frames.shape[2:])),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+        )
+        p = next(self.model.parameters())
+        out = self.model(**{n: v.to(p.device) for n, v in inputs.items()})
+        cos = (out.image_embeds @ out.text_embeds.T)[:, 0]  # both unit length
+        return cos.view(k, f).mean(1).float().cpu().numpy()
