@@ -67,7 +67,9 @@ COLUMNS = {  # key -> label
 }
 
 
-def generate(captions, seeds, frames, steps, cache: Path | None) -> dict[str, np.ndarray]:
+def generate(
+    captions, seeds, frames, steps, cache: Path | None, first_chunk: str | None = None
+) -> dict[str, np.ndarray]:
     """Base-stage videos of each generator, keyed "label|caption|seed", and the seconds
     each took (one thread), keyed "seconds|label|caption|seed"."""
     from longseq.streaming import StreamingT2VPipeline
@@ -81,7 +83,9 @@ def generate(captions, seeds, frames, steps, cache: Path | None) -> dict[str, np
             key = f"{label}|{caption}|{seed}"
             if key in videos and len(videos[key]) >= frames:
                 continue
-            pipe = pipe or StreamingT2VPipeline.from_pretrained(name, None, "cpu")
+            pipe = pipe or StreamingT2VPipeline.from_pretrained(
+                name, None, "cpu", first_chunk=first_chunk
+            )
             t0 = time.perf_counter()
             out = pipe(caption, frames, seed=seed, progress=False, num_inference_steps=steps)
             videos[key] = out.frames
@@ -166,6 +170,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: model's)")
     ap.add_argument("--cache", type=Path, default=None, help=".npz of generated videos (reused)")
     ap.add_argument("--quick", action="store_true", help="1 seed, 24 frames (a smoke run)")
+    ap.add_argument(
+        "--first-chunk",
+        default=None,
+        help="a checkpoint making every first chunk (e.g. "
+        "streaming-first); results get the suffix _first_chunk",
+    )
     ap.add_argument("--no-text", action="store_true", help="skip the caption embeddings")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -176,7 +186,7 @@ def main() -> None:
     if args.frames < 3 * FIDELITY_BLOCK:
         raise SystemExit(f"--frames must be at least {3 * FIDELITY_BLOCK}, got {args.frames}")
     captions = list(vw.HELD_OUT)
-    videos = generate(captions, seeds, args.frames, args.steps, args.cache)
+    videos = generate(captions, seeds, args.frames, args.steps, args.cache, args.first_chunk)
     gen_minutes = {
         label: sum(
             float(videos[f"seconds|{label}|{c}|{s}"])
@@ -208,6 +218,7 @@ def main() -> None:
             "seeds": seeds,
             "frames": args.frames,
             "stage": "base (16 px)",
+            "first_chunk": args.first_chunk,
             "block": FIDELITY_BLOCK,
             "classifier": {"name": "fidelity-classifier", "metrics": info.extra.get("metrics")},
             "device": describe_device("cpu", threads=1),
@@ -255,7 +266,7 @@ def main() -> None:
         )
     if not args.no_text:
         results["text_embeddings"] = caption_separation()
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + ("_first_chunk" if args.first_chunk else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"fidelity{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"fidelity{suffix}.md").write_text(markdown(results))
@@ -306,7 +317,8 @@ def markdown(r: dict) -> str:
         "",
         f"{len(s['captions'])} held-out captions x {len(s['seeds'])} unseen seeds "
         f"({', '.join(map(str, s['seeds']))}), {s['frames']} frames, {s['stage']}; "
-        "generation "
+        + (f"every first chunk by `{s['first_chunk']}`; " if s.get("first_chunk") else "")
+        + "generation "
         + ", ".join(f"{k} {v} min" for k, v in s["generation_minutes"].items())
         + f" on {s['device']} (a core shared with other work). "
         "Read by `fidelity-classifier` (held-out world frames, at least half in view: shape "

@@ -79,12 +79,13 @@ KEYS = {  # metric -> (label, digits); lower is better for all of them
     "mawe": ("MAWE", 1),
 }
 _PIPES: dict[str, StreamingT2VPipeline] = {}
+FIRST_CHUNK: str | None = None  # --first-chunk: the checkpoint making every first chunk
 
 
 def _pipe(name: str, device: str | None) -> StreamingT2VPipeline:
     if name not in _PIPES:
         _PIPES[name] = StreamingT2VPipeline.from_pretrained(
-            name, "streaming-enhancer", default_device(device)
+            name, "streaming-enhancer", default_device(device), first_chunk=FIRST_CHUNK
         )
     return _PIPES[name]
 
@@ -178,9 +179,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes (one thread each)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--quick", action="store_true", help="2 prompts, 24 frames (a smoke run)")
+    ap.add_argument(
+        "--first-chunk",
+        default=None,
+        help="a checkpoint making every first chunk (e.g. "
+        "streaming-first); results get the suffix _first_chunk",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--measure-memory", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global FIRST_CHUNK
+    FIRST_CHUNK = args.first_chunk  # read by the worker processes (forked after this)
     if args.measure_memory:
         measure_memory(args.measure_memory, args.device)
         return
@@ -263,6 +272,7 @@ def main() -> None:
         "workers": args.workers,
         "threads_per_worker": 1,
         "defaults": pipe.defaults,
+        "first_chunk": args.first_chunk,
         "chunk_frames": pipe.chunk_frames,
         "cond_frames": pipe.cond_frames,
         "enhancer_chunk_frames": pipe.enhancer_chunk_frames,
@@ -270,7 +280,7 @@ def main() -> None:
         "wall_minutes": round((time.time() - t_start) / 60, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "_quick" if args.quick else ""
+    suffix = ("_quick" if args.quick else "") + ("_first_chunk" if args.first_chunk else "")
     (args.out / f"streaming{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"streaming{suffix}.md").write_text(markdown(results))
     _pictures(args, prompts, videos, suffix)
@@ -328,7 +338,9 @@ def markdown(r: dict) -> str:
         f"{len(s['prompts'])} held-out prompts (held-out captions x seeds), {s['frames']} "
         f"frames each; base chunks of {s['chunk_frames']} frames conditioned on "
         f"{s['cond_frames']} (16 px), enhancer chunks of {s['enhancer_chunk_frames']} with "
-        f"overlap {s['enhancer_overlap']} (32 px); sampling {s['defaults']}. "
+        f"overlap {s['enhancer_overlap']} (32 px); sampling {s['defaults']}"
+        + (f"; every first chunk by `{s['first_chunk']}`" if s.get("first_chunk") else "")
+        + ". "
         f"{s['device']} in each of {s['workers']} processes, {s['wall_minutes']} min. "
         "Colour metrics in levels (0-255); mean ± std over prompts.",
         "",

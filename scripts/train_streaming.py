@@ -757,34 +757,22 @@ def train(stage: str, args) -> None:
         for key in ("sampling", "tuned_on"):  # a fine-tune keeps its model's tuned settings
             if key in before.get("streaming", {}):
                 extra["streaming"][key] = before["streaming"][key]
-        if stage in MEMORY:
-            entries = first_chunk_entries()
-            sampling = extra["streaming"].get("sampling", {}) | entries.pop("sampling", {})
-            extra["streaming"] |= entries | ({"sampling": sampling} if sampling else {})
     if stage == "critic":  # how it reads frames, for longseq.streaming.critic.CaptionCritic
         extra["critic"] = {"gap": CRITIC_GAP, "contrast": CRITIC_CONTRAST}
     hub.save_pretrained(model.eval(), out, arch, extra, half=True)
     hub.register(name, out, DESCRIPTIONS.get(stage, f"StreamingT2V world: {stage} ({step} steps)"))
     print(f"exported {name} -> {out}")
-    if stage in ("first", "critic"):  # the memory models already exported make their
-        entries = first_chunk_entries()  # first chunk with it
-        shipped = [NAMES[m] for m in MEMORY if NAMES[m] in hub.registry()]
-        if entries:
-            _write_streaming(shipped, **entries)
-            print(f"first chunk of {', '.join(shipped)}: {entries}")
-
-
-def first_chunk_entries() -> dict:
-    """What a memory model's config says of its first chunk once the first-chunk base and
-    the critic are both exported: made by the first-chunk base, the best of
-    ``FIRST_CANDIDATES`` samples by the critic (else nothing: the shared base makes it)."""
-    if not all(NAMES[s] in hub.registry() for s in ("first", "critic")):
-        return {}
-    return {
-        "first_chunk": NAMES["first"],
-        "first_chunk_scorer": NAMES["critic"],
-        "sampling": {"first_chunk_candidates": FIRST_CANDIDATES},
-    }
+    if stage in ("first", "critic") and all(
+        NAMES[s] in hub.registry() for s in ("first", "critic")
+    ):
+        # the first-chunk base names the critic that chooses among its samples, and how many:
+        # a pipeline given it as its first chunk (from_pretrained(first_chunk=...)) takes both
+        entries = {
+            "first_chunk_scorer": NAMES["critic"],
+            "sampling": {"first_chunk_candidates": FIRST_CANDIDATES},
+        }
+        _write_streaming([NAMES["first"]], **entries)
+        print(f"{NAMES['first']}: {entries}")
 
 
 BASE_STAGES = ("base", "cam-apm", "cam", "naive")  # what --base trains

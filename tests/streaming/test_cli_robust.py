@@ -59,7 +59,7 @@ def test_ctrl_c_keeps_the_frames_and_resume_continues_them(tmp_path, monkeypatch
 
     def interrupted(self, *a, **k):
         calls.append(1)
-        if len(calls) == 4:  # the first chunk is the best of two samples (two calls)
+        if len(calls) == 3:
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
@@ -91,10 +91,14 @@ def test_first_candidates_reach_the_scorer(tmp_path, monkeypatch):
 
     monkeypatch.setattr(CaptionCritic, "__call__", spy)
     args = ["--frames", "8", "--steps", "2", "--no-enhance", "--scale", "1", "-o", "v.gif"]
-    assert generate(*args, "--first-candidates", "3").exit_code == 0
-    assert generate(*args).exit_code == 0  # the model's default: 2
-    assert generate(*args, "--first-candidates", "1").exit_code == 0  # no choice to make
+    first = ("--first-chunk", "streaming-first")
+    assert generate(*args, *first, "--first-candidates", "3").exit_code == 0
+    assert generate(*args, *first).exit_code == 0  # streaming-first's default: 2
+    assert generate(*args, *first, "--first-candidates", "1").exit_code == 0  # no choice
+    assert generate(*args).exit_code == 0  # the model's own base: one sample, no scorer
     assert seen == [(3, PROMPT), (2, PROMPT)]
+    res = generate(*args, "--first-candidates", "2")
+    assert res.exit_code == 2 and "needs a first_chunk_scorer" in res.output, res.output
 
 
 def test_a_clip_folder_scores_the_first_chunks(tmp_path, monkeypatch):

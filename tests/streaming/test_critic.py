@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from longseq import hub
 from longseq.data import videoworld as vw
 from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
 from longseq.streaming import StreamingT2VPipeline
@@ -57,15 +58,26 @@ def test_bad_critic_and_inputs_are_named():
         critic(np.zeros((2, 3, 16, 16, 3), np.uint8), "a circle")
 
 
-def test_the_shipped_generators_make_their_first_chunk_with_the_first_chunk_base():
-    pipe = StreamingT2VPipeline.from_pretrained("streaming-t2v", enhancer=None)
-    assert pipe.first_unet is not pipe.unet
-    assert isinstance(pipe.first_chunk_scorer, CaptionCritic)
-    assert pipe.defaults["first_chunk_candidates"] == 2
-    naive = StreamingT2VPipeline.from_pretrained("streaming-naive", enhancer=None)
-    first = {k: v for k, v in naive.first_unet.state_dict().items()}
-    for k, v in pipe.first_unet.state_dict().items():
-        torch.testing.assert_close(first[k], v)
+def test_a_shipped_generator_takes_the_first_chunk_base_with_its_critic(t2v_folders):
+    default = StreamingT2VPipeline.from_pretrained("streaming-t2v", enhancer=None)
+    assert default.first_unet is default.unet and default.first_chunk_scorer is None
+    assert default.defaults["first_chunk_candidates"] == 1  # as trained: its own base
+    first, _ = hub.load("streaming-first")
+    for name in ("streaming-t2v", "streaming-naive"):
+        pipe = StreamingT2VPipeline.from_pretrained(name, None, first_chunk="streaming-first")
+        assert isinstance(pipe.first_chunk_scorer, CaptionCritic)
+        assert pipe.defaults["first_chunk_candidates"] == 2  # streaming-first's config
+        assert pipe.defaults["num_inference_steps"] == 50  # the generator's own settings
+        for k, v in first.state_dict().items():
+            torch.testing.assert_close(pipe.first_unet.state_dict()[k], v)
+    with pytest.raises(ValueError, match="cannot|not a text-to-video model"):
+        StreamingT2VPipeline.from_pretrained("streaming-t2v", None, first_chunk="streaming-naive")
+    with pytest.raises(ValueError, match="not a text-to-video model"):
+        StreamingT2VPipeline.from_pretrained("streaming-t2v", None, first_chunk="streaming-critic")
+    with pytest.raises(ValueError, match="first_chunk applies to longseq checkpoints"):
+        StreamingT2VPipeline.from_pretrained(
+            t2v_folders["pixel"], None, first_chunk="streaming-first"
+        )
 
 
 def tiny_clip_folder(path):

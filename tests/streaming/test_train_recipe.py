@@ -295,13 +295,14 @@ def test_the_pooled_text_path_reads_the_mean_of_the_tokens_that_are_not_padding(
     assert built[0].text_pool is True
 
 
-def test_the_first_chunk_stages_export_and_name_themselves_in_the_memory_models(
+def test_the_first_chunk_stages_export_the_base_and_the_critic_that_chooses_its_samples(
     mod, monkeypatch, tmp_path
 ):
     """--stage critic and --stage first export streaming-critic and streaming-first (into
-    a copy of the checkpoint folder here); once both exist every shipped memory model's
-    config names them as its first chunk, and its pipeline makes the first chunk with
-    them. The first-chunk base trains on video starts only, object pixels weighted."""
+    a copy of the checkpoint folder here); once both exist the first-chunk base's config
+    names the critic and the number of samples, which a pipeline given it as its first
+    chunk takes; the memory models' configs are left as they are. The first-chunk base
+    trains on video starts only, object pixels weighted."""
     import shutil
 
     from longseq.streaming import StreamingT2VPipeline
@@ -314,12 +315,9 @@ def test_the_first_chunk_stages_export_and_name_themselves_in_the_memory_models(
         reg.pop(name, None)
         shutil.rmtree(ckpt / name, ignore_errors=True)
     (ckpt / "registry.json").write_text(json.dumps(reg))
-    for m in ("streaming-t2v", "streaming-naive"):  # the memory models as before
-        cfg = json.loads((ckpt / m / "config.json").read_text())
-        for key in ("first_chunk_scorer", "first_chunk"):
-            cfg["streaming"].pop(key, None)
-        cfg["streaming"]["sampling"].pop("first_chunk_candidates", None)
-        (ckpt / m / "config.json").write_text(json.dumps(cfg))
+    memory = {
+        m: (ckpt / m / "config.json").read_text() for m in ("streaming-t2v", "streaming-naive")
+    }
     monkeypatch.setattr(hub, "CHECKPOINT_DIR", ckpt)
     monkeypatch.setattr(hub, "REGISTRY_FILE", ckpt / "registry.json")
     batches = []
@@ -331,21 +329,22 @@ def test_the_first_chunk_stages_export_and_name_themselves_in_the_memory_models(
 
     monkeypatch.setattr(mod.vw, "clip_batch", spy)
     run = tmp_path / "run"
-    run_script(mod, monkeypatch, run, "--stage", "critic", "--steps", "1", "--batch", "4")
-    assert "streaming-critic" in hub.registry()
-    cfg = json.loads((ckpt / "streaming-t2v" / "config.json").read_text())
-    assert "first_chunk" not in cfg["streaming"]  # no first-chunk base yet
     args = ("--steps", "2", "--batch", "2", "--gate-every", "0")
     run_script(mod, monkeypatch, run, "--stage", "first", *args)
     assert batches == [(0, True), (0, True)]  # video starts, object pixels weighted
-    for m in ("streaming-t2v", "streaming-naive"):
-        cfg = json.loads((ckpt / m / "config.json").read_text())["streaming"]
-        assert cfg["first_chunk"] == "streaming-first"
-        assert cfg["first_chunk_scorer"] == "streaming-critic"
-        assert cfg["sampling"]["first_chunk_candidates"] == mod.FIRST_CANDIDATES == 2
-        assert cfg["sampling"]["guidance_scale"] == 2.0  # the tuned settings kept
-    pipe = StreamingT2VPipeline.from_pretrained("streaming-naive", enhancer=None)
+    first_cfg = ckpt / "streaming-first" / "config.json"
+    assert "first_chunk_scorer" not in json.loads(first_cfg.read_text())["streaming"]
+    run_script(mod, monkeypatch, run, "--stage", "critic", "--steps", "1", "--batch", "4")
+    cfg = json.loads(first_cfg.read_text())["streaming"]
+    assert cfg["first_chunk_scorer"] == "streaming-critic"
+    assert cfg["sampling"]["first_chunk_candidates"] == mod.FIRST_CANDIDATES == 2
+    for m, text in memory.items():
+        assert (ckpt / m / "config.json").read_text() == text
+    pipe = StreamingT2VPipeline.from_pretrained(
+        "streaming-naive", None, first_chunk="streaming-first"
+    )
     first, _ = hub.load("streaming-first")
     for k, v in first.state_dict().items():
         torch.testing.assert_close(pipe.first_unet.state_dict()[k], v)
     assert isinstance(pipe.first_chunk_scorer, CaptionCritic)
+    assert pipe.defaults["first_chunk_candidates"] == 2

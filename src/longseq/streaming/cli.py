@@ -28,13 +28,19 @@ app = App(
 
 
 def _load_pipeline(
-    model: str, enhancer: str | None, device: str | None, memory: str | bool | None = None
+    model: str,
+    enhancer: str | None,
+    device: str | None,
+    memory: str | bool | None = None,
+    first_chunk: str | None = None,
 ):
     from longseq.streaming import StreamingT2VPipeline
     from longseq.utils import default_device
 
     try:
-        return StreamingT2VPipeline.from_pretrained(model, enhancer, default_device(device), memory)
+        return StreamingT2VPipeline.from_pretrained(
+            model, enhancer, default_device(device), memory, first_chunk
+        )
     except (hub.CheckpointError, ImportError, ValueError) as e:
         fail(str(e))
 
@@ -102,11 +108,16 @@ def streaming_generate(
         help="LO,HI: guide only the steps in this fraction of the noise schedule (0 clean, "
         "1 pure noise), e.g. 0,0.6; scale 1 elsewhere [default: the model's: every step]",
     ),
+    first_chunk: str = typer.Option(
+        None,
+        help="a checkpoint that makes the first chunk instead of the model's base, e.g. "
+        "streaming-first (a base trained for it; the better of 2 samples by streaming-critic)",
+    ),
     first_candidates: int = typer.Option(
         None,
         min=1,
-        help="first chunks sampled, the one the model's scorer rates best kept "
-        "[default: the model's; the shipped ones: 2, chosen by streaming-critic]",
+        help="first chunks sampled, the one the scorer rates best kept [default: the "
+        "first-chunk model's: 1, or 2 with --first-chunk streaming-first]",
     ),
     first_scorer: Path = typer.Option(
         None,
@@ -169,7 +180,7 @@ def streaming_generate(
             fail(f"--first-scorer {first_scorer} is not a CLIP folder (no config.json)")
     init = _read_resume(resume, frames)
     mem = False if memory is not None and memory.lower() == "none" else memory
-    pipe = _load_pipeline(model, enhancer if enhance else None, device, mem)
+    pipe = _load_pipeline(model, enhancer if enhance else None, device, mem, first_chunk)
     if first_scorer is not None:
         from longseq.streaming import ClipScorer
 

@@ -216,6 +216,7 @@ class StreamingT2VPipeline:
         enhancer: str | Path | None = "streaming-enhancer",
         device: str | torch.device = "cpu",
         memory: str | Path | bool | None = None,
+        first_chunk: str | Path | None = None,
     ) -> StreamingT2VPipeline:
         """The shipped models, checkpoint directories written by ``hub.save_pretrained``, or
         a ``diffusers`` text-to-video folder (``TextToVideoSDPipeline`` layout: ``unet/``,
@@ -226,7 +227,10 @@ class StreamingT2VPipeline:
         world models and is not used with one. ``memory`` picks the trained CAM/APM or
         naive weights of a diffusers folder: a folder the training script wrote (several
         can be trained on one base), None for ``streaming/`` when present, False for the
-        base alone (chunks conditioned training-free, "replace" mode)."""
+        base alone (chunks conditioned training-free, "replace" mode). ``first_chunk``
+        names a longseq checkpoint that makes the first chunk instead of the generator's
+        own base (``streaming-first``: a base trained for it); the scorer and the number
+        of candidates its config names come with it."""
         from diffusers import DDIMScheduler
 
         from longseq import hub
@@ -236,6 +240,11 @@ class StreamingT2VPipeline:
         if not isinstance(name, str | Path):
             raise TypeError(f"name must be a model name or folder, got {type(name).__name__}")
         if name not in hub.registry() and is_diffusers_folder(name):
+            if first_chunk is not None:
+                raise ValueError(
+                    "first_chunk applies to longseq checkpoints; a diffusers folder makes its "
+                    "first chunk with its own UNet"
+                )
             enhancer = None if enhancer == "streaming-enhancer" else enhancer
             return cls(**load_folder(name, enhancer, device, memory))
         if memory not in (None, False):
@@ -266,12 +275,24 @@ class StreamingT2VPipeline:
                 "streaming-naive)"
             )
         first = scorer = None
-        if _conditioning(unet) == "concat" or "first_chunk" in meta:
-            first, _ = hub.load(meta.get("first_chunk", "streaming-t2v"), device)
-        if meta.get("first_chunk_scorer"):
+        first_meta: dict = {}
+        first_name = first_chunk or meta.get("first_chunk")
+        if first_name is None and _conditioning(unet) == "concat":
+            first_name = "streaming-t2v"  # the shared base makes the naive models' first chunk
+        if first_name is not None:
+            first, first_info = hub.load(first_name, device)
+            first_meta = first_info.extra.get("streaming") or {}
+            arch = first_info.config.get("architecture")
+            if arch != "video_unet" or not first_meta or _conditioning(first) == "concat":
+                raise ValueError(
+                    f"first_chunk {first_name!r} is not a text-to-video model that can make a "
+                    "first chunk from the text alone"
+                )
+        scorer_name = first_meta.get("first_chunk_scorer") or meta.get("first_chunk_scorer")
+        if scorer_name:
             from longseq.streaming.critic import CaptionCritic
 
-            scorer = CaptionCritic.from_pretrained(meta["first_chunk_scorer"], device)
+            scorer = CaptionCritic.from_pretrained(scorer_name, device)
         image_encoder = None
         if unet.config.apm:
             enc_name = meta.get("image_encoder", "streaming-frame-encoder")
@@ -299,6 +320,10 @@ class StreamingT2VPipeline:
             first_chunk_scorer=scorer,
         )
         pipe.defaults.update(meta.get("sampling", {}))
+        if "first_chunk_candidates" in first_meta.get("sampling", {}):
+            pipe.defaults["first_chunk_candidates"] = first_meta["sampling"][
+                "first_chunk_candidates"
+            ]
         return pipe
 
     # ------------------------------------------------------------------ latents
