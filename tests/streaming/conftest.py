@@ -43,26 +43,34 @@ def tiny_vae():
     ).eval()
 
 
-def tiny_clip():
-    """A CLIP text encoder and tokenizer with a character vocabulary (no merges)."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def clip_tokenizer(max_length: int):
+    """A CLIP tokenizer with a character vocabulary (no merges); its vocabulary size."""
+    from transformers import CLIPTokenizer
 
     chars = [chr(c) for c in range(33, 127)]
     vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
     tok = CLIPTokenizer(
-        vocab={t: i for i, t in enumerate(vocab)}, merges=[], model_max_length=TEXT_TOKENS
+        vocab={t: i for i, t in enumerate(vocab)}, merges=[], model_max_length=max_length
     )
+    return tok, len(vocab)
+
+
+def tiny_clip():
+    """A CLIP text encoder and tokenizer with a character vocabulary (no merges)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tok, n = clip_tokenizer(TEXT_TOKENS)
     torch.manual_seed(0)
     cfg = CLIPTextConfig(
-        vocab_size=len(vocab),
+        vocab_size=n,
         hidden_size=TEXT_DIM,
         intermediate_size=37,
         num_hidden_layers=1,
         num_attention_heads=2,
         max_position_embeddings=TEXT_TOKENS,
-        bos_token_id=len(vocab) - 2,
-        eos_token_id=len(vocab) - 1,
-        pad_token_id=len(vocab) - 1,
+        bos_token_id=n - 2,
+        eos_token_id=n - 1,
+        pad_token_id=n - 1,
     )
     return CLIPTextModel(cfg).eval(), tok
 

@@ -8,6 +8,8 @@ from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
 from longseq.streaming import StreamingT2VPipeline
 from longseq.streaming.critic import CRITIC, CaptionCritic, critic_pairs, standardise
 
+from .conftest import clip_tokenizer
+
 
 def clip(shape: str, seed: int) -> np.ndarray:
     """8 frames of the world's clip for a caption naming ``shape``, at 16 px."""
@@ -84,12 +86,7 @@ def tiny_clip_folder(path):
     """A tiny random transformers CLIPModel with its processor (character vocabulary),
     saved with save_pretrained: the layout of a real CLIP checkpoint."""
     transformers = pytest.importorskip("transformers")
-    chars = [chr(c) for c in range(33, 127)]
-    vocab = chars + [c + "</w>" for c in chars] + ["<|startoftext|>", "<|endoftext|>"]
-    tok = transformers.CLIPTokenizer(
-        vocab={t: i for i, t in enumerate(vocab)}, merges=[], model_max_length=32
-    )
-    n = len(vocab)
+    tok, n = clip_tokenizer(32)
     cfg = transformers.CLIPConfig(
         text_config=dict(
             vocab_size=n,
