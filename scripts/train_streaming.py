@@ -64,8 +64,8 @@ from longseq import hub
 from longseq.data import videoworld as vw
 from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
 from longseq.models.video_unet import VideoUNet, VideoUNetConfig
-from longseq.streaming import critic as critic_io
 from longseq.streaming.critic import CRITIC, CRITIC_GAP, critic_pairs
+from longseq.streaming.critic import standardise as read_frames
 from longseq.streaming.text import TextEncoder
 from longseq.utils import (
     default_device,
@@ -231,7 +231,7 @@ def diffusion_loss(
 def standardise(x: torch.Tensor) -> torch.Tensor:
     """What the critic reads (:func:`longseq.streaming.critic.standardise`), with the
     run's ``--critic-contrast``."""
-    return critic_io.standardise(x, CRITIC_CONTRAST)
+    return read_frames(x, CRITIC_CONTRAST)
 
 
 def critic_targets(caps) -> dict[str, torch.Tensor]:

@@ -119,7 +119,7 @@ def test_a_clip_folder_scores_the_first_chunks(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert seen == [3]
     for bad, message in (
-        (["--first-scorer", "nowhere"], "--first-scorer nowhere is not a CLIP folder"),
+        (["--first-scorer", "nowhere"], "--first-scorer: nowhere is not a CLIP folder"),
         (["--first-scorer", str(folder), "--first-candidates", "1"], "give --first-candidates 2"),
     ):
         res = generate(*args, *bad)

@@ -176,8 +176,12 @@ def streaming_generate(
     if first_scorer is not None:
         if first_candidates == 1:
             fail("--first-scorer chooses among first chunks: give --first-candidates 2 or more")
-        if not (first_scorer / "config.json").is_file():
-            fail(f"--first-scorer {first_scorer} is not a CLIP folder (no config.json)")
+        from longseq.streaming.critic import check_clip_folder
+
+        try:
+            check_clip_folder(first_scorer)
+        except FileNotFoundError as e:
+            fail(f"--first-scorer: {e}")
     init = _read_resume(resume, frames)
     mem = False if memory is not None and memory.lower() == "none" else memory
     pipe = _load_pipeline(model, enhancer if enhance else None, device, mem, first_chunk)

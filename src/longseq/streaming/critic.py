@@ -96,6 +96,18 @@ class CaptionCritic:
         return prob.mean(1).float().cpu().numpy()
 
 
+def check_clip_folder(path: str | Path) -> Path:
+    """``path`` as a folder that ``CLIPModel.save_pretrained`` wrote (its config.json), or
+    a FileNotFoundError that says so."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a CLIP folder (config.json and the processor's files, as "
+            "CLIPModel.save_pretrained and CLIPProcessor.save_pretrained write them)"
+        )
+    return folder
+
+
 class ClipScorer:
     """Scores candidates with a CLIP model (``transformers``' ``CLIPModel`` and its
     processor): the mean, over a chunk's frames, of the cosine similarity between the
@@ -111,12 +123,7 @@ class ClipScorer:
         """A CLIP folder as ``save_pretrained`` writes it (model and processor)."""
         from transformers import AutoProcessor, CLIPModel
 
-        folder = Path(path)
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"{folder} is not a CLIP folder (config.json and the processor's files, as "
-                "CLIPModel.save_pretrained and CLIPProcessor.save_pretrained write them)"
-            )
+        folder = check_clip_folder(path)
         model = CLIPModel.from_pretrained(folder).to(device)
         return cls(model, AutoProcessor.from_pretrained(folder))
 
