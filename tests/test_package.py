@@ -124,3 +124,16 @@ def test_wheel_works_outside_the_repository(tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     config = json.loads((out / "flow.json").read_text())["config"]
     assert config["hold_motion"] is True and config["readout"] == "fit"
+    # StreamingT2V with the first-chunk base and its critic, both loaded from the wheel
+    gif = tmp_path / "first.gif"
+    args = ("--frames", "8", "--steps", "2", "--no-enhance", "--scale", "1", "-o", str(gif))
+    res = cli(
+        "streaming",
+        "generate",
+        "a circle bounces slowly",
+        "--first-chunk",
+        "streaming-first",
+        *args,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "8 frames of 16x16 written" in res.stdout
