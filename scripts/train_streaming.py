@@ -52,6 +52,7 @@ an uninterrupted one. The same number of steps runs anywhere; on a GPU pass
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -166,10 +167,33 @@ def scheduler():
     )
 
 
+def partial_captions() -> list[str]:
+    """Every world caption with some of its words left out ("a triangle", "a triangle
+    quickly", ...): at least one of shape, motion and speed named, in the caption's order."""
+    out = []
+    for attrs in vw.all_captions():
+        words = list(attrs.values())
+        for keep in itertools.product((True, False), repeat=len(words)):
+            if any(keep) and not all(keep):
+                out.append("a " + " ".join(w for w, k in zip(words, keep, strict=True) if k))
+    return sorted(set(out))
+
+
+def partial_caption(rng: np.random.Generator, caption: str) -> str:
+    """``caption`` with each of its attribute words kept with probability 1/2 (at least
+    one left out and at least one kept)."""
+    words = list(vw.parse_caption(caption).values())
+    while True:
+        keep = rng.uniform(size=len(words)) < 0.5
+        if keep.any() and not keep.all():
+            return "a " + " ".join(w for w, k in zip(words, keep, strict=True) if k)
+
+
 def text_table(run: Path, device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Token states of every world caption (cached in RUN/text.pt) and of ''."""
+    """Token states of every world caption and of its partial captions (cached in
+    RUN/text.pt) and of ''."""
     f = run / "text.pt"
-    caps = [vw.caption_of(a) for a in vw.all_captions()]
+    caps = [vw.caption_of(a) for a in vw.all_captions()] + partial_captions()
     if not f.exists() or torch.load(f)["captions"] != caps:
         emb = TextEncoder()(caps + [""])
         torch.save({"captions": caps, "emb": emb}, f)
@@ -626,8 +650,11 @@ def train(stage: str, args) -> None:
         base_gate(model, run / stage / "gate.jsonl", 0, device)
     model.train()
     frac, fg_weight = args.first_chunk_frac, args.fg_weight
+    partial = args.partial_captions
     if stage == "first":
         frac, fg_weight = FIRST["first_chunk_frac"], FIRST["fg_weight"]
+        partial = FIRST.get("partial_captions", 0.0) if partial is None else partial
+    partial = partial or 0.0
     weighted = fg_weight != 1.0  # the object's pixels weigh more in the loss
     data_stage = STAGES.index(DATA_STAGE.get(stage, stage))
     while step < stop:
@@ -669,7 +696,11 @@ def train(stage: str, args) -> None:
             u = rng.uniform(size=len(caps))
             drop_text = (u < DROP_BOTH) | ((u >= DROP_BOTH) & (u < DROP_BOTH + DROP_TEXT))
             drop_anchor = (u < DROP_BOTH) | (u >= 1 - DROP_ANCHOR)
-            emb = torch.stack([table[c] for c in caps])
+            said = list(caps)  # what the model is told: with --partial-captions, part of it
+            if partial > 0 and stage in ("base", "first"):
+                cut = rng.uniform(size=len(caps)) < partial
+                said = [partial_caption(rng, c) if k else c for c, k in zip(caps, cut, strict=True)]
+            emb = torch.stack([table[c] for c in said])
             keep = torch.from_numpy(~drop_text).to(device)
             text = torch.where(keep[:, None, None], emb, null)
             if stage in MEMORY:
@@ -726,6 +757,8 @@ def train(stage: str, args) -> None:
         },
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
     }
+    if partial:
+        extra["training"]["partial_captions"] = partial
     before: dict = {}  # the config of the model a fine-tune started from
     if args.init_from:  # a fine-tune: keep how that model was trained
         before = json.loads((hub.resolve(args.init_from)[1] / hub.CONFIG).read_text())
@@ -1069,6 +1102,22 @@ def main() -> None:
         f"[{','.join(str(int(a)) for a in BASE['attn_levels'])}]",
     )
     ap.add_argument(
+        "--hold-out",
+        action="append",
+        default=[],
+        metavar="CAPTION",
+        help="also keep this world caption out of training (repeatable): a validation of "
+        "captions never seen, beside the benchmark's held-out ones",
+    )
+    ap.add_argument(
+        "--partial-captions",
+        type=float,
+        default=None,
+        help="base stages: share of captions cut to part of their words (each of shape, "
+        "motion and speed kept with probability 1/2), so that each word is learnt on its own "
+        "[base: 0; first: the recipe's]",
+    )
+    ap.add_argument(
         "--fg-weight",
         type=float,
         default=1.0,
@@ -1112,6 +1161,13 @@ def main() -> None:
             )
         BASE["text_pool"] = True
     CRITIC_CONTRAST = args.critic_contrast
+    for caption in args.hold_out:
+        attrs = vw.parse_caption(caption)
+        if len(attrs) != len(vw.CAPTION_ATTRIBUTES) or vw.caption_of(attrs) != caption:
+            ap.error(f"--hold-out {caption!r} is not a world caption (e.g. {vw.HELD_OUT[0]!r})")
+    vw.HELD_OUT = (*vw.HELD_OUT, *args.hold_out)
+    if args.partial_captions is not None and not 0 <= args.partial_captions <= 1:
+        ap.error("--partial-captions must be in [0, 1]")
     if not 0 <= args.critic_absent < 1:
         ap.error("--critic-absent must be in [0, 1)")
     if args.critic_absent > 0:

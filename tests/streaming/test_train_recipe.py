@@ -348,3 +348,64 @@ def test_the_first_chunk_stages_export_the_base_and_the_critic_that_chooses_its_
         torch.testing.assert_close(pipe.first_unet.state_dict()[k], v)
     assert isinstance(pipe.first_chunk_scorer, CaptionCritic)
     assert pipe.defaults["first_chunk_candidates"] == 2
+
+
+def test_partial_captions_name_part_of_a_caption_in_its_order(mod):
+    full = {vw.caption_of(a) for a in vw.all_captions()}
+    parts = mod.partial_captions()
+    sizes = [len(v) for v in vw.CAPTION_ATTRIBUTES.values()]  # 4 shapes, 3 motions, 2 speeds
+    # every strict, non-empty subset of the three words of every caption, once
+    expected = sizes[0] + sizes[1] + sizes[2] + sizes[0] * sizes[1]
+    expected += sizes[0] * sizes[2] + sizes[1] * sizes[2]
+    assert len(parts) == len(set(parts)) == expected and not full & set(parts)
+    rng = np.random.default_rng(0)
+    kept = np.zeros(3)
+    for _ in range(600):
+        cap = "a triangle bounces quickly"
+        part = mod.partial_caption(rng, cap)
+        named = mod.vw.parse_caption(part)
+        assert part in parts and 0 < len(named) < 3
+        assert part == "a " + " ".join(named.values())  # shape, motion, speed order
+        kept += [k in named for k in ("shape", "motion", "speed")]
+    # each word kept with probability 1/2, given that one to two of three are kept: 1/2
+    np.testing.assert_allclose(kept / 600, 0.5, atol=0.07)
+
+
+def test_partial_captions_reach_the_first_chunk_base_and_not_the_memory_stages(
+    mod, monkeypatch, tmp_path
+):
+    told = []
+    real = mod.partial_caption
+    monkeypatch.setattr(mod, "partial_caption", lambda rng, c: told.append(c) or real(rng, c))
+    args = ("--steps", "3", "--stop-at", "2", "--batch", "4", "--gate-every", "0")
+    run_script(
+        mod, monkeypatch, tmp_path / "a", "--stage", "first", *args, "--partial-captions", "1"
+    )
+    assert len(told) == 8  # every caption of 2 batches of 4 cut
+    told.clear()
+    run_script(mod, monkeypatch, tmp_path / "b", "--stage", "base", *args)
+    assert told == []  # the base's recipe: whole captions
+    with pytest.raises(SystemExit):
+        run_script(mod, monkeypatch, tmp_path / "c", "--stage", "first", "--partial-captions", "2")
+
+
+def test_held_out_captions_given_on_the_command_line_are_never_trained_on(
+    mod, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(vw, "HELD_OUT", vw.HELD_OUT)  # restored after the test
+    drawn = []
+    real = mod.vw.clip_batch
+
+    def spy(*a, **kw):
+        out = real(*a, **kw)
+        drawn.extend(out[2])
+        return out
+
+    monkeypatch.setattr(mod.vw, "clip_batch", spy)
+    val = "a circle bounces slowly"
+    args = ("--steps", "3", "--stop-at", "2", "--batch", "64", "--gate-every", "0")
+    run_script(mod, monkeypatch, tmp_path / "a", "--stage", "base", *args, "--hold-out", val)
+    assert val not in drawn and len(set(drawn)) == 24 - 4 - 1  # every other caption drawn
+    assert val in vw.HELD_OUT and vw.caption_split(vw.parse_caption(val)) == "test"
+    with pytest.raises(SystemExit):
+        run_script(mod, monkeypatch, tmp_path / "b", "--stage", "base", "--hold-out", "a blob")
