@@ -167,6 +167,11 @@ def scheduler():
     )
 
 
+def cut_caption(words: list[str], keep) -> str:
+    """The caption naming only the kept ones of a caption's attribute words, in order."""
+    return "a " + " ".join(w for w, k in zip(words, keep, strict=True) if k)
+
+
 def partial_captions() -> list[str]:
     """Every world caption with some of its words left out ("a triangle", "a triangle
     quickly", ...): at least one of shape, motion and speed named, in the caption's order."""
@@ -175,7 +180,7 @@ def partial_captions() -> list[str]:
         words = list(attrs.values())
         for keep in itertools.product((True, False), repeat=len(words)):
             if any(keep) and not all(keep):
-                out.append("a " + " ".join(w for w, k in zip(words, keep, strict=True) if k))
+                out.append(cut_caption(words, keep))
     return sorted(set(out))
 
 
@@ -186,7 +191,7 @@ def partial_caption(rng: np.random.Generator, caption: str) -> str:
     while True:
         keep = rng.uniform(size=len(words)) < 0.5
         if keep.any() and not keep.all():
-            return "a " + " ".join(w for w, k in zip(words, keep, strict=True) if k)
+            return cut_caption(words, keep)
 
 
 def text_table(run: Path, device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -650,11 +655,9 @@ def train(stage: str, args) -> None:
         base_gate(model, run / stage / "gate.jsonl", 0, device)
     model.train()
     frac, fg_weight = args.first_chunk_frac, args.fg_weight
-    partial = args.partial_captions
     if stage == "first":
         frac, fg_weight = FIRST["first_chunk_frac"], FIRST["fg_weight"]
-        partial = FIRST.get("partial_captions", 0.0) if partial is None else partial
-    partial = partial or 0.0
+    partial = args.partial_captions if stage in ("base", "first") else 0.0
     weighted = fg_weight != 1.0  # the object's pixels weigh more in the loss
     data_stage = STAGES.index(DATA_STAGE.get(stage, stage))
     while step < stop:
@@ -697,7 +700,7 @@ def train(stage: str, args) -> None:
             drop_text = (u < DROP_BOTH) | ((u >= DROP_BOTH) & (u < DROP_BOTH + DROP_TEXT))
             drop_anchor = (u < DROP_BOTH) | (u >= 1 - DROP_ANCHOR)
             said = list(caps)  # what the model is told: with --partial-captions, part of it
-            if partial > 0 and stage in ("base", "first"):
+            if partial > 0:
                 cut = rng.uniform(size=len(caps)) < partial
                 said = [partial_caption(rng, c) if k else c for c, k in zip(caps, cut, strict=True)]
             emb = torch.stack([table[c] for c in said])
@@ -1112,10 +1115,10 @@ def main() -> None:
     ap.add_argument(
         "--partial-captions",
         type=float,
-        default=None,
-        help="base stages: share of captions cut to part of their words (each of shape, "
-        "motion and speed kept with probability 1/2), so that each word is learnt on its own "
-        "[base: 0; first: the recipe's]",
+        default=0.0,
+        help="base and first stages: share of captions cut to part of their words (each of "
+        "shape, motion and speed kept with probability 1/2), so that each word is learnt on "
+        "its own [0: off, as in every recipe]",
     )
     ap.add_argument(
         "--fg-weight",
@@ -1166,7 +1169,7 @@ def main() -> None:
         if len(attrs) != len(vw.CAPTION_ATTRIBUTES) or vw.caption_of(attrs) != caption:
             ap.error(f"--hold-out {caption!r} is not a world caption (e.g. {vw.HELD_OUT[0]!r})")
     vw.HELD_OUT = (*vw.HELD_OUT, *args.hold_out)
-    if args.partial_captions is not None and not 0 <= args.partial_captions <= 1:
+    if not 0 <= args.partial_captions <= 1:
         ap.error("--partial-captions must be in [0, 1]")
     if not 0 <= args.critic_absent < 1:
         ap.error("--critic-absent must be in [0, 1)")

@@ -55,23 +55,29 @@ def clip_tokenizer(max_length: int):
     return tok, len(vocab)
 
 
+def clip_text_config(vocab_size: int, hidden_size: int, max_length: int) -> dict:
+    """A one-layer CLIP text encoder's config arguments for :func:`clip_tokenizer`'s
+    vocabulary (its last two tokens are start and end of text)."""
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=max_length,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
 def tiny_clip():
     """A CLIP text encoder and tokenizer with a character vocabulary (no merges)."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tok, n = clip_tokenizer(TEXT_TOKENS)
     torch.manual_seed(0)
-    cfg = CLIPTextConfig(
-        vocab_size=n,
-        hidden_size=TEXT_DIM,
-        intermediate_size=37,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        max_position_embeddings=TEXT_TOKENS,
-        bos_token_id=n - 2,
-        eos_token_id=n - 1,
-        pad_token_id=n - 1,
-    )
+    cfg = CLIPTextConfig(**clip_text_config(n, TEXT_DIM, TEXT_TOKENS))
     return CLIPTextModel(cfg).eval(), tok
 
 

@@ -8,7 +8,7 @@ from longseq.models.frame_encoder import FrameEncoder, FrameEncoderConfig
 from longseq.streaming import StreamingT2VPipeline
 from longseq.streaming.critic import CRITIC, CaptionCritic, critic_pairs, standardise
 
-from .conftest import clip_tokenizer
+from .conftest import clip_text_config, clip_tokenizer
 
 
 def clip(shape: str, seed: int) -> np.ndarray:
@@ -88,17 +88,7 @@ def tiny_clip_folder(path):
     transformers = pytest.importorskip("transformers")
     tok, n = clip_tokenizer(32)
     cfg = transformers.CLIPConfig(
-        text_config=dict(
-            vocab_size=n,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=32,
-            bos_token_id=n - 2,
-            eos_token_id=n - 1,
-            pad_token_id=n - 1,
-        ),
+        text_config=clip_text_config(n, 32, 32),
         vision_config=dict(
             image_size=16,
             patch_size=8,
