@@ -15,7 +15,9 @@ Generators, all from one diffusers text-to-video folder (``--folder``):
 
 Protocol (that of ``benchmarks/streaming_bench.py`` at the base stage, without an enhancer):
 
-1. Gates (``longseq.streaming.evaluate.gates``) on ``--gate-prompts`` held-out prompts:
+1. Gates (``longseq.streaming.evaluate.gates``) on ``--gate-prompts`` held-out prompts
+   (``--split train --first-seed 1000``: training captions with seeds unseen in training,
+   for choosing a setting without reading the held-out ones):
    the first chunks' colour error against the world's palette, the teacher-forced re-make
    of clean conditioning frames.
 2. ``--prompts`` held-out prompts (held-out captions, one seed each); every generator makes
@@ -29,6 +31,8 @@ Protocol (that of ``benchmarks/streaming_bench.py`` at the base stage, without a
         --naive runs/world-unet3d/naive [--prompts 16] [--frames 64] [--workers 2]
     python benchmarks/streaming_diffusers.py --folder streaming-t2v --naive streaming-naive \
         --steps 50 --name streaming_hold          # the shipped models, free and held
+    python benchmarks/streaming_diffusers.py --folder streaming-t2v --naive streaming-naive \
+        --steps 50 --split train --first-seed 1000 --out runs/val   # validation prompts
 
 Writes benchmarks/results/NAME.json, .md and a frame strip (.png); NAME is
 streaming_diffusers unless ``--name`` says otherwise.
@@ -64,6 +68,10 @@ COMPARISONS = [  # (a, b): differences a - b
     ("naive", "base alone"),
     ("CAM + APM", "base alone"),
 ]
+_PROMPTS = {
+    "test": "held-out prompts (held-out captions x seeds)",
+    "train": "validation prompts (training captions x seeds unseen in training)",
+}
 DKEYS = {**KEYS, "colour_drift": ("colour drift", 2)}
 _PIPES: dict[str, StreamingT2VPipeline] = {}
 
@@ -123,7 +131,10 @@ def _job(job: tuple) -> dict:
 def _gate_job(job: tuple) -> dict:
     label, args = job
     torch.set_num_threads(1)
-    return {"label": label, **gates(_pipe(label, args), args.gate_prompts, "test")}
+    return {
+        "label": label,
+        **gates(_pipe(label, args), args.gate_prompts, args.split, first_seed=args.first_seed),
+    }
 
 
 def markdown(r: dict) -> str:
@@ -139,7 +150,7 @@ def markdown(r: dict) -> str:
     lines = [
         title,
         "",
-        base + f"{len(s['prompts'])} held-out prompts (held-out captions x seeds), {s['frames']} "
+        base + f"{len(s['prompts'])} {_PROMPTS[s.get('split', 'test')]}, {s['frames']} "
         f"frames each, chunks of {s['chunk_frames']} frames conditioned on {s['cond_frames']}; "
         f"{s['steps']} DDIM steps, guidance {s['guidance']}. {s['device']} in each of "
         f"{s['workers']} processes, {s['wall_minutes']} min. Colour metrics in levels (0-255); "
@@ -191,6 +202,13 @@ def main() -> None:
         "--naive", required=True, help="the naive model trained on its UNet, or a checkpoint"
     )
     ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="test: held-out captions (the benchmark); train: training captions (validation)",
+    )
+    ap.add_argument("--first-seed", type=int, default=0, help="seed of the first prompt")
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--steps", type=int, default=25, help="DDIM steps per chunk")
     ap.add_argument("--guidance", type=float, default=2.0)
@@ -208,7 +226,7 @@ def main() -> None:
     for label in gens:  # every model loads before hours of work start
         _pipe(label, args)
     _PIPES.clear()  # the workers load their own
-    prompts = gate_prompts(args.prompts, "test")
+    prompts = gate_prompts(args.prompts, args.split, args.first_seed)
     t_start = time.time()
     with Pool(args.workers) as pool:
         gate_rows = pool.map(_gate_job, [(label, args) for label in gens])
@@ -248,6 +266,7 @@ def main() -> None:
             ),
             "size": size,
             "prompts": prompts,
+            "split": args.split,
             "frames": args.frames,
             "steps": args.steps,
             "guidance": args.guidance,
