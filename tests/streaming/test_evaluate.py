@@ -172,4 +172,22 @@ def test_gates_measure_a_pipeline_on_held_out_prompts():
     bad = gates(Recolouring(), n=3)
     assert bad["base_colour_error"] > 4 and bad["remake_error"] > 6 and not bad["passed"]
     assert [c for c, _ in gate_prompts(3)] == [c for c, _ in gate_prompts(5)][:3]
+
+    class Holding(Oracle):  # a memory model: the frames it re-makes off by 30 levels when free
+        mode, defaults = "cam", {"hold_cond": True}
+
+        def continue_chunk(self, caption, cond, anchor, seed=0, hold_cond=None, **kw):
+            x = super().continue_chunk(caption, cond, anchor, seed).astype(int)
+            if not (self.defaults["hold_cond"] if hold_cond is None else hold_cond):
+                x[:4] += 30
+            return np.clip(x, 0, 255).astype(np.uint8)
+
+    held = Holding()
+    res = gates(held, n=3)  # the re-make is read free, the new frames as the pipeline samples
+    assert res["remake_error"] > 20 and res["continue_colour_error"] == 0 and not res["passed"]
+    held.defaults["hold_cond"] = False
+    assert gates(held, n=3)["remake_error"] == res["remake_error"]
+    held.mode = "replace"  # without memory the frames are held: there is no free re-make
+    held.defaults["hold_cond"] = True
+    assert gates(held, n=3)["remake_error"] == 0
     assert all(vw.caption_split(vw.parse_caption(c)) == "test" for c, _ in gate_prompts(5))

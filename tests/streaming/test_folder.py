@@ -141,8 +141,9 @@ def test_memory_picks_one_of_several_models_trained_on_one_base(t2v_copy, tmp_pa
 
 
 def test_hold_cond_holds_the_conditioning_frames_as_replace_does(t2v_copy):
-    """A fresh CAM computes the base: held, it streams exactly what the base alone does in
-    "replace" mode; free, exactly what the base does with its chunks left unconditioned."""
+    """A fresh CAM computes the base: held (the default), it streams exactly what the base
+    alone does in "replace" mode; free, exactly what the base does with its chunks left
+    unconditioned."""
     folder = t2v_copy("pixel")
     unet = diffusers.UNet3DConditionModel.from_pretrained(folder / "unet")
     attach_memory(unet, n_text_tokens=TEXT_TOKENS, chunk_frames=4, cond_frames=2).save_memory(
@@ -152,14 +153,19 @@ def test_hold_cond_holds_the_conditioning_frames_as_replace_does(t2v_copy):
     alone = StreamingT2VPipeline.from_pretrained(folder, memory=False)
     alone.chunk_frames, alone.cond_frames = 4, 2
     run = dict(num_inference_steps=2, seed=3, progress=False, guidance_scale=1.0)
-    held, free = cam("a red circle", 8, hold_cond=True, **run), cam("a red circle", 8, **run)
+    held, free = cam("a red circle", 8, **run), cam("a red circle", 8, hold_cond=False, **run)
     np.testing.assert_allclose(held.frames, alone("a red circle", 8, **run).frames, atol=1)
     np.testing.assert_allclose(
         free.frames, alone("a red circle", 8, hold_cond=False, **run).frames, atol=1
     )
     assert np.abs(held.frames[4:].astype(int) - free.frames[4:]).mean() > 1  # it matters
-    cam.defaults["hold_cond"] = True  # the pipeline's default, as a checkpoint may set it
-    np.testing.assert_array_equal(cam("a red circle", 8, **run).frames, held.frames)
+    np.testing.assert_array_equal(cam("a red circle", 8, hold_cond=True, **run).frames, held.frames)
+    cam.defaults["hold_cond"] = False  # the pipeline's default, as a checkpoint may set it
+    np.testing.assert_array_equal(cam("a red circle", 8, **run).frames, free.frames)
+    cam.defaults["hold_cond"] = None  # the model's way: free for a model with memory ...
+    np.testing.assert_array_equal(cam("a red circle", 8, **run).frames, free.frames)
+    alone.defaults["hold_cond"] = None  # ... held without it
+    np.testing.assert_array_equal(alone("a red circle", 8, **run).frames, held.frames)
     with pytest.raises(ValueError, match="hold_cond must be True, False or None"):
         cam("a red circle", 8, hold_cond="yes", **run)
 

@@ -94,7 +94,7 @@ def streaming_generate(
         None,
         "--hold-cond/--free-cond",
         help="hold each chunk's conditioning frames at their noised originals while sampling, "
-        "or let the model re-make them [default: held only for a model without memory]",
+        "or let the model re-make them [default: held]",
     ),
     steps: int = typer.Option(None, min=1, help="denoising steps per chunk (default: the model's)"),
     guidance: float = typer.Option(

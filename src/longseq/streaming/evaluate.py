@@ -152,13 +152,15 @@ def gates(
       Gate: <= ``BASE_COLOUR_GATE``. ``base_palette_error`` (object and background
       colours read apart, :func:`~longseq.streaming.metrics.palette_error`) is reported
       beside it: it also sees an object drawn in a blend of colours.
-    - ``remake_error``: the memory model continues ``F_cond`` clean frames of a world clip;
-      the mean absolute difference between the frames it re-makes and those frames (does
-      it reproduce clean input?). Gate: <= ``REMAKE_GATE``.
+    - ``remake_error``: the memory model continues ``F_cond`` clean frames of a world clip,
+      sampled with the conditioning frames free (``hold_cond=False``: held, they would be
+      re-made by construction); the mean absolute difference between the frames it
+      re-makes and those frames (does it reproduce clean input?). Gate: <= ``REMAKE_GATE``.
       ``remake_last_error`` is the same on the last conditioning frame alone: the only one
       the naive (last-frame) models see, so their gate is on it.
     - ``continue_colour_error``: the new frames' mean colour per channel against the world
-      clip's same frames (does it keep the colours it was given?).
+      clip's same frames, sampled as the pipeline samples (does it keep the colours it was
+      given?).
     - ``passed``: both gates hold.
 
     Other keyword arguments (``guidance_scale``, ...) go to the pipeline's sampling.
@@ -169,18 +171,23 @@ def gates(
     size = pipe._pixel_size(pipe.unet)
     fc, f = pipe.cond_frames, pipe.chunk_frames
     sampling["num_inference_steps"] = num_inference_steps
+    # the re-make is the model's own: held conditioning frames would be re-made by
+    # construction (a model without memory has no re-make but the held one)
+    free = {} if getattr(pipe, "mode", None) == "replace" else {"hold_cond": False}
     firsts, remake, last, cont = [], [], [], []
     for caption, seed in prompts:
         firsts.append(pipe(caption, f, seed=seed, progress=False, **sampling).frames)
         clip = clip_for_caption(caption, seed=seed)
         start = 8 * (seed % 8)
         real = clip.render(f, size, start)
-        out = pipe.continue_chunk(
-            caption, real[:fc], clip.render(1, size)[0], seed=seed, **sampling
-        )
-        diff = out.astype(np.float64) - real.astype(np.float64)
+        given = (caption, real[:fc], clip.render(1, size)[0])
+        out = pipe.continue_chunk(*given, seed=seed, **(sampling | free))
+        real = real.astype(np.float64)
+        diff = out.astype(np.float64) - real
         remake.append(float(np.abs(diff[:fc]).mean()))
         last.append(float(np.abs(diff[fc - 1]).mean()))
+        if free and _held(pipe, sampling):  # the new frames as the pipeline samples them
+            diff = pipe.continue_chunk(*given, seed=seed, **sampling).astype(np.float64) - real
         cont.append(float(np.abs(diff[fc:].reshape(f - fc, -1, 3).mean(1)).mean()))
     res = chunk_colours(firsts) | {
         "remake_error": float(np.mean(remake)),
@@ -192,6 +199,12 @@ def gates(
     res["gated_remake"] = gated
     res["passed"] = bool(res["base_colour_error"] <= BASE_COLOUR_GATE and res[gated] <= REMAKE_GATE)
     return res
+
+
+def _held(pipe: Any, sampling: dict[str, Any]) -> bool:
+    """Does the pipeline hold the conditioning frames with these sampling arguments?"""
+    hold = sampling.get("hold_cond")
+    return bool(getattr(pipe, "defaults", {}).get("hold_cond") if hold is None else hold)
 
 
 SHAPE_GATE = 0.9  # shape accuracy among visible frames of the base model's first chunks

@@ -200,9 +200,10 @@ class StreamingT2VPipeline:
             "guidance_interval": None,
             "enhancer_guidance_scale": 7.5,
             "strength": 0.6,
-            # hold a chunk's conditioning frames at their noised originals while sampling:
-            # None does so only where the model has no memory ("replace" mode)
-            "hold_cond": None,
+            # hold a chunk's conditioning frames at their noised originals while sampling
+            # (lower seam jumps for every memory model measured); False: the model re-makes
+            # them freely; None: held only where the model has no memory ("replace" mode)
+            "hold_cond": True,
             # first chunks sampled, the best kept by first_chunk_scorer (1: no choice)
             "first_chunk_candidates": 1,
         }
@@ -578,11 +579,12 @@ class StreamingT2VPipeline:
         the APM anchor (the "without APM" ablation). ``init_frames`` (at least ``F_cond``
         frames at the model's resolution) replace the generated first chunk: the video
         continues them, their first frame is the anchor, and they are yielded first.
-        ``hold_cond=True`` holds each chunk's conditioning frames at their noised
-        originals at every sampling step (the training-free "replace" conditioning), on
-        top of CAM or the naive model's concatenation; False lets the model re-make them
-        freely (with a model without memory: independent chunks); None: the model's way
-        (held only without memory). ``guidance_interval=(lo, hi)`` guides only the
+        ``hold_cond=True`` (the default, ``defaults["hold_cond"]``) holds each chunk's
+        conditioning frames at their noised originals at every sampling step (the
+        training-free "replace" conditioning), on top of CAM or the naive model's
+        concatenation, as the memory models were trained; False lets the model re-make
+        them freely (with a model without memory: independent chunks); a default of None:
+        the model's way (held only without memory). ``guidance_interval=(lo, hi)`` guides only the
         steps whose timestep is in that fraction of the training schedule (t /
         ``num_train_timesteps`` in [lo, hi]) and samples the others at scale 1 (the
         conditional output, one model pass): guidance at the noisiest steps shrinks what
