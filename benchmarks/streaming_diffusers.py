@@ -20,8 +20,9 @@ Protocol (that of ``benchmarks/streaming_bench.py`` at the base stage, without a
    for choosing a setting without reading the held-out ones):
    the first chunks' colour error against the world's palette, the teacher-forced re-make
    of clean conditioning frames.
-2. ``--prompts`` held-out prompts (held-out captions, one seed each); every generator makes
-   ``--frames`` frames from the same seed, same sampling settings.
+2. ``--prompts`` prompts of ``--split`` (held-out captions by default, one seed each from
+   ``--first-seed``); every generator makes ``--frames`` frames from the same seed, same
+   sampling settings.
 3. ``video_metrics`` per video, and ``colour drift``: the frames' colour error against the
    world (``mean_colour_error``) in the last chunk less that in the first chunk, in levels
    (does streaming recolour the scene as it goes?).
