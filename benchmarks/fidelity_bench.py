@@ -27,10 +27,15 @@ Protocol:
 
     python benchmarks/fidelity_bench.py [--seeds 100,101,102] [--frames 96]
     python benchmarks/fidelity_bench.py --quick      # 1 seed, 24 frames (a smoke run)
+    # every later chunk the best of 3 by the first chunk's scorer, against one sample:
+    python benchmarks/fidelity_bench.py --first-chunk streaming-first --chunk-candidates 3 \
+        --against benchmarks/results/fidelity_first_chunk.json
 
 Videos are generated one thread per process and kept in ``--cache`` (an .npz), so the
-metrics can be recomputed without generating again. Writes
-benchmarks/results/fidelity.json, fidelity.md and fidelity_time.png.
+metrics can be recomputed without generating again; ``--only LABEL`` generates one
+generator's videos into its cache and stops (one process per generator), and a run given
+several ``--cache`` files reads them all. Writes benchmarks/results/fidelity.json,
+fidelity.md and fidelity_time.png (suffixes ``_first_chunk``, ``_chunks<K>``).
 """
 
 from __future__ import annotations
@@ -68,16 +73,28 @@ COLUMNS = {  # key -> label
 
 
 def generate(
-    captions, seeds, frames, steps, cache: Path | None, first_chunk: str | None = None
+    captions,
+    seeds,
+    frames,
+    steps,
+    caches: list[Path],
+    first_chunk: str | None = None,
+    chunk_candidates: int = 1,
+    only: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Base-stage videos of each generator, keyed "label|caption|seed", and the seconds
-    each took (one thread), keyed "seconds|label|caption|seed"."""
+    """Base-stage videos of each generator (or of ``only``), keyed "label|caption|seed",
+    and the seconds each took (one thread), keyed "seconds|label|caption|seed". Every
+    cache is read; new videos are written to the first."""
     from longseq.streaming import StreamingT2VPipeline
 
     videos: dict[str, np.ndarray] = {}
-    if cache is not None and cache.exists():
-        videos = dict(np.load(cache))
+    for c in caches:
+        if c.exists():
+            videos.update(dict(np.load(c)))
+    cache = caches[0] if caches else None
     for label, name in GENERATORS.items():
+        if only is not None and label != only:
+            continue
         pipe = None
         for caption, seed in itertools.product(captions, seeds):
             key = f"{label}|{caption}|{seed}"
@@ -87,7 +104,14 @@ def generate(
                 name, None, "cpu", first_chunk=first_chunk
             )
             t0 = time.perf_counter()
-            out = pipe(caption, frames, seed=seed, progress=False, num_inference_steps=steps)
+            out = pipe(
+                caption,
+                frames,
+                seed=seed,
+                progress=False,
+                num_inference_steps=steps,
+                chunk_candidates=chunk_candidates,
+            )
             videos[key] = out.frames
             videos[f"seconds|{key}"] = np.array(time.perf_counter() - t0)
             print(
@@ -168,7 +192,34 @@ def main() -> None:
     ap.add_argument("--seeds", default="100,101,102", help="unseen seeds (the benchmark uses 0-15)")
     ap.add_argument("--frames", type=int, default=96)
     ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: model's)")
-    ap.add_argument("--cache", type=Path, default=None, help=".npz of generated videos (reused)")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        action="append",
+        default=[],
+        help=".npz of generated videos (reused; give several to read them all, the first is "
+        "written)",
+    )
+    ap.add_argument(
+        "--chunk-candidates",
+        type=int,
+        default=1,
+        help="every later chunk sampled K times, the best by the first chunk's scorer kept "
+        "(needs --first-chunk streaming-first, whose scorer it uses); suffix _chunks<K>",
+    )
+    ap.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="a fidelity JSON of the same prompts (e.g. one sample per chunk): paired "
+        "differences of this run against it",
+    )
+    ap.add_argument(
+        "--only",
+        choices=list(GENERATORS),
+        default=None,
+        help="generate this generator's videos into --cache and stop",
+    )
     ap.add_argument("--quick", action="store_true", help="1 seed, 24 frames (a smoke run)")
     ap.add_argument(
         "--first-chunk",
@@ -186,7 +237,22 @@ def main() -> None:
     if args.frames < 3 * FIDELITY_BLOCK:
         raise SystemExit(f"--frames must be at least {3 * FIDELITY_BLOCK}, got {args.frames}")
     captions = list(vw.HELD_OUT)
-    videos = generate(captions, seeds, args.frames, args.steps, args.cache, args.first_chunk)
+    if args.chunk_candidates < 1:
+        raise SystemExit(f"--chunk-candidates must be >= 1, got {args.chunk_candidates}")
+    if args.only and not args.cache:
+        raise SystemExit("--only generates into a cache: give --cache")
+    videos = generate(
+        captions,
+        seeds,
+        args.frames,
+        args.steps,
+        args.cache,
+        args.first_chunk,
+        args.chunk_candidates,
+        args.only,
+    )
+    if args.only:
+        return
     gen_minutes = {
         label: sum(
             float(videos[f"seconds|{label}|{c}|{s}"])
@@ -219,6 +285,7 @@ def main() -> None:
             "frames": args.frames,
             "stage": "base (16 px)",
             "first_chunk": args.first_chunk,
+            "chunk_candidates": args.chunk_candidates,
             "block": FIDELITY_BLOCK,
             "classifier": {"name": "fidelity-classifier", "metrics": info.extra.get("metrics")},
             "device": describe_device("cpu", threads=1),
@@ -264,9 +331,28 @@ def main() -> None:
         results["paired"][f"{label}: last third - first third, shape"] = paired(
             rows[label], rows[label], "shape_late", "shape_early"
         )
+    if args.against is not None:
+        other = json.loads(args.against.read_text())
+        theirs = other["setup"]
+        if (theirs["captions"], theirs["seeds"], theirs["frames"]) != (
+            captions,
+            seeds,
+            args.frames,
+        ):
+            raise SystemExit(f"--against {args.against} is not of the same prompts and length")
+        k = theirs.get("chunk_candidates", 1)
+        for label in GENERATORS:
+            for key in ("shape_all", "shape_early", "shape_late", "visible"):
+                results["paired"][f"{label}: this run - {k} per chunk, {key}"] = paired(
+                    rows[label], other["rows"][label], key, key
+                )
     if not args.no_text:
         results["text_embeddings"] = caption_separation()
-    suffix = ("_quick" if args.quick else "") + ("_first_chunk" if args.first_chunk else "")
+    suffix = (
+        ("_quick" if args.quick else "")
+        + ("_first_chunk" if args.first_chunk else "")
+        + (f"_chunks{args.chunk_candidates}" if args.chunk_candidates > 1 else "")
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"fidelity{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / f"fidelity{suffix}.md").write_text(markdown(results))
@@ -318,6 +404,11 @@ def markdown(r: dict) -> str:
         f"{len(s['captions'])} held-out captions x {len(s['seeds'])} unseen seeds "
         f"({', '.join(map(str, s['seeds']))}), {s['frames']} frames, {s['stage']}; "
         + (f"every first chunk by `{s['first_chunk']}`; " if s.get("first_chunk") else "")
+        + (
+            f"every later chunk the best of {s['chunk_candidates']} by its scorer; "
+            if s.get("chunk_candidates", 1) > 1
+            else ""
+        )
         + "generation "
         + ", ".join(f"{k} {v} min" for k, v in s["generation_minutes"].items())
         + f" on {s['device']} (a core shared with other work). "

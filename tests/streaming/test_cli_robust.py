@@ -99,6 +99,14 @@ def test_first_candidates_reach_the_scorer(tmp_path, monkeypatch):
     assert seen == [(3, PROMPT), (2, PROMPT)]
     res = generate(*args, "--first-candidates", "2")
     assert res.exit_code == 2 and "needs a first_chunk_scorer" in res.output, res.output
+    # later chunks: 16 frames are the first chunk (8) and two more (4 new frames each)
+    seen.clear()
+    longer = ["--frames", "16", *args[2:]]
+    res = generate(*longer, *first, "--first-candidates", "1", "--chunk-candidates", "3")
+    assert res.exit_code == 0, res.output
+    assert seen == [(3, PROMPT), (3, PROMPT)]
+    res = generate(*longer, "--chunk-candidates", "2")
+    assert res.exit_code == 2 and "chunk_candidates=2 needs a first_chunk_scorer" in res.output
 
 
 def test_a_clip_folder_scores_the_first_chunks(tmp_path, monkeypatch):
@@ -120,7 +128,10 @@ def test_a_clip_folder_scores_the_first_chunks(tmp_path, monkeypatch):
     assert seen == [3]
     for bad, message in (
         (["--first-scorer", "nowhere"], "--first-scorer: nowhere is not a CLIP folder"),
-        (["--first-scorer", str(folder), "--first-candidates", "1"], "give --first-candidates 2"),
+        (
+            ["--first-scorer", str(folder), "--first-candidates", "1"],
+            "give --first-candidates or --chunk-candidates 2",
+        ),
     ):
         res = generate(*args, *bad)
         assert res.exit_code == 2 and message in res.output, res.output

@@ -414,6 +414,47 @@ def test_the_first_chunk_is_the_best_of_its_candidates_by_the_scorer():
     assert len(seen) == 1
 
 
+def test_every_later_chunk_is_the_best_of_its_candidates_by_the_scorer():
+    """With chunk_candidates=K each later chunk is sampled K times from the same
+    conditioning frames; the scorer reads each candidate as a chunk (the conditioning
+    frames as yielded, then its new frames) and the video goes on from the one it scores
+    highest, so the next chunk is conditioned on the chosen frames."""
+    seen = []
+
+    def scorer(candidates, prompt):
+        seen.append(candidates.copy())
+        return candidates[:, -2:].astype(float).mean((1, 2, 3, 4))  # the brightest new frames
+
+    p = pipe(first_chunk_scorer=scorer)
+    kw = dict(num_inference_steps=2, seed=5, progress=False)
+    one = p("a red circle", 14, **kw).frames
+    assert not seen  # one candidate per chunk: the scorer is not asked
+    out = p("a red circle", 14, chunk_candidates=3, **kw).frames
+    assert out.shape == one.shape == (14, 8, 8, 3)  # chunks of 6 on 2: 6 + 4 + 4
+    assert len(seen) == 2 and all(c.shape == (3, 6, 8, 8, 3) for c in seen)
+    np.testing.assert_array_equal(out[:6], one[:6])  # the first chunk is made once
+    for i, cands in enumerate(seen):
+        start = 6 + 4 * i  # where this chunk's new frames go in the video
+        np.testing.assert_array_equal(
+            cands[:, :2], np.broadcast_to(out[start - 2 : start], (3, 2, 8, 8, 3))
+        )
+        assert len({c.tobytes() for c in cands}) == 3  # each candidate its own noise
+        best = int(np.argmax(cands[:, -2:].astype(float).mean((1, 2, 3, 4))))
+        np.testing.assert_array_equal(out[start : start + 4], cands[best, 2:])
+    # the pipeline's default applies when the call gives none; one chunk needs no scorer
+    p.defaults["chunk_candidates"] = 3
+    seen.clear()
+    np.testing.assert_array_equal(p("a red circle", 14, **kw).frames, out)
+    assert len(seen) == 2
+    p.defaults["chunk_candidates"] = 1
+    with pytest.raises(ValueError, match="chunk_candidates=2 needs a first_chunk_scorer"):
+        pipe()("a red circle", 14, chunk_candidates=2, **kw)
+    pipe()("a red circle", 6, chunk_candidates=2, **kw)  # no later chunk: nothing to choose
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_candidates must be an integer"):
+            p("a red circle", 14, chunk_candidates=bad, **kw)
+
+
 def test_first_chunk_candidates_are_checked():
     kw = dict(num_inference_steps=2, progress=False)
     with pytest.raises(ValueError, match="needs a first_chunk_scorer"):

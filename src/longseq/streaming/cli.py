@@ -119,10 +119,17 @@ def streaming_generate(
         help="first chunks sampled, the one the scorer rates best kept [default: the "
         "first-chunk model's: 1, or 2 with --first-chunk streaming-first]",
     ),
+    chunk_candidates: int = typer.Option(
+        None,
+        min=1,
+        help="every later chunk sampled N times, the one the scorer rates best kept "
+        "(N times slower) [default: 1]",
+    ),
     first_scorer: Path = typer.Option(
         None,
-        help="a CLIP folder (transformers CLIPModel + processor) that scores the first-chunk "
-        "candidates by text-frame similarity, in place of the model's scorer",
+        help="a CLIP folder (transformers CLIPModel + processor) that scores the "
+        "candidates (first chunk, and later chunks with --chunk-candidates) by text-frame "
+        "similarity, in place of the model's scorer",
     ),
     fps: float = typer.Option(8.0, help="frames per second of the written video"),
     scale: int = typer.Option(4, help="integer upscaling of the written frames"),
@@ -174,8 +181,11 @@ def streaming_generate(
     except (ValueError, ImportError) as e:
         fail(str(e))
     if first_scorer is not None:
-        if first_candidates == 1:
-            fail("--first-scorer chooses among first chunks: give --first-candidates 2 or more")
+        if first_candidates == 1 and (chunk_candidates or 1) == 1:
+            fail(
+                "--first-scorer chooses among candidates: give --first-candidates or "
+                "--chunk-candidates 2 or more"
+            )
         from longseq.streaming.critic import check_clip_folder
 
         try:
@@ -188,10 +198,14 @@ def streaming_generate(
     if first_scorer is not None:
         from longseq.streaming import ClipScorer
 
-        if (first_candidates or pipe.defaults.get("first_chunk_candidates", 1)) < 2:
+        ks = (
+            first_candidates or pipe.defaults.get("first_chunk_candidates", 1),
+            chunk_candidates or pipe.defaults.get("chunk_candidates", 1),
+        )
+        if max(ks) < 2:
             fail(
-                f"--first-scorer chooses among first chunks, and {model} samples one: "
-                "give --first-candidates 2 or more"
+                f"--first-scorer chooses among candidates, and {model} samples one: "
+                "give --first-candidates or --chunk-candidates 2 or more"
             )
         try:
             where = next(pipe.unet.parameters()).device
@@ -227,6 +241,7 @@ def streaming_generate(
             hold_cond=hold_cond,
             guidance_interval=interval,
             first_chunk_candidates=first_candidates,
+            chunk_candidates=chunk_candidates,
         ):
             made.append(chunk)
         video = np.concatenate(made)

@@ -206,6 +206,8 @@ class StreamingT2VPipeline:
             "hold_cond": True,
             # first chunks sampled, the best kept by first_chunk_scorer (1: no choice)
             "first_chunk_candidates": 1,
+            # later chunks sampled per chunk, the best kept by the same scorer
+            "chunk_candidates": 1,
         }
         if self.apm and image_encoder is None:
             raise ValueError("this model has APM: pass image_encoder for the anchor frame")
@@ -466,17 +468,31 @@ class StreamingT2VPipeline:
                 raise ValueError(f"{key} must be a finite number >= 0, got {v}")
         return int(steps), float(w), None if wa is None else float(wa), hold, interval
 
-    def _candidates(self, k: int | None, init_frames: np.ndarray | None) -> int:
-        """The number of first-chunk candidates, unset from :attr:`defaults`, checked."""
-        k = self.defaults.get("first_chunk_candidates", 1) if k is None else k
+    def _candidates(self, k: int | None, key: str, made: bool = True) -> int:
+        """The number of candidates ``key`` (``first_chunk_candidates`` or
+        ``chunk_candidates``), unset from :attr:`defaults`, checked; ``made``: the
+        candidates will be sampled, so more than one needs the scorer."""
+        k = self.defaults.get(key, 1) if k is None else k
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-            raise ValueError(f"first_chunk_candidates must be an integer >= 1, got {k!r}")
-        if k > 1 and self.first_chunk_scorer is None and init_frames is None:
+            raise ValueError(f"{key} must be an integer >= 1, got {k!r}")
+        if k > 1 and self.first_chunk_scorer is None and made:
             raise ValueError(
-                f"first_chunk_candidates={k} needs a first_chunk_scorer to choose among them "
-                "(e.g. longseq.streaming.CaptionCritic for the world models)"
+                f"{key}={k} needs a first_chunk_scorer to choose among them "
+                "(e.g. longseq.streaming.CaptionCritic for the world's models)"
             )
         return int(k)
+
+    def _best(self, frames: list[np.ndarray], prompt: str) -> int:
+        """The index of the candidate chunk ((F, H, W, 3) uint8 each) the scorer rates
+        highest."""
+        k = len(frames)
+        scores = np.asarray(self.first_chunk_scorer(np.stack(frames), prompt), dtype=float)
+        if scores.shape != (k,) or not np.isfinite(scores).all():
+            raise ValueError(
+                f"first_chunk_scorer must return {k} finite scores, one per candidate, "
+                f"got {scores.tolist() if scores.size <= 8 else scores.shape}"
+            )
+        return int(np.argmax(scores))
 
     def _first_chunk(
         self, prompt: str, k: int, text, null, gen, steps: int, w: float, interval
@@ -490,15 +506,7 @@ class StreamingT2VPipeline:
             )
             samples.append(x)
             frames.append(to_uint8(self._decode(x)[0]))
-        if k == 1:
-            return samples[0], frames[0]
-        scores = np.asarray(self.first_chunk_scorer(np.stack(frames), prompt), dtype=float)
-        if scores.shape != (k,) or not np.isfinite(scores).all():
-            raise ValueError(
-                f"first_chunk_scorer must return {k} finite scores, one per candidate, "
-                f"got {scores.tolist() if scores.size <= 8 else scores.shape}"
-            )
-        best = int(np.argmax(scores))
+        best = 0 if k == 1 else self._best(frames, prompt)
         return samples[best], frames[best]
 
     def _anchor(self, frame: torch.Tensor) -> torch.Tensor:
@@ -570,6 +578,7 @@ class StreamingT2VPipeline:
         hold_cond: bool | None = None,
         guidance_interval: tuple[float, float] | None = None,
         first_chunk_candidates: int | None = None,
+        chunk_candidates: int | None = None,
     ) -> Iterator[np.ndarray]:
         """Yield the video chunk by chunk as (n, H, W, 3) uint8 arrays: the first chunk's
         ``F`` frames, then ``F - F_cond`` new frames per chunk, until ``num_frames``.
@@ -591,8 +600,10 @@ class StreamingT2VPipeline:
         the unconditional model draws bigger (Kynkäänniemi et al. 2024 limit guidance
         to an interval). ``first_chunk_candidates=K`` samples K first chunks and keeps
         the one ``first_chunk_scorer`` scores highest (K = 1: the first sample, no
-        scorer needed); later chunks are made once. Unset sampling arguments take
-        :attr:`defaults`."""
+        scorer needed). ``chunk_candidates=K`` does the same for every later chunk: K
+        continuations of the same conditioning frames, each scored as a chunk (its
+        ``F_cond`` conditioning frames as yielded, then its new frames), the best kept; it
+        costs K times the sampling. Unset sampling arguments take :attr:`defaults`."""
         steps, w, wa, hold, interval = self._settings(
             prompt,
             num_inference_steps,
@@ -603,7 +614,8 @@ class StreamingT2VPipeline:
         )
         if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
-        k = self._candidates(first_chunk_candidates, init_frames)
+        k = self._candidates(first_chunk_candidates, "first_chunk_candidates", init_frames is None)
+        kc = self._candidates(chunk_candidates, "chunk_candidates", num_frames > self.chunk_frames)
         p = _param(self.unet)
         gen = torch.Generator().manual_seed(seed)
         text = self.text_encoder([prompt]).to(p)
@@ -631,12 +643,23 @@ class StreamingT2VPipeline:
             done += len(first_frames)
             advance()
             yield first_frames
+            last = first_frames[-fc:]  # the conditioning frames as yielded, for the scorer
             while done < num_frames:
                 cond = x[:, :, -fc:]
-                x = self._chunk(
-                    self.unet, text, null, gen, steps, w, wa, cond, anchor, hold, interval
+                samples, news = [], []
+                for _ in range(kc):
+                    samples.append(
+                        self._chunk(
+                            self.unet, text, null, gen, steps, w, wa, cond, anchor, hold, interval
+                        )
+                    )
+                    news.append(to_uint8(self._decode(samples[-1][:, :, fc:])[0]))
+                best = (
+                    0 if kc == 1 else self._best([np.concatenate([last, n]) for n in news], prompt)
                 )
-                new = to_uint8(self._decode(x[:, :, fc:])[0])[: num_frames - done]
+                x = samples[best]
+                last = np.concatenate([last, news[best]])[-fc:]
+                new = news[best][: num_frames - done]
                 done += len(new)
                 advance()
                 yield new
