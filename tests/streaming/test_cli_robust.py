@@ -105,8 +105,14 @@ def test_first_candidates_reach_the_scorer(tmp_path, monkeypatch):
     res = generate(*longer, *first, "--first-candidates", "1", "--chunk-candidates", "3")
     assert res.exit_code == 0, res.output
     assert seen == [(3, PROMPT), (3, PROMPT)]
-    res = generate(*longer, "--chunk-candidates", "2")
-    assert res.exit_code == 2 and "chunk_candidates=2 needs a first_chunk_scorer" in res.output
+    res = generate(*longer, "--chunk-candidates", "2", "-o", "never.gif")
+    assert (
+        res.exit_code == 2
+        and "--chunk-candidates chooses among chunks by a scorer, and "
+        "streaming-t2v has none: give --first-chunk streaming-first"
+        in res.output
+    ), res.output
+    assert res.output.count("\n") == 1 and not (tmp_path / "never.gif").exists()
 
 
 def test_a_clip_folder_scores_the_first_chunks(tmp_path, monkeypatch):

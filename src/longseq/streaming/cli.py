@@ -212,6 +212,11 @@ def streaming_generate(
             pipe.first_chunk_scorer = ClipScorer.from_pretrained(first_scorer, where)
         except (OSError, ValueError) as e:
             fail(f"--first-scorer {first_scorer}: {str(e).splitlines()[0]}")
+    if (chunk_candidates or 1) > 1 and pipe.first_chunk_scorer is None:
+        fail(
+            f"--chunk-candidates chooses among chunks by a scorer, and {model} has none: give "
+            "--first-chunk streaming-first (its critic) or --first-scorer CLIP_FOLDER"
+        )
     check_output_file(out, "--out", VIDEO_SUFFIXES, create_folder=True)
     if hub.registry().get(model) and not parse_caption(prompt):
         console.print(
