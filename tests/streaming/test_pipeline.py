@@ -450,6 +450,8 @@ def test_every_later_chunk_is_the_best_of_its_candidates_by_the_scorer():
     with pytest.raises(ValueError, match="chunk_candidates=2 needs a first_chunk_scorer"):
         pipe()("a red circle", 14, chunk_candidates=2, **kw)
     pipe()("a red circle", 6, chunk_candidates=2, **kw)  # no later chunk: nothing to choose
+    with pytest.raises(ValueError, match="chunk_candidates=2 needs a first_chunk_scorer"):
+        pipe()("a red circle", 6, chunk_candidates=2, init_frames=out[:2], **kw)  # continues
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match="chunk_candidates must be an integer"):
             p("a red circle", 14, chunk_candidates=bad, **kw)

@@ -615,7 +615,6 @@ class StreamingT2VPipeline:
         if isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
         k = self._candidates(first_chunk_candidates, "first_chunk_candidates", init_frames is None)
-        kc = self._candidates(chunk_candidates, "chunk_candidates", num_frames > self.chunk_frames)
         p = _param(self.unet)
         gen = torch.Generator().manual_seed(seed)
         text = self.text_encoder([prompt]).to(p)
@@ -631,6 +630,7 @@ class StreamingT2VPipeline:
                 "an image-to-video model continues frames: pass init_frames (the first image)"
             )
         n_first = len(first_frames) if init_frames is not None else f
+        kc = self._candidates(chunk_candidates, "chunk_candidates", n_first < num_frames)
         n_chunks = 1 + max(0, math.ceil((num_frames - n_first) / (f - fc)))
         done = 0
         with progress_bar("chunks", n_chunks, enabled=progress) as advance:
